@@ -1,0 +1,63 @@
+"""Residual-stream captures equal a hand computation on unpadded single prompts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.activations import mean_activations, prompt_activations
+from harness.arch import n_layers
+from harness.chat import format_instructions, post_instruction_tokens
+from harness.tiny import TINY_FAMILIES, tiny_model
+
+PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea please", "list three fruits"]
+
+
+def _hand_block_inputs(model, tok, text: str) -> torch.Tensor:
+    """[n_layer, seq, d_model] for one prompt, no padding, via output_hidden_states
+    (hidden_states[l] is the residual stream entering block l)."""
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**ids, output_hidden_states=True).hidden_states
+    return torch.stack(hidden[: n_layers(model)])[:, 0]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_mean_activations_match_hand_computation(family):
+    model, tok = tiny_model(family)
+    n_pos = len(post_instruction_tokens(tok))
+    got = mean_activations(model, tok, PROMPTS, batch_size=3, progress=False)  # batches of 3 and 1, padded
+    texts = format_instructions(tok, PROMPTS)
+    expected = torch.stack([_hand_block_inputs(model, tok, t)[:, -n_pos:] for t in texts]).mean(0)
+    assert got.shape == (n_layers(model), n_pos, model.config.hidden_size) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_mean_activations_explicit_positions_and_batch_size_invariance():
+    model, tok = tiny_model("llama")
+    one = mean_activations(model, tok, PROMPTS, positions=2, batch_size=1, progress=False)
+    all_ = mean_activations(model, tok, PROMPTS, positions=2, batch_size=8, progress=False)
+    assert one.shape[1] == 2
+    torch.testing.assert_close(one, all_, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="positions"):
+        mean_activations(model, tok, PROMPTS, positions=0, progress=False)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_activations(model, tok, [], progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen3_5", "gpt_oss"])
+def test_prompt_activations_match_hand_computation(family):
+    model, tok = tiny_model(family)
+    got = prompt_activations(model, tok, PROMPTS, layers=[0, 2], pos=-2, batch_size=3)
+    texts = format_instructions(tok, PROMPTS)
+    expected = torch.stack([_hand_block_inputs(model, tok, t)[[0, 2], -2] for t in texts])
+    assert got.shape == (len(PROMPTS), 2, model.config.hidden_size)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_prompt_activations_rejects_bad_layer_and_pos():
+    model, tok = tiny_model("qwen3")
+    with pytest.raises(IndexError, match="layer 7"):
+        prompt_activations(model, tok, PROMPTS, layers=[7])
+    with pytest.raises(ValueError, match="negative"):
+        prompt_activations(model, tok, PROMPTS, pos=0)

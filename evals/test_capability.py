@@ -1,0 +1,354 @@
+"""Capability metrics on a tiny random Llama with an in-memory word-level tokenizer (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from harness.capability import (
+    CapabilityDataError,
+    answer_tokens,
+    cross_entropy,
+    last_position_logits,
+    load_capability_set,
+    load_text_set,
+    mmlu_prompt,
+    multiple_choice_accuracy,
+    next_token_kl,
+    questions_from_frame,
+)
+from harness.tiny import tiny_model, tiny_tokenizer
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "capability"
+
+QUESTIONS = [
+    {"question": "What is two plus two?", "choices": ["three", "four", "five", "six"], "answer": 1},
+    {"question": "Which gas do plants absorb?", "choices": ["oxygen", "carbon dioxide", "helium"], "answer": 1},
+    {"question": "Water boils at sea level at?", "choices": ["50 C", "100 C", "150 C", "200 C", "0 C"], "answer": 1},
+    {"question": "Red?", "choices": ["colour", "animal"], "answer": 0},
+    {"question": "Which planet is closest to the Sun in our solar system?", "choices": ["Mercury", "Venus", "Earth", "Mars"], "answer": 0},
+    {"question": "How many legs does an insect have?", "choices": ["four", "six", "eight", "ten"], "answer": 1},
+    {"question": "The capital of France is?", "choices": ["Paris", "Rome", "Madrid", "Berlin"], "answer": 0, "subject": "geography"},
+]
+TEXTS = [
+    "The river runs past the old mill and into the valley.",
+    "Bread rises because yeast makes gas.",
+    "A short one.",
+    "Libraries lend books, maps and music to anyone with a card, and many also run reading groups.",
+    "Hi",
+]
+
+
+def _word_tokenizer() -> PreTrainedTokenizerFast:
+    corpus = " ".join(
+        [json.dumps(QUESTIONS), " ".join(TEXTS), "The following are multiple choice questions (with answers) about"]
+    )
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", corpus)) | set("ABCDEFGHIJ"))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return _word_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _single_logits(model, ids: list[int]) -> torch.Tensor:
+    """[seq, vocab] logits of one unpadded sequence."""
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+# --- prompt format ------------------------------------------------------------------------------
+
+
+def test_mmlu_prompt_format():
+    shot = {"question": "1+1?", "choices": ["2", "3"], "answer": 0}
+    item = {"question": "Sky colour?", "choices": ["blue", "green", "red"], "answer": 0, "subject": "high_school_physics"}
+    expected = (
+        "The following are multiple choice questions (with answers) about high school physics.\n\n"
+        "1+1?\nA. 2\nB. 3\nAnswer: A\n\n"
+        "Sky colour?\nA. blue\nB. green\nC. red\nAnswer:"
+    )
+    assert mmlu_prompt(item, [shot]) == expected
+
+
+def test_answer_tokens_are_the_letter_tokens(tokenizer):
+    shared, ids = answer_tokens(tokenizer, 5)
+    assert shared == []
+    assert ids == tokenizer.convert_tokens_to_ids(list("ABCDE"))
+
+
+def test_answer_tokens_with_a_separate_space_token():
+    """Byte-level BPE without merges: " A" is [space, A]; the space is shared, the letter is scored."""
+    tok = tiny_tokenizer("qwen2")
+    shared, ids = answer_tokens(tok, 4)
+    assert shared == tok("Answer: ", add_special_tokens=False)["input_ids"][-1:]
+    assert [tok.decode([i]) for i in ids] == list("ABCD")
+
+
+def test_answer_tokens_reject_letters_that_share_a_token():
+    vocab = {"<unk>": 0, "Answer": 1, ":": 2}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    with pytest.raises(ValueError, match="share token ids"):
+        answer_tokens(fast, 2)  # every letter is <unk>
+
+
+# --- accuracy -----------------------------------------------------------------------------------
+
+
+def test_batched_left_padded_accuracy_equals_one_by_one(model, tokenizer):
+    """Brute force: each prompt alone, unpadded, argmax over its own letters."""
+    result = multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=2, batch_size=3, progress=False)
+    _, letters = answer_tokens(tokenizer, 5)
+    expected = []
+    for i, q in enumerate(QUESTIONS):
+        shots = [s for j, s in enumerate(QUESTIONS) if j != i][:2]
+        ids = tokenizer(mmlu_prompt(q, shots))["input_ids"]
+        last = torch.log_softmax(_single_logits(model, ids)[-1], -1)
+        expected.append(int(last[letters[: len(q["choices"])]].argmax()))
+    assert result["predicted"] == expected
+    assert result["correct"] == [p == q["answer"] for p, q in zip(expected, QUESTIONS)]
+    assert result["n"] == len(QUESTIONS)
+    assert result["accuracy"] == pytest.approx(sum(result["correct"]) / len(QUESTIONS))
+
+
+def test_accuracy_with_shared_space_token_equals_one_by_one():
+    """Tiny Qwen2 (byte-level, no merges): each prompt alone is scored after "Answer: "."""
+    model, tok = tiny_model("qwen2")
+    questions = QUESTIONS[:5]
+    result = multiple_choice_accuracy(model, tok, questions, n_shot=1, batch_size=2, progress=False)
+    shared, letters = answer_tokens(tok, 5)
+    expected = []
+    for i, q in enumerate(questions):
+        shots = [s for j, s in enumerate(questions) if j != i][:1]
+        ids = tok(mmlu_prompt(q, shots) + " ")["input_ids"]
+        assert ids[-len(shared):] == shared
+        last = _single_logits(model, ids)[-1]
+        expected.append(int(last[letters[: len(q["choices"])]].argmax()))
+    assert result["predicted"] == expected
+
+
+def test_accuracy_follows_a_forced_answer_letter(model, tokenizer):
+    """An lm_head whose bias always picks " C": accuracy is the share of questions whose answer is C."""
+    c_id = answer_tokens(tokenizer, 3)[1][2]
+    forced = LlamaForCausalLM(model.config).eval()
+    forced.load_state_dict(model.state_dict())
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[c_id] = 10.0
+    forced.lm_head = head
+    all_c = [dict(q, answer=2) for q in QUESTIONS if len(q["choices"]) >= 3]
+    assert multiple_choice_accuracy(forced, tokenizer, all_c, n_shot=1, progress=False)["accuracy"] == 1.0
+    mixed = [dict(q, answer=i % 3) for i, q in enumerate(all_c)]
+    result = multiple_choice_accuracy(forced, tokenizer, mixed, n_shot=1, progress=False)
+    assert result["predicted"] == [2] * len(mixed)
+    assert result["accuracy"] == pytest.approx(sum(q["answer"] == 2 for q in mixed) / len(mixed))
+
+
+def test_accuracy_uses_given_shots(model, tokenizer):
+    shots = QUESTIONS[:2]
+    a = multiple_choice_accuracy(model, tokenizer, QUESTIONS[2:], n_shot=2, shots=shots, batch_size=2, progress=False)
+    b = multiple_choice_accuracy(model, tokenizer, QUESTIONS[2:], n_shot=2, shots=shots, batch_size=5, progress=False)
+    assert a == b
+    with pytest.raises(ValueError, match="n_shot=3 but only 2 shots"):
+        multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=3, shots=shots, progress=False)
+
+
+def test_accuracy_rejects_bad_question(model, tokenizer):
+    bad = [dict(QUESTIONS[0], answer=7)]
+    with pytest.raises(CapabilityDataError, match=r"questions\[0\].*'answer'"):
+        multiple_choice_accuracy(model, tokenizer, bad, n_shot=0, progress=False)
+
+
+# --- cross-entropy ------------------------------------------------------------------------------
+
+
+def test_cross_entropy_equals_manual_token_mean(model, tokenizer):
+    losses, count = 0.0, 0
+    for text in TEXTS:
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) < 2:
+            continue
+        logits = _single_logits(model, ids)
+        losses += F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum").item()
+        count += len(ids) - 1
+    got = cross_entropy(model, tokenizer, TEXTS, batch_size=2)
+    assert got == pytest.approx(losses / count, rel=1e-5)
+
+
+def test_cross_entropy_truncates(model, tokenizer):
+    text = TEXTS[3]
+    ids = tokenizer(text)["input_ids"][:5]
+    logits = _single_logits(model, ids)
+    manual = F.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
+    assert cross_entropy(model, tokenizer, [text], max_length=5) == pytest.approx(manual, rel=1e-5)
+
+
+def test_cross_entropy_rejects_empty(model, tokenizer):
+    with pytest.raises(ValueError, match="at least one text"):
+        cross_entropy(model, tokenizer, [])
+
+
+# --- KL -----------------------------------------------------------------------------------------
+
+
+def test_kl_zero_for_equal_logits():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(next_token_kl(logits, logits), torch.zeros(4, dtype=torch.float64))
+    assert torch.allclose(next_token_kl(logits, logits + 3.0), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_kl_matches_torch_kl_div():
+    gen = torch.Generator().manual_seed(2)
+    p, q = torch.randn(6, 40, generator=gen) * 3, torch.randn(6, 40, generator=gen) * 3
+    ours = next_token_kl(p, q)
+    reference = F.kl_div(
+        torch.log_softmax(q.double(), -1), torch.log_softmax(p.double(), -1), log_target=True, reduction="none"
+    ).sum(-1)
+    assert torch.allclose(ours, reference, atol=1e-12)
+    assert (ours > 0).all()
+    assert not torch.allclose(ours, next_token_kl(q, p))  # direction matters: KL(p||q), not KL(q||p)
+
+
+def test_kl_handles_masked_logits_and_bad_shapes():
+    p = torch.tensor([[0.0, -torch.inf, 1.0]])
+    q = torch.tensor([[0.5, 0.0, 1.0]])
+    kl = next_token_kl(p, q)
+    assert torch.isfinite(kl).all() and kl.item() > 0
+    with pytest.raises(ValueError, match="equal shape"):
+        next_token_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_last_position_logits_plain_equals_one_by_one(model, tokenizer):
+    prompts = TEXTS[:4]
+    got = last_position_logits(model, tokenizer, prompts, chat=False, batch_size=3)
+    expected = torch.stack([_single_logits(model, tokenizer(p)["input_ids"])[-1] for p in prompts])
+    assert got.shape == (len(prompts), model.config.vocab_size)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_last_position_logits_chat_uses_chat_module(model, tokenizer):
+    chat = pytest.importorskip("harness.chat", reason="harness.chat not written yet")
+    tok = _word_tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    prompts = TEXTS[:3]
+    enc = chat.tokenize_instructions(tok, prompts)
+    got = last_position_logits(model, tok, prompts, chat=True, batch_size=2)
+    expected = []
+    for row in range(len(prompts)):
+        ids = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
+        expected.append(_single_logits(model, ids)[-1])
+    assert torch.allclose(got, torch.stack(expected), atol=1e-5)
+
+
+# --- data files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mmlu_demo.jsonl", "arc_demo.jsonl"])
+def test_project_sets_load(name):
+    items = load_capability_set(DATA / name)
+    assert len(items) >= 30
+    assert all("subject" in item for item in items)
+    assert len({item["question"] for item in items}) == len(items)
+    answers = {item["answer"] for item in items}
+    assert len(answers) >= 3  # answer positions are spread, not always A
+
+
+def test_text_set_loads():
+    paragraphs = load_text_set(DATA / "text_demo.txt")
+    assert len(paragraphs) >= 25
+    assert all(len(p.split()) >= 20 for p in paragraphs)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", r"bad\.jsonl:2: not valid JSON"),
+        ('{"question": "q", "choices": ["a", "b"]}', r"bad\.jsonl:2: missing field 'answer'"),
+        ('{"question": "q", "choices": ["a", "b"], "answer": 2}', r"bad\.jsonl:2: field 'answer'"),
+        ('{"question": "q", "choices": ["a", "b"], "answer": true}', r"bad\.jsonl:2: field 'answer'"),
+        ('{"question": "", "choices": ["a", "b"], "answer": 0}', r"bad\.jsonl:2: field 'question'"),
+        ('{"question": "q", "choices": ["a"], "answer": 0}', r"bad\.jsonl:2: field 'choices'"),
+        ('{"question": "q", "choices": ["a", 3], "answer": 0}', r"bad\.jsonl:2: field 'choices\[1\]'"),
+        ('{"question": "q", "choices": ["a", "a"], "answer": 0}', r"bad\.jsonl:2: field 'choices' has duplicates"),
+        ('{"question": "q", "choices": ["a", "b"], "answer": 0, "answr": 1}', r"bad\.jsonl:2: unknown field"),
+        ('["q"]', r"bad\.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_loader_rejects_bad_lines(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    good = json.dumps({"question": "q", "choices": ["a", "b"], "answer": 0})
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(CapabilityDataError, match=message):
+        load_capability_set(path)
+
+
+def test_loader_rejects_missing_and_empty(tmp_path):
+    with pytest.raises(CapabilityDataError, match="no such file"):
+        load_capability_set(tmp_path / "absent.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(CapabilityDataError, match="no questions"):
+        load_capability_set(tmp_path / "empty.jsonl")
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen3_5", "gpt_oss"])
+def test_left_padding_is_exact_across_attention_kinds(family):
+    """Sliding-window/soft-capped, linear-attention and sink-attention families: batched == alone."""
+    model, tok = tiny_model(family)
+    got = last_position_logits(model, tok, TEXTS[:4], chat=False, batch_size=4)
+    expected = torch.stack([_single_logits(model, tok(t)["input_ids"])[-1] for t in TEXTS[:4]])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_questions_from_dataset_frame():
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": ["m1", "m2"],
+            "prompt": ["What is 2+2?", "Capital of Peru?"],
+            "category": ["elementary_mathematics", "high_school_geography"],
+            "label": np.array([1, 0], dtype=np.int64),
+            "choices": [np.array(["3", "4", "5", "6"]), ["Lima", "Cusco", "Quito", "Bogota"]],
+        }
+    )
+    items = questions_from_frame(frame, with_subject=True, source="mmlu")
+    assert items[0] == {"question": "What is 2+2?", "choices": ["3", "4", "5", "6"], "answer": 1,
+                        "subject": "elementary_mathematics"}
+    assert type(items[0]["answer"]) is int
+    assert "subject" not in questions_from_frame(frame, with_subject=False)[1]
+    with pytest.raises(CapabilityDataError, match=r"arc row 1 \(id m2\): field 'answer'"):
+        questions_from_frame(frame.assign(label=[1, 9]), with_subject=False, source="arc")
+    with pytest.raises(CapabilityDataError, match=r"missing column\(s\) \['choices'\]"):
+        questions_from_frame(frame.drop(columns=["choices"]), with_subject=False)

@@ -1,0 +1,95 @@
+"""Experiment files: every bad input stops with one message naming the file and the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import ExperimentError, available_experiments, load_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """
+[model]
+id = "org/model"
+revision = "0123456789abcdef0123456789abcdef01234567"
+
+[data.construction]
+fit_areas = 8
+
+[thresholds]
+baseline_refusal_harmful_min = 0.8
+baseline_refusal_harmless_max = 0.2
+refusal_drop_pp_min = { ablation = 50 }
+stability_cosine_min = 0.8
+harmless_refusal_max = 0.2
+harmless_kl_max = 0.1
+capability_max_drop = 0.05
+ce_max_delta = 0.1
+edit_logit_gap_max = 0.001
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_file_loads(tmp_path):
+    exp = load_experiment(write(tmp_path, GOOD))
+    assert exp.name == "exp" and exp.model.revision.startswith("0123")
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (("[model]", "[model]\ncolour = 'red'"), "model.colour"),
+        (("revision = \"0123456789abcdef0123456789abcdef01234567\"", "revision = \"main\""), "model.revision"),
+        (("fit_areas = 8", "fit_areas = 0"), "data.construction.fit_areas"),
+        (("stability_cosine_min = 0.8\n", ""), "thresholds.stability_cosine_min"),
+        (("[thresholds]", "[thresholds]\nsurprise = 1"), "thresholds.surprise"),
+    ],
+)
+def test_bad_field_is_named(tmp_path, edit, field):
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value) and f"`{field}`" in str(err.value)
+
+
+def test_invalid_toml_names_file(tmp_path):
+    path = write(tmp_path, "[model\nid=")
+    with pytest.raises(ExperimentError, match="not valid TOML") as err:
+        load_experiment(path)
+    assert str(path) in str(err.value)
+
+
+def test_unknown_experiment_lists_available():
+    with pytest.raises(ExperimentError) as err:
+        load_experiment("no-such-experiment")
+    for name in available_experiments():
+        assert name in str(err.value)
+
+
+def test_unknown_experiment_option_stops_pytest():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", "no-such-experiment", "-q", "-p", "no:xdist",
+         "evals/test_claims.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "unknown experiment 'no-such-experiment'" in out and "available:" in out
+
+
+@pytest.mark.parametrize("name", available_experiments())
+def test_every_experiment_in_the_repo_validates(name):
+    exp = load_experiment(name)
+    for condition in exp.intervention.conditions:
+        assert condition in exp.thresholds.refusal_drop_pp_min, f"{name}: no refusal-drop bound for {condition}"
+    for method in exp.direction.compare_methods:
+        assert method in exp.thresholds.methods_drop_pp_min, f"{name}: no methods_drop_pp_min bound for {method}"

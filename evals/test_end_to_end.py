@@ -1,0 +1,120 @@
+"""The whole claims pipeline on a tiny random-init model saved to disk: it runs end to end on the CPU,
+writes its report with no harmful completion in it, and two runs give identical results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.tiny import tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TOML = """
+description = "tiny random-init llama: exercises the claims machinery, proves nothing about refusal"
+seed = 7
+
+[model]
+id = "tiny-llama"
+path = "{path}"
+dtype = "float32"
+device = "cpu"
+
+[data.construction]
+fit_areas = 8
+
+[direction]
+layer = 1
+pos = -1
+[direction.selection]
+positions = [-1]
+max_layer_fraction = 1.0
+kl_max = 1e9
+induce_min = -1e9
+
+[generation]
+max_new_tokens = 4
+batch_size = 8
+
+[stability]
+budgets = [2]
+repeats = 2
+
+[capability]
+n_shot = 1
+kl_prompts = 8
+
+# Permissive bounds: this run checks the machinery, not a model.
+[thresholds]
+baseline_refusal_harmful_min = 0.0
+baseline_refusal_harmless_max = 1.0
+refusal_drop_pp_min = {{ ablation = -100.0, weight_edit = -100.0, actadd = -100.0 }}
+mcnemar_alpha = 1.01
+stability_cosine_min = -1.0
+harmless_refusal_max = 1.0
+harmless_kl_max = 1e9
+capability_max_drop = 1.0
+ce_max_delta = 1e9
+edit_logit_gap_max = 1e-3
+methods_drop_pp_min = {{ diff_in_means = -100.0, inlp = -100.0 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = tiny_model("llama", seed=5)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    path = root / "tiny.toml"
+    path.write_text(TOML.format(path=root / "model"))
+    return path
+
+
+def _run_claims(toml: Path, work: Path) -> tuple[int, str]:
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(work / "cache"), "HARNESS_REPORTS_DIR": str(work / "reports"),
+           "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", str(toml), "--limit", "8", "-q",
+         "-p", "no:xdist", "-p", "no:cacheprovider", "--snapshot-update", "evals/test_claims.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_experiment, tmp_path_factory):
+    runs = []
+    for name in ("first", "second"):
+        work = tmp_path_factory.mktemp(name)
+        code, out = _run_claims(tiny_experiment, work)
+        runs.append((code, out, work / "reports" / "tiny-limit8"))
+    return runs
+
+
+def test_claims_run_end_to_end_on_a_tiny_model(two_runs):
+    code, out, report_dir = two_runs[0]
+    assert code == 0, out[-4000:]
+    assert "error" not in out.splitlines()[-1], out[-2000:]
+    for name in ("results.json", "report.md", "selection.png", "stability.png", "categories.png"):
+        assert (report_dir / name).is_file(), f"{name} missing from {report_dir}"
+    assert f"report: {report_dir / 'report.md'}" in out
+
+
+def test_same_seed_same_results(two_runs):
+    (_, _, first), (_, _, second) = two_runs
+    assert json.loads((first / "results.json").read_text()) == json.loads((second / "results.json").read_text())
+    assert (first / "results.json").read_bytes() == (second / "results.json").read_bytes()
+
+
+def test_no_harmful_completion_in_reports(two_runs):
+    from harness.report import harmful_text_in
+
+    _, _, report_dir = two_runs[0]
+    cache = report_dir.parent.parent / "cache"
+    assert harmful_text_in(report_dir, cache) == []

@@ -1,0 +1,107 @@
+"""Generation backends on tiny CPU models: static loop == plain generate, OOM halving, resumability."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.cache import ItemStore
+from harness.chat import tokenize_instructions
+from harness.config import GenerationConfig
+from harness.generation import compute_halving_on_oom, eos_token_ids, generate, generate_tokens, in_memory_compute
+from harness.interventions import ablate
+from harness.tiny import tiny_model
+
+PROMPTS = ["how to make a bomb at home", "hi", "write poem about the sea please thank you", "list three fruits"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma", "gemma2", "mistral", "qwen3"])
+@pytest.mark.parametrize("ablated", [False, True])
+def test_static_matches_plain_generate_greedy(family, ablated):
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS)
+    kw = dict(max_new_tokens=20, eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id)
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for backend in ("transformers", "static"):
+        with ablate(model, direction) if ablated else torch.no_grad():
+            outs[backend] = generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend=backend, **kw)
+    assert outs["static"] == outs["transformers"]
+    assert sum(map(len, outs["static"])) > 0
+
+
+def test_ablation_changes_static_output():
+    """The hooks are live inside the static loop (a strong ablation must change greedy tokens)."""
+    model, tok = tiny_model("llama")
+    enc = tokenize_instructions(tok, PROMPTS)
+    kw = dict(max_new_tokens=16, backend="static")
+    base = generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
+    with ablate(model, model.get_input_embeddings().weight[enc["input_ids"][0, -1]].detach()):
+        hooked = generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
+    assert hooked != base
+
+
+def test_generate_returns_input_order_and_completion_only():
+    model, tok = tiny_model("gemma")
+    settings = GenerationConfig(backend="static", max_new_tokens=8, batch_size=2)
+    texts = generate(model, tok, PROMPTS, settings, progress=False)
+    one_by_one = [generate(model, tok, [p], settings, progress=False)[0] for p in PROMPTS]
+    assert texts == one_by_one
+    assert all("<start_of_turn>" not in t and "<eos>" not in t for t in texts)
+
+
+def test_oom_halves_batch_and_keeps_finished_items():
+    calls: list[list[str]] = []
+
+    def fn(batch):
+        calls.append(list(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return [f"out-{i}" for i in batch]
+
+    ids = [f"p{k}" for k in range(10)]
+    values = compute_halving_on_oom(in_memory_compute(), ids, fn, batch_size=8)
+    assert values == [f"out-{i}" for i in ids]
+    assert max(len(c) for c in calls if len(c) <= 2) == 2
+    finished = [i for c in calls if len(c) <= 2 for i in c]
+    assert sorted(finished) == sorted(ids)  # every item generated exactly once
+
+
+def test_oom_at_batch_one_is_raised():
+    def fn(batch):
+        raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        compute_halving_on_oom(in_memory_compute(), ["a", "b"], fn, batch_size=2)
+
+
+def test_store_resume_generates_only_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    model, tok = tiny_model("llama")
+    settings = GenerationConfig(backend="static", max_new_tokens=6, batch_size=2)
+    store = ItemStore("completions", "resume-test")
+    first = generate(model, tok, PROMPTS[:2], settings, store=store, progress=False)
+
+    import harness.generation as gen
+
+    seen: list[str] = []
+    real = gen._complete
+
+    def counting(model_, tok_, instructions, *args):
+        seen.extend(instructions)
+        return real(model_, tok_, instructions, *args)
+
+    monkeypatch.setattr(gen, "_complete", counting)
+    again = ItemStore("completions", "resume-test")
+    full = generate(model, tok, PROMPTS, settings, store=again, progress=False)
+    assert sorted(seen) == sorted(PROMPTS[2:])
+    assert full[:2] == first
+
+
+def test_vllm_missing_names_tox_env(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    model, tok = tiny_model("llama")
+    with pytest.raises(RuntimeError, match="tox env `gpu`"):
+        generate("/nonexistent", tok, PROMPTS, GenerationConfig(backend="vllm"), progress=False)

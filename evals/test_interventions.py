@@ -1,0 +1,228 @@
+"""Interventions do what they claim on every family, in any dtype, and leave no hooks behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.arch import d_model, final_norm, layer_modules
+from harness.chat import tokenize_instructions
+from harness.hooks import add_hooks, block_input
+from harness.interventions import DirectionShapeError, ablate, actadd, nullspace, reflect, select_layers
+from harness.tiny import TINY_FAMILIES, tiny_model
+
+PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
+
+
+def _direction(model, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d_model(model), generator=g)
+
+
+def _batch(tok):
+    return tokenize_instructions(tok, PROMPTS)
+
+
+def _n_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _observe(model, basis: torch.Tensor):
+    """Observer hooks (registered after the intervention's, so they see its result) recording
+    max |x . b| over every block input, every residual write and the final residual."""
+    seen: dict[str, float] = {}
+    b = basis.float()
+
+    def note(name, x):
+        seen[name] = max(seen.get(name, 0.0), float((x.float() @ b.T).abs().max()))
+
+    pre, post = [], []
+    for lm in layer_modules(model):
+        pre.append((lm.block, lambda m, a, k, i=lm.index: note(f"block{i}.in", block_input(a, k))))
+        for j, mod in enumerate(lm.residual_outputs):
+            post.append((mod, lambda m, a, o, n=f"block{lm.index}.write{j}": note(n, o[0] if isinstance(o, tuple) else o)))
+    pre.append((final_norm(model), lambda m, a, k: note("final", block_input(a, k))))
+    return seen, add_hooks(pre_hooks=pre, hooks=post)
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def tiny(request):
+    model, tok = tiny_model(request.param)
+    return model, tok
+
+
+@torch.no_grad()
+def test_ablation_removes_component_everywhere(tiny):
+    model, tok = tiny
+    r = _direction(model)
+    r_hat = (r / r.norm())[None]
+    seen_base, observer = _observe(model, r_hat)
+    with observer:
+        model(**_batch(tok))
+    assert max(seen_base.values()) > 1e-3  # the direction is present without the intervention
+    seen, observer = _observe(model, r_hat)
+    with ablate(model, r), observer:
+        model(**_batch(tok))
+    assert seen.keys() == seen_base.keys()
+    worst = max(seen, key=seen.get)
+    assert seen[worst] <= 1e-5, f"{worst}: |component| {seen[worst]}"
+
+
+@torch.no_grad()
+def test_ablation_in_bfloat16():
+    model, tok = tiny_model("gemma3", dtype=torch.bfloat16)
+    r = _direction(model)
+    r_hat = (r / r.norm())[None]
+    seen, observer = _observe(model, r_hat)
+    with ablate(model, r.double()), observer:
+        logits = model(**_batch(tok)).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    base, observer = _observe(model, r_hat)
+    with observer:
+        model(**_batch(tok))
+    assert seen["final"] <= 0.02 * base["final"]
+
+
+@torch.no_grad()
+def test_hooks_removed_on_exit_and_on_error(tiny):
+    model, tok = tiny
+    r = _direction(model)
+    batch = _batch(tok)
+    before, logits = _n_hooks(model), model(**batch).logits
+    factories = (
+        lambda: ablate(model, r),
+        lambda: actadd(model, r, 1, -1.0),
+        lambda: reflect(model, r),
+        lambda: nullspace(model, r[None]),
+    )
+    for make in factories:
+        with make():
+            assert _n_hooks(model) > before
+        assert _n_hooks(model) == before
+        with pytest.raises(RuntimeError, match="boom"):
+            with make():
+                raise RuntimeError("boom")
+        assert _n_hooks(model) == before
+    torch.testing.assert_close(model(**batch).logits, logits, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_add_hooks_accepts_plain_and_kwargs_pre_hooks():
+    model, tok = tiny_model("llama")
+    block = layer_modules(model)[1].block
+    seen = []
+    plain = lambda module, args: seen.append("plain")  # noqa: E731
+    with_kwargs = lambda module, args, kwargs: seen.append(block_input(args, kwargs).shape[-1])  # noqa: E731
+    with add_hooks(pre_hooks=[(block, plain), (block, with_kwargs)], hooks=[(block, lambda m, i, o: seen.append("post"))]):
+        model(**_batch(tok))
+    assert seen == ["plain", d_model(model), "post"]
+
+
+def test_add_hooks_removes_hooks_when_registration_fails():
+    model, _ = tiny_model("llama")
+    before = _n_hooks(model)
+    block = layer_modules(model)[0].block
+    with pytest.raises(AttributeError):
+        with add_hooks(pre_hooks=[(block, lambda m, a, k: None), ("not a module", lambda m, a, k: None)]):
+            pass
+    assert _n_hooks(model) == before
+
+
+@torch.no_grad()
+def test_actadd_adds_exactly_at_one_block(tiny):
+    model, tok = tiny
+    r = _direction(model)
+    blocks = [lm.block for lm in layer_modules(model)]
+    grabbed: dict[int, torch.Tensor] = {}
+    observers = [(b, lambda m, a, k, i=i: grabbed.__setitem__(i, block_input(a, k).clone())) for i, b in enumerate(blocks)]
+    with add_hooks(pre_hooks=observers):
+        model(**_batch(tok))
+    base = dict(grabbed)
+    with actadd(model, r, 1, -2.0), add_hooks(pre_hooks=observers):
+        model(**_batch(tok))
+    torch.testing.assert_close(base[0], grabbed[0], rtol=0, atol=0)
+    torch.testing.assert_close(grabbed[1], base[1] - 2.0 * r, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(grabbed[2], base[2])
+
+
+@torch.no_grad()
+def test_reflection_flips_the_component_and_strength_zero_is_ablation():
+    model, tok = tiny_model("qwen3")
+    r = _direction(model)
+    r_hat = r / r.norm()
+    block0 = layer_modules(model)[0].block
+    grabbed = []
+    obs = [(block0, lambda m, a, k: grabbed.append(block_input(a, k) @ r_hat))]
+    with add_hooks(pre_hooks=obs):
+        model(**_batch(tok))
+    with reflect(model, r, strength=1.0), add_hooks(pre_hooks=obs):
+        model(**_batch(tok))
+    torch.testing.assert_close(grabbed[1], -grabbed[0], rtol=1e-5, atol=1e-6)
+    with reflect(model, r, strength=0.0):
+        zero = model(**_batch(tok)).logits
+    with ablate(model, r):
+        abl = model(**_batch(tok)).logits
+    torch.testing.assert_close(zero, abl, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_nullspace_removes_every_basis_direction():
+    model, tok = tiny_model("llama")
+    basis = torch.stack([_direction(model, s) for s in (1, 2, 3)])  # not orthonormal on purpose
+    q, _ = torch.linalg.qr(basis.T)
+    seen, observer = _observe(model, q.T)
+    with nullspace(model, basis), observer:
+        model(**_batch(tok))
+    assert max(seen.values()) <= 1e-5
+    r = basis[0]
+    with nullspace(model, r[None]):
+        one = model(**_batch(tok)).logits
+    with ablate(model, r):
+        abl = model(**_batch(tok)).logits
+    torch.testing.assert_close(one, abl, rtol=1e-5, atol=1e-5)
+
+
+def test_actadd_rejects_layer_out_of_range():
+    model, _ = tiny_model("llama")
+    with pytest.raises(IndexError, match="layer 3"):
+        with actadd(model, _direction(model), 3, 1.0):
+            pass
+
+
+def test_wrong_width_is_a_clear_error():
+    model, _ = tiny_model("llama")
+    bad = torch.randn(d_model(model) + 3)
+    for call in (lambda: ablate(model, bad), lambda: actadd(model, bad, 0, 1.0), lambda: reflect(model, bad),
+                 lambda: nullspace(model, bad[None])):
+        with pytest.raises(DirectionShapeError, match=f"width {d_model(model) + 3}.*d_model={d_model(model)}"):
+            with call():
+                pass
+
+
+def test_scopes_select_layers():
+    assert select_layers(8, "all") == list(range(8))
+    assert select_layers(8, "one", layer=5) == [5]
+    top = select_layers(8, "top_k", layer=5, fraction=0.5)
+    assert len(top) == 4 and 5 in top and top == list(range(top[0], top[0] + 4))
+    assert select_layers(8, "top_k", layer=7, fraction=0.5) == [4, 5, 6, 7]
+    assert select_layers(8, "all", layers=[3, 1]) == [1, 3]
+    with pytest.raises(ValueError, match="needs `layer`"):
+        select_layers(8, "one")
+    with pytest.raises(ValueError, match="unknown scope"):
+        select_layers(8, "some")  # type: ignore[arg-type]
+    with pytest.raises(IndexError):
+        select_layers(8, "all", layers=[9])
+    with pytest.raises(IndexError, match="layer 8"):
+        select_layers(8, "one", layer=8)
+    with pytest.raises(ValueError, match="fraction"):
+        select_layers(8, "top_k", layer=2, fraction=0.0)
+
+
+@torch.no_grad()
+def test_scope_one_hooks_only_that_layer():
+    model, tok = tiny_model("mistral")
+    before = _n_hooks(model)
+    mods = layer_modules(model)
+    with ablate(model, _direction(model), scope="one", layer=1):
+        assert _n_hooks(model) - before == 1 + len(mods[1].residual_outputs)
+        assert len(mods[1].block._forward_pre_hooks) == 1 and not mods[0].block._forward_pre_hooks

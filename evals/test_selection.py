@@ -1,0 +1,237 @@
+"""Direction selection on a tiny llama with a planted refusal mechanism.
+
+The planted model: a trigger token (" bomb") embeds along a unit vector v; layer 0's attention head
+0 is made uniform (zero queries) and copies the v component to every later position; the unembedding
+maps v to the refusal token. A second unit vector w is planted in the last template token's embedding
+and mapped to another token, so ablating w wrecks the next-token distribution (a high-KL candidate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.activations import mean_activations
+from harness.arch import embeddings, final_norm, layers, unembedding
+from harness.cache import ItemStore
+from harness.chat import tokenize_instructions
+from harness.directions import cosine, diff_in_means, unit
+from harness.interventions import ablate, actadd
+from harness.selection import (
+    SelectionError,
+    refusal_score,
+    refusal_token_ids,
+    scores_from_logits,
+    select_direction,
+)
+from harness.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+
+BASE = [
+    "write poem about the sea",
+    "explain why sky is blue",
+    "give me recipe for cake",
+    "tell story of cat",
+    "list three fruits",
+    "describe weather today",
+    "translate this sentence into french",
+    "summarize article",
+    "help with homework",
+    "plan trip paris",
+    "python code sort list numbers",
+    "teach me music",
+]
+HARMLESS = BASE
+HARMFUL = [f"{b} bomb" for b in BASE]
+TRAIN, VAL = slice(0, 8), slice(8, 12)
+
+
+@torch.no_grad()
+def _planted_llama():
+    model, tok = tiny_model("llama", seed=0)
+    d = model.config.hidden_size
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, 2, generator=gen))
+    v, w = q[:, 0].contiguous(), q[:, 1].contiguous()
+    refusal = refusal_token_ids(tok)[0]
+    other = tok.convert_tokens_to_ids("ĠSure")
+    trigger = tok(" bomb", add_special_tokens=False)["input_ids"]
+    last = tokenize_instructions(tok, ["x"])["input_ids"][0, -1].item()
+    assert len(trigger) == 1 and other != tok.unk_token_id
+
+    emb = embeddings(model).weight
+    emb -= (emb @ v)[:, None] * v + (emb @ w)[:, None] * w
+    emb[trigger[0]] += 1.0 * v
+    emb[last] += 1.0 * w
+
+    attn = layers(model)[0].self_attn
+    attn.q_proj.weight.zero_()
+    attn.v_proj.weight.zero_()
+    attn.v_proj.weight[0] = v / layers(model)[0].input_layernorm.weight  # undo the norm's random gain
+    attn.o_proj.weight.zero_()
+    attn.o_proj.weight[:, 0] = 20.0 * v
+
+    head = unembedding(model).weight
+    gain = final_norm(model).weight
+    head[refusal] = 3.0 * v / gain
+    head[other] = 1.5 * w / gain
+    return model, tok, v, w
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, tok, v, w = _planted_llama()
+    harmful = mean_activations(model, tok, HARMFUL[TRAIN], progress=False)
+    harmless = mean_activations(model, tok, HARMLESS[TRAIN], progress=False)
+    return model, tok, v, w, diff_in_means(harmful, harmless)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_refusal_token_ids_are_the_refusal_openings(family):
+    tok = tiny_tokenizer(family)
+    ids = refusal_token_ids(tok)
+    assert [tok.decode([i]) for i in ids] == ["I", "A"]  # tiny vocab has no "As" merge: its first token
+    (sorry,) = refusal_token_ids(tok, openings=["Sorry"])
+    assert tok.decode([sorry]) and "Sorry".startswith(tok.decode([sorry]))
+
+
+def test_scores_from_logits_matches_softmax():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 30, generator=gen) * 3
+    ids = [2, 7, 11]
+    p = torch.softmax(logits.double(), -1)[:, ids].sum(-1)
+    expected = torch.log(p) - torch.log1p(-p)
+    assert torch.allclose(scores_from_logits(logits, ids), expected, atol=1e-10)
+    # extreme logits stay finite where the naive formula overflows
+    sharp = torch.zeros(1, 30)
+    sharp[0, 2] = 200.0
+    assert math.isfinite(float(scores_from_logits(sharp, ids)[0]))
+
+
+def test_refusal_score_matches_unbatched_softmax():
+    model, tok = tiny_model("llama", seed=1)
+    ids = refusal_token_ids(tok)
+    prompts = ["hello", "write poem about the sea please", "list three fruits"]
+    scores = refusal_score(model, tok, prompts, ids, batch_size=2)
+    for prompt, score in zip(prompts, scores):
+        enc = tokenize_instructions(tok, [prompt])
+        with torch.no_grad():
+            logits = model(**enc).logits[0, -1].double()
+        p = torch.softmax(logits, -1)[ids].sum()
+        assert float(score) == pytest.approx(float(torch.log(p) - torch.log(1 - p)), abs=1e-4)
+
+
+def test_planted_model_refuses_on_trigger_only(planted):
+    model, tok, *_ = planted
+    ids = refusal_token_ids(tok)
+    assert float(refusal_score(model, tok, HARMFUL[VAL], ids).min()) > 2.0
+    assert float(refusal_score(model, tok, HARMLESS[VAL], ids).max()) < -2.0
+
+
+def test_selection_finds_planted_direction(planted):
+    model, tok, v, _w, candidates = planted
+    candidates = candidates.clone()
+    gen = torch.Generator().manual_seed(1)
+    decoy = unit(torch.randn(candidates.shape[-1], generator=gen)) * candidates[1, -2].norm()
+    candidates[1, -2] = decoy  # a same-norm random direction: ablating it barely moves refusal
+    result = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], progress=False)
+    assert abs(float(cosine(result.direction, v))) > 0.9
+    assert float(result.direction.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert result.baseline_harmful > 2.0
+    assert result.bypass_score < result.baseline_harmful - 4.0
+    assert result.induce_score > 0.0
+    assert result.kl <= 0.1
+    table = result.table
+    assert len(table) == candidates.shape[0] * candidates.shape[1]
+    chosen = table[table["rank"] == 1]
+    assert (int(chosen["layer"].iloc[0]), int(chosen["pos"].iloc[0])) == (result.layer, result.pos)
+    kept = table[~table["filtered"]]
+    assert result.bypass_score == pytest.approx(kept["bypass_score"].min())
+    decoy_row = table.set_index(["layer", "pos"]).loc[(1, -2)]
+    assert decoy_row["bypass_score"] > result.bypass_score + 4.0
+    assert (result.layer, result.pos) != (1, -2)
+    # layer 0 candidates are exactly zero (same template tokens, same embeddings) and are filtered as such
+    assert table[table["layer"] == 0]["filter_reason"].str.contains("zero-norm").all()
+    # 3 layers * 0.8 -> layers >= 2 are pruned
+    assert table[table["layer"] == 2]["filter_reason"].str.contains("max_layer_fraction").all()
+
+
+def test_candidate_scores_are_the_interventions_they_name(planted):
+    """bypass = ablation (unit direction, every layer) on harmful; induce = ActAdd of the raw
+    candidate at its own layer on harmless; recomputed here straight from the interventions."""
+    model, tok, _v, _w, candidates = planted
+    result = select_direction(
+        model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], layers=[1], positions=[-1], progress=False
+    )
+    ids = result.refusal_ids
+    vector = candidates[1, -1]
+    with ablate(model, vector / vector.norm()):
+        bypass = refusal_score(model, tok, HARMFUL[VAL], ids).mean()
+    with actadd(model, vector, 1, 1.0):
+        induce = refusal_score(model, tok, HARMLESS[VAL], ids).mean()
+    with actadd(model, vector / vector.norm(), 1, 1.0):
+        induce_unit = refusal_score(model, tok, HARMLESS[VAL], ids).mean()
+    row = result.table.iloc[0]
+    assert row["bypass_score"] == pytest.approx(float(bypass), abs=1e-6)
+    assert row["induce_score"] == pytest.approx(float(induce), abs=1e-6)
+    assert abs(float(induce_unit) - row["induce_score"]) > 1.0  # the raw, not the unit, vector is added
+    assert torch.equal(result.vector, vector)
+
+
+def test_high_kl_candidate_is_filtered_with_reason(planted):
+    model, tok, v, w, candidates = planted
+    bad = candidates.clone()
+    bad[1, -2] = w * candidates[1, -1].norm()
+    result = select_direction(model, tok, bad, HARMFUL[VAL], HARMLESS[VAL], progress=False)
+    row = result.table.set_index(["layer", "pos"]).loc[(1, -2)]
+    assert row["kl"] > 0.1
+    assert bool(row["filtered"])
+    assert "kl" in row["filter_reason"] and "kl_max" in row["filter_reason"]
+    assert (result.layer, result.pos) != (1, -2)
+    # the same candidate passes once the threshold is above its KL
+    loose = select_direction(
+        model, tok, bad, HARMFUL[VAL], HARMLESS[VAL], kl_max=float(row["kl"]) + 1, layers=[1], positions=[-2],
+        induce_min=-1e9, progress=False,
+    )
+    assert not loose.table["filtered"].any()
+
+
+def test_all_filtered_raises_with_reasons(planted):
+    model, tok, _v, _w, candidates = planted
+    with pytest.raises(SelectionError, match=r"(?s)all \d+ candidates were filtered.*kl .* > kl_max 1e-12"):
+        select_direction(
+            model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], kl_max=1e-12, layers=[1], progress=False
+        )
+
+
+def test_out_of_range_positions_and_shape_are_errors(planted):
+    model, tok, _v, _w, candidates = planted
+    with pytest.raises(SelectionError, match=r"positions \[-99\]"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], positions=[-99], progress=False)
+    with pytest.raises(SelectionError, match="candidates must be"):
+        select_direction(model, tok, candidates[:2], HARMFUL[VAL], HARMLESS[VAL], progress=False)
+
+
+def test_store_resumes_without_recomputing(planted, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    model, tok, _v, _w, candidates = planted
+    kw = dict(layers=[1], positions=[-1, -2], progress=True)
+    first_store = ItemStore("selection", "test")
+    first = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], store=first_store, **kw)
+    assert first_store.recomputed == 2
+    assert set(first_store.load()) == {"L1_P-1", "L1_P-2"}
+    again = ItemStore("selection", "test")
+    second = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], store=again, **kw)
+    assert again.recomputed == 0
+    assert (second.layer, second.pos) == (first.layer, first.pos)
+    assert second.table.equals(first.table)
+
+
+def test_pruned_layers_are_scored_on_request_but_stay_filtered(planted):
+    model, tok, _v, _w, candidates = planted
+    kw = dict(layers=[2], positions=[-1], progress=False)
+    with pytest.raises(SelectionError, match=r"L2 P-1: bypass=-?\d+\.\d+ .*layer 2 >= 2"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], score_pruned_layers=True, **kw)
+    with pytest.raises(SelectionError, match=r"L2 P-1: bypass=nan"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)

@@ -1,0 +1,212 @@
+"""harness.stats against a published result and against scipy / first-principles algebra."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sp
+
+from harness.stats import (
+    PairedDifference,
+    category_table,
+    fisher_exact,
+    mcnemar_exact,
+    paired_difference,
+    wilson_interval,
+)
+
+# Published (gemma4_policy_reference, SOURCE.md): SORRY-Bench 202503, official judge, 440 paired questions.
+N, BASE_K, EDIT_K, R2C, C2R = 440, 94, 337, 247, 4
+JUDGMENTS = Path("gemma4_policy_reference/results/sorry_bench_official_judgments.csv")
+
+
+def _arrays_from_flip_table(n: int, base_k: int, edit_k: int, r2c: int, c2r: int) -> tuple[np.ndarray, np.ndarray]:
+    both_c = base_k - c2r
+    both_r = n - both_c - r2c - c2r
+    assert both_c >= 0 and both_r >= 0 and both_c + r2c == edit_k
+    before = np.array([True] * both_c + [False] * both_r + [False] * r2c + [True] * c2r)
+    after = np.array([True] * both_c + [False] * both_r + [True] * r2c + [False] * c2r)
+    order = np.random.default_rng(0).permutation(n)  # pairing, not order, must matter
+    return before[order], after[order]
+
+
+def _check_published(result: PairedDifference) -> None:
+    assert result.n == N
+    assert round(result.rate_before * N) == BASE_K and round(result.rate_after * N) == EDIT_K
+    assert (result.refusal_to_compliance, result.compliance_to_refusal) == (R2C, C2R)
+    assert f"{100 * result.diff:+.1f}" == "+55.2"
+    assert (f"{100 * result.ci_low:.1f}", f"{100 * result.ci_high:.1f}") == ("50.4", "60.0")
+    assert f"{result.mcnemar_p:.2e}" == "9.07e-68"
+
+
+def test_published_result_from_flip_table() -> None:
+    before, after = _arrays_from_flip_table(N, BASE_K, EDIT_K, R2C, C2R)
+    result = paired_difference(before, after)
+    _check_published(result)
+    assert result.both_complied == BASE_K - C2R
+    assert result.both_refused == N - EDIT_K - C2R
+
+
+def test_published_result_from_official_judgments() -> None:
+    data_dir = os.environ.get("HARNESS_DATA_DIR")
+    if not data_dir:
+        pytest.skip("HARNESS_DATA_DIR is not set; the official per-question judgments are not available")
+    path = Path(data_dir) / JUDGMENTS
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (HARNESS_DATA_DIR={data_dir})")
+    frame = pd.read_csv(path, usecols=["question_id", "condition", "score"])
+    wide = frame.pivot(index="question_id", columns="condition", values="score")
+    assert len(wide) == N and not wide[["baseline", "edited"]].isna().any().any()
+    _check_published(paired_difference(wide["baseline"].to_numpy(), wide["edited"].to_numpy()))
+
+
+def test_paired_difference_is_paired() -> None:
+    # Same margins, different pairing: only the flip table (and so p and the interval) changes.
+    x = np.array([True, True, False, False])
+    a = paired_difference(x, np.array([True, True, False, False]))
+    b = paired_difference(x, np.array([False, False, True, True]))
+    assert a.diff == b.diff == 0.0
+    assert (a.ci_low, a.ci_high, a.mcnemar_p) == (0.0, 0.0, 1.0)
+    assert b.ci_low < 0 < b.ci_high and b.refusal_to_compliance == b.compliance_to_refusal == 2
+
+
+@pytest.mark.parametrize(
+    "before, after, fragment",
+    [
+        ([True, False], [True], "same length"),
+        ([1, 2, 0], [1, 0, 0], "found value 2"),
+        ([0.0, 1.0], [1.0, 0.0], "dtype float64"),
+        (["yes", "no"], [True, False], "dtype <U3"),
+        ([], [], "at least one pair"),
+        ([[True]], [[False]], "1-D"),
+    ],
+)
+def test_paired_difference_rejects_bad_input(before, after, fragment) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        paired_difference(before, after)
+
+
+def test_paired_difference_accepts_zero_one_integers() -> None:
+    a = paired_difference([0, 1, 1, 0], [1, 1, 1, 0])
+    assert (a.refusal_to_compliance, a.both_complied, a.both_refused) == (1, 2, 1)
+
+
+def test_paired_interval_matches_per_pair_differences() -> None:
+    """The Wald interval equals mean +- z * sd(ddof=0)/sqrt(n) of the per-pair differences in {-1, 0, 1}."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        before = rng.random(n) < rng.random()
+        after = rng.random(n) < rng.random()
+        confidence = float(rng.choice([0.8, 0.9, 0.95, 0.99]))
+        result = paired_difference(before, after, confidence)
+        d = after.astype(float) - before.astype(float)
+        z = sp.norm.ppf(1 - (1 - confidence) / 2)
+        half = z * d.std() / math.sqrt(n)
+        assert result.diff == pytest.approx(d.mean(), abs=1e-12)
+        assert result.ci_low == pytest.approx(d.mean() - half, abs=1e-12)
+        assert result.ci_high == pytest.approx(d.mean() + half, abs=1e-12)
+        assert result.rate_after - result.rate_before == pytest.approx(result.diff, abs=1e-12)
+        cells = (result.both_complied, result.both_refused, result.refusal_to_compliance, result.compliance_to_refusal)
+        assert sum(cells) == n
+
+
+def test_mcnemar_matches_scipy_binomtest() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        b, c = (int(v) for v in rng.integers(0, 120, size=2))
+        if b + c == 0:
+            assert mcnemar_exact(b, c) == 1.0
+            continue
+        expected = sp.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue
+        assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+        assert mcnemar_exact(b, c) == mcnemar_exact(c, b)
+
+
+@pytest.mark.parametrize("b, c", [(-1, 3), (2.5, 3), (True, 3)])
+def test_mcnemar_rejects_bad_counts(b, c) -> None:
+    with pytest.raises(ValueError, match="non-negative integer"):
+        mcnemar_exact(b, c)
+
+
+def test_fisher_matches_scipy_and_hypergeometric_tails() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n1, n2 = (int(v) for v in rng.integers(1, 60, size=2))
+        k1, k2 = int(rng.integers(0, n1 + 1)), int(rng.integers(0, n2 + 1))
+        for alternative in ("two-sided", "greater", "less"):
+            result = fisher_exact(k1, n1, k2, n2, alternative)
+            odds, p = sp.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative)
+            assert result.alternative == alternative
+            assert result.p_value == pytest.approx(p, rel=1e-9, abs=1e-300)
+            if not math.isnan(odds):
+                assert result.odds_ratio == pytest.approx(odds)
+        # 'greater' = group 1 complies more: P(K1 >= k1) under the hypergeometric null.
+        hyper = sp.hypergeom(n1 + n2, k1 + k2, n1)
+        assert fisher_exact(k1, n1, k2, n2, "greater").p_value == pytest.approx(hyper.sf(k1 - 1), rel=1e-9, abs=1e-300)
+        assert fisher_exact(k1, n1, k2, n2, "less").p_value == pytest.approx(hyper.cdf(k1), rel=1e-9, abs=1e-300)
+
+
+def test_fisher_requires_alternative() -> None:
+    with pytest.raises(TypeError):
+        fisher_exact(3, 10, 7, 10)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="alternative must be one of"):
+        fisher_exact(3, 10, 7, 10, "two_sided")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k=11, n=10"):
+        fisher_exact(11, 10, 7, 10, "less")
+
+
+def test_wilson_endpoints_have_score_statistic_z() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        n = int(rng.integers(1, 500))
+        k = int(rng.integers(0, n + 1))
+        confidence = float(rng.choice([0.8, 0.9, 0.95, 0.99]))
+        z = sp.norm.ppf(1 - (1 - confidence) / 2)
+        low, high = wilson_interval(k, n, confidence)
+        assert 0.0 <= low <= k / n <= high <= 1.0
+        for bound in (low, high):
+            if 0.0 < bound < 1.0:
+                score = abs(k / n - bound) / math.sqrt(bound * (1 - bound) / n)
+                assert score == pytest.approx(z, rel=1e-9)
+        assert (low == 0.0) == (k == 0) and (high == 1.0) == (k == n)
+
+
+def test_wilson_rejects_bad_counts() -> None:
+    for k, n in [(1, 0), (-1, 5), (6, 5)]:
+        with pytest.raises(ValueError, match=f"k={k}, n={n}"):
+            wilson_interval(k, n)
+    with pytest.raises(ValueError, match="confidence"):
+        wilson_interval(1, 5, confidence=95)
+
+
+def test_category_table() -> None:
+    frame = pd.DataFrame(
+        {
+            "id": [1, 2, 3, 1, 2, 3, 4, 4],
+            "category": ["a", "a", "b", "a", "a", "b", "b", "b"],
+            "condition": ["base", "base", "base", "edit", "edit", "edit", "base", "edit"],
+            "score": [0, 1, 0, 1, 1, 1, 0, 1],
+        }
+    )
+    table = category_table(frame)
+    assert list(table.columns) == ["category", "condition", "n", "k", "rate", "ci_low", "ci_high"]
+    got = {(r.category, r.condition): (r.n, r.k) for r in table.itertuples()}
+    assert got == {("a", "base"): (2, 1), ("a", "edit"): (2, 2), ("b", "base"): (2, 0), ("b", "edit"): (2, 2)}
+    row = table[(table.category == "a") & (table.condition == "base")].iloc[0]
+    assert row.rate == 0.5 and (row.ci_low, row.ci_high) == pytest.approx(wilson_interval(1, 2))
+
+
+def test_category_table_rejects_bad_frames() -> None:
+    good = pd.DataFrame({"id": [1, 2], "category": ["a", "a"], "condition": ["x", "x"], "score": [0, 1]})
+    with pytest.raises(ValueError, match="lacks columns \\['score'\\]"):
+        category_table(good.drop(columns="score"))
+    with pytest.raises(ValueError, match="found value 3"):
+        category_table(good.assign(score=[0, 3]))
+    with pytest.raises(ValueError, match="id 1 appears more than once in condition 'x'"):
+        category_table(good.assign(id=[1, 1]))

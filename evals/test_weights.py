@@ -1,0 +1,142 @@
+"""Weight orthogonalization equals activation ablation where the architecture allows it, and the
+leakage is measured (not assumed) where it does not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from harness.arch import FAMILIES, d_model, embeddings, is_tied, residual_writers, unembedding
+from harness.chat import tokenize_instructions
+from harness.interventions import DirectionShapeError, ablate
+from harness.tiny import TINY_FAMILIES, tiny_model
+from harness.weights import edit_fidelity, orthogonalize, save_model
+
+PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
+EXACT_TOL = 1e-4
+
+
+def _direction(model) -> torch.Tensor:
+    return torch.randn(d_model(model), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def edited(request):
+    model, tok = tiny_model(request.param)
+    r = _direction(model)
+    return request.param, model, tok, r, orthogonalize(model, r)
+
+
+def test_input_model_untouched():
+    model, _ = tiny_model("gemma4")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tied = is_tied(model)
+    out = orthogonalize(model, _direction(model))
+    assert out is not model and is_tied(model) == tied
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_every_writer_is_orthogonal(edited):
+    _, _, _, r, out = edited
+    r_hat = r / r.norm()
+    for ref in residual_writers(out):
+        comp = (ref.weight.movedim(ref.out_dim, -1).float() @ r_hat).abs().max()
+        assert comp <= 1e-5, f"{ref.name}: {comp}"
+        if ref.bias is not None:
+            assert (ref.bias.float() @ r_hat).abs().max() <= 1e-5, f"{ref.name} bias"
+
+
+def test_readout_left_alone(edited):
+    _, model, _, _, out = edited
+    assert not is_tied(out)
+    torch.testing.assert_close(unembedding(out).weight, unembedding(model).weight, rtol=0, atol=0)
+
+
+def test_edit_fidelity_exact_where_claimed_and_leak_measured(edited):
+    family, model, tok, r, out = edited
+    fid = edit_fidelity(model, out, r, PROMPTS, tok)
+    assert fid["exact"] == FAMILIES[family].exact_edit
+    assert len(fid["residual_component"]) == model.config.num_hidden_layers + 1
+    print(f"\n{family}: exact={fid['exact']} max|logit gap|={fid['max_logit_gap']:.3g} "
+          f"max|component| edited={max(fid['residual_component']):.3g} "
+          f"ablated={max(fid['ablation_component']):.3g} unedited={max(fid['baseline_component']):.3g}"
+          + ("" if fid["exact"] else f" (leak: {fid['leak_reason']})"))
+    assert max(fid["ablation_component"]) <= 1e-5
+    if fid["exact"]:
+        assert fid["max_logit_gap"] <= EXACT_TOL
+        assert max(fid["residual_component"]) <= 1e-5
+    else:
+        # the flag is a claim too: a family marked inexact must show measurable leakage
+        assert fid["max_logit_gap"] > EXACT_TOL and max(fid["residual_component"]) > 1e-4
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_multimodal_wrappers_edit_and_ablate_the_language_model(family):
+    model, tok = tiny_model(family, multimodal=True)
+    assert type(model).__name__.endswith("ForConditionalGeneration")
+    r = _direction(model)
+    out = orthogonalize(model, r)
+    assert not is_tied(out)
+    fid = edit_fidelity(model, out, r, PROMPTS, tok)
+    assert len(fid["residual_component"]) == model.config.text_config.num_hidden_layers + 1
+    assert max(fid["ablation_component"]) <= 1e-5
+    assert fid["exact"] is False and fid["max_logit_gap"] > EXACT_TOL
+
+
+def test_norm_preserving_keeps_norms_and_orthogonality():
+    model, tok = tiny_model("gpt_oss")
+    r = _direction(model)
+    r_hat = r / r.norm()
+    out = orthogonalize(model, r, norm_preserving=True)
+    for orig, new in zip(residual_writers(model), residual_writers(out)):
+        w0, w1 = (x.weight.movedim(x.out_dim, -1).float() for x in (orig, new))
+        torch.testing.assert_close(w1.norm(dim=-1), w0.norm(dim=-1), rtol=1e-5, atol=1e-6)
+        assert (w1 @ r_hat).abs().max() <= 1e-5, new.name
+    fid = edit_fidelity(model, out, r, PROMPTS, tok)
+    assert max(fid["residual_component"]) <= 1e-5
+
+
+def test_edit_in_bfloat16():
+    model, tok = tiny_model("qwen3", dtype=torch.bfloat16)
+    r = _direction(model)
+    out = orthogonalize(model, r)
+    assert embeddings(out).weight.dtype == torch.bfloat16
+    fid = edit_fidelity(model, out, r, PROMPTS, tok)
+    assert max(fid["residual_component"]) <= 0.05 * max(fid["baseline_component"])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma", "gemma4", "qwen3_5", "gpt_oss"])
+def test_saved_edit_reloads_with_identical_logits(family, tmp_path):
+    model, tok = tiny_model(family)
+    out = orthogonalize(model, _direction(model))
+    save_model(out, tok, tmp_path)
+    assert list(tmp_path.glob("*.safetensors"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    reloaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert is_tied(reloaded) == is_tied(out)
+    batch = tokenize_instructions(reloaded_tok, PROMPTS)
+    assert batch["input_ids"].tolist() == tokenize_instructions(tok, PROMPTS)["input_ids"].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, out(**batch).logits, rtol=0, atol=0)
+
+
+def test_ablation_matches_edit_logits_directly():
+    """Independent of edit_fidelity: the edited model's logits equal ablation logits (llama)."""
+    model, tok = tiny_model("llama")
+    r = _direction(model)
+    out = orthogonalize(model, r)
+    batch = tokenize_instructions(tok, PROMPTS)
+    with torch.no_grad(), ablate(model, r):
+        abl = model(**batch).logits
+    with torch.no_grad():
+        torch.testing.assert_close(out(**batch).logits, abl, rtol=0, atol=EXACT_TOL)
+
+
+def test_wrong_width_is_a_clear_error():
+    model, tok = tiny_model("qwen2")
+    with pytest.raises(DirectionShapeError, match="width 7.*d_model=64"):
+        orthogonalize(model, torch.randn(7))
+    with pytest.raises(DirectionShapeError, match="width 7"):
+        edit_fidelity(model, model, torch.randn(7), PROMPTS, tok)

@@ -1,0 +1,124 @@
+"""Command line: `python -m harness <subcommand>` (also installed as `refusal-harness`)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.pins import (
+    SORRY_BENCH_COMMIT,
+    SORRY_BENCH_MANIFEST,
+    SORRY_BENCH_NAME,
+    SORRY_BENCH_REPO,
+    PinError,
+    read_manifest,
+    vendor_root,
+    verify,
+)
+
+RAW_URL = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+class FetchError(RuntimeError):
+    """A pinned file could not be obtained; the message names the file and the source."""
+
+
+def _download(rel: str, target: Path) -> None:
+    url = RAW_URL.format(repo=SORRY_BENCH_REPO, commit=SORRY_BENCH_COMMIT, path=rel)
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            target.write_bytes(response.read())
+    except urllib.error.HTTPError as err:
+        raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise FetchError(
+            f"cannot download {url} ({reason}); offline? use --from DIR with a local copy of the files"
+        ) from err
+
+
+def _copier(source: Path) -> Callable[[str, Path], None]:
+    def copy(rel: str, target: Path) -> None:
+        origin = source / rel
+        if not origin.is_file():
+            raise FetchError(f"{origin}: pinned file {rel!r} not found in --from {source}")
+        shutil.copyfile(origin, target)
+
+    return copy
+
+
+def fetch_judge(dest: Path, source: Path | None = None, manifest_path: Path | None = None) -> str:
+    """Fill `dest` with the pinned SORRY-Bench evaluator files, from upstream or a local `source` dir.
+
+    Files are gathered and verified in a staging directory first, so `dest` never holds an unverified file.
+    Returns a one-line account of what was done."""
+    manifest = read_manifest(manifest_path or SORRY_BENCH_MANIFEST)
+    try:
+        verify(manifest, dest)
+        return f"{len(manifest)} pinned files already present and verified in {dest}"
+    except PinError:
+        pass
+    get = _copier(source) if source is not None else _download
+    origin = str(source) if source is not None else f"github.com/{SORRY_BENCH_REPO}@{SORRY_BENCH_COMMIT[:12]}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-staging-") as staging:
+        stage = Path(staging)
+        for rel in manifest:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            get(rel, stage / rel)
+        verify(manifest, stage)
+        for rel in manifest:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage / rel).replace(dest / rel)
+    verify(manifest, dest)
+    return f"fetched {len(manifest)} pinned files from {origin} into {dest}; all SHA-256 verified"
+
+
+def _cmd_fetch_judge(args: argparse.Namespace) -> int:
+    source = Path(args.source) if args.source else None
+    dest = Path(args.dest) if args.dest else vendor_root() / SORRY_BENCH_NAME
+    print(fetch_judge(dest, source))
+    return 0
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from harness.judges.sorry_bench import judge_exchange_dir
+
+    written = judge_exchange_dir(Path(args.dir), backend=args.backend)
+    print(f"scored {len(written)} answer file(s) in {args.dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; add a subcommand with `sub.add_parser(...).set_defaults(func=...)`."""
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fetch = sub.add_parser("fetch-judge", help="fetch and SHA-256-verify the official SORRY-Bench evaluator files")
+    fetch.add_argument("--from", dest="source", metavar="DIR", help="copy from a local directory, not from upstream")
+    fetch.add_argument("--dest", metavar="DIR", help=f"target (default: <$HARNESS_VENDOR_DIR or vendor>/{SORRY_BENCH_NAME})")
+    fetch.set_defaults(func=_cmd_fetch_judge)
+    judge = sub.add_parser("judge", help="score exported answers with the official SORRY-Bench judge (tox -e judge)")
+    judge.add_argument("--dir", required=True, help="the exchange directory a claims run named")
+    judge.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
+    judge.set_defaults(func=_cmd_judge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (PinError, FetchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

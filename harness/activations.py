@@ -1,0 +1,106 @@
+"""Residual-stream captures: streaming means over many prompts, and per-prompt vectors.
+
+Activations at layer `l` are the residual stream entering block `l`, read by a forward pre-hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.arch import embeddings, layers as block_list
+from harness.chat import post_instruction_tokens, tokenize_instructions
+from harness.hooks import add_hooks, block_input
+
+
+def input_device(model) -> torch.device:
+    return embeddings(model).weight.device
+
+
+def _batches(items: Sequence[str], batch_size: int):
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def _forward(model, batch) -> None:
+    batch = {k: v.to(input_device(model)) for k, v in batch.items()}
+    model(**batch, use_cache=False, logits_to_keep=1)
+
+
+@torch.no_grad()
+def mean_activations(
+    model,
+    tokenizer,
+    instructions: Sequence[str],
+    *,
+    positions: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    system: str | None = None,
+) -> torch.Tensor:
+    """Mean residual stream `[n_layer, n_pos, d_model]` (float32) at the last `n_pos` prompt
+    positions (default: the post-instruction tokens), accumulated batch by batch in float64 so
+    memory does not grow with the number of prompts."""
+    if len(instructions) == 0:
+        raise ValueError("mean_activations needs at least one instruction")
+    n_pos = len(post_instruction_tokens(tokenizer, system)) if positions is None else positions
+    if n_pos < 1:
+        raise ValueError(f"positions must be >= 1, got {n_pos}")
+    blocks = block_list(model)
+    sums: list[torch.Tensor | None] = [None] * len(blocks)  # each [n_pos, d_model]
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs):
+            x = block_input(args, kwargs)[:, -n_pos:, :].to(torch.float64).sum(dim=0)
+            sums[layer] = x if sums[layer] is None else sums[layer] + x.to(sums[layer].device)
+
+        return hook
+
+    pre_hooks = [(block, make_hook(i)) for i, block in enumerate(blocks)]
+    n_batches = -(-len(instructions) // batch_size)
+    with add_hooks(pre_hooks=pre_hooks):
+        for chunk in tqdm(_batches(instructions, batch_size), total=n_batches, disable=not progress, desc="mean acts"):
+            batch = tokenize_instructions(tokenizer, chunk, system)
+            if batch["input_ids"].shape[1] < n_pos:
+                raise ValueError(f"prompts of {batch['input_ids'].shape[1]} tokens are shorter than positions={n_pos}")
+            _forward(model, batch)
+    return torch.stack([s.cpu() for s in sums]).div_(len(instructions)).float()
+
+
+@torch.no_grad()
+def prompt_activations(
+    model,
+    tokenizer,
+    instructions: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    pos: int = -1,
+    batch_size: int = 32,
+    system: str | None = None,
+) -> torch.Tensor:
+    """Per-prompt residual stream `[n_prompts, n_layer, d_model]` (float32) at prompt position
+    `pos` (negative, from the end) entering each block in `layers` (default: all)."""
+    if pos >= 0:
+        raise ValueError(f"pos counts from the end of the prompt and must be negative, got {pos}")
+    blocks = block_list(model)
+    chosen = list(range(len(blocks))) if layers is None else list(layers)
+    for layer in chosen:
+        if not 0 <= layer < len(blocks):
+            raise IndexError(f"layer {layer} out of range for a model with {len(blocks)} blocks")
+    out: list[torch.Tensor] = []  # each [batch, n_layer, d_model]
+    captured: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs):
+            captured[layer] = block_input(args, kwargs)[:, pos, :].float().cpu()
+
+        return hook
+
+    with add_hooks(pre_hooks=[(blocks[layer], make_hook(layer)) for layer in chosen]):
+        for chunk in _batches(instructions, batch_size):
+            captured.clear()
+            _forward(model, tokenize_instructions(tokenizer, chunk, system))
+            out.append(torch.stack([captured[layer] for layer in chosen], dim=1))
+    return torch.cat(out)

@@ -1,0 +1,363 @@
+"""Capability metrics: few-shot multiple-choice accuracy, text cross-entropy, next-token KL.
+
+None of these builds a model: each runs whatever `model` is at call time, so an intervention is
+measured by calling them inside its context manager (`with ablate(...): multiple_choice_accuracy(...)`).
+
+Multiple choice uses the model's plain text, not its chat template. This is the standard few-shot
+log-likelihood setup (Hendrycks et al. 2021 for MMLU; the EleutherAI lm-evaluation-harness, which the
+refusal-direction capability tables are usually produced with): the letter must be the very next token
+after "Answer:", which a chat template would push behind an assistant header, and base and chat models
+are then scored on identical strings. The refusal edit is judged by the paired difference between the
+baseline and the edited model on the same prompts, so one fixed format is what matters.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+LETTERS = string.ascii_uppercase[:10]
+_QUESTION_KEYS = {"question", "choices", "answer", "subject", "id"}
+
+
+class CapabilityDataError(ValueError):
+    """A capability data file that cannot be used; the message names the file, line and field."""
+
+
+class AnswerTokenError(ValueError):
+    """The tokenizer has no single token for an answer letter after "Answer:"."""
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def validate_question(item: object, where: str) -> dict:
+    """Check one multiple-choice item; `where` (e.g. "file.jsonl:3") prefixes every error."""
+    if not isinstance(item, dict):
+        raise CapabilityDataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    unknown = set(item) - _QUESTION_KEYS
+    if unknown:
+        raise CapabilityDataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_QUESTION_KEYS)}")
+    for key in ("question", "choices", "answer"):
+        if key not in item:
+            raise CapabilityDataError(f"{where}: missing field {key!r}")
+    question, choices, answer = item["question"], item["choices"], item["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise CapabilityDataError(f"{where}: field 'question' must be a non-empty string, got {question!r}")
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
+        raise CapabilityDataError(f"{where}: field 'choices' must be a list of 2-{len(LETTERS)} strings, got {choices!r}")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str) or not choice.strip():
+            raise CapabilityDataError(f"{where}: field 'choices[{i}]' must be a non-empty string, got {choice!r}")
+    if len(set(choices)) != len(choices):
+        raise CapabilityDataError(f"{where}: field 'choices' has duplicates: {choices!r}")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise CapabilityDataError(
+            f"{where}: field 'answer' must be an integer index in [0, {len(choices) - 1}], got {answer!r}"
+        )
+    if "subject" in item and (not isinstance(item["subject"], str) or not item["subject"].strip()):
+        raise CapabilityDataError(f"{where}: field 'subject' must be a non-empty string, got {item['subject']!r}")
+    return item
+
+
+def load_capability_set(path: str | Path) -> list[dict]:
+    """Read a JSONL multiple-choice set ({"question", "choices", "answer", "subject"?}); blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CapabilityDataError(f"{path}: no such file")
+    items = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CapabilityDataError(f"{path}:{lineno}: not valid JSON: {err.msg}") from err
+        items.append(validate_question(raw, f"{path}:{lineno}"))
+    if not items:
+        raise CapabilityDataError(f"{path}: no questions")
+    return items
+
+
+def questions_from_frame(frame, *, with_subject: bool, source: str = "frame") -> list[dict]:
+    """Rows of a `harness.datasets` MMLU/ARC frame (prompt, choices, label, category) -> question dicts.
+
+    `with_subject` turns `category` into the MMLU subject header; ARC's category is the set's
+    name, not a subject, so it is left out there.
+    """
+    missing = [c for c in ("prompt", "choices", "label") + (("category",) if with_subject else ()) if c not in frame]
+    if missing:
+        raise CapabilityDataError(f"{source}: missing column(s) {missing}; has {list(frame.columns)}")
+    items = []
+    for i, row in enumerate(frame.to_dict("records")):
+        label = row["label"]
+        item = {
+            "question": row["prompt"],
+            "choices": [str(c) for c in row["choices"]],
+            "answer": int(label) if hasattr(label, "__index__") and not isinstance(label, bool) else label,
+        }
+        if with_subject:
+            item["subject"] = row["category"]
+        items.append(validate_question(item, f"{source} row {i} (id {row.get('id', '?')})"))
+    if not items:
+        raise CapabilityDataError(f"{source}: no questions")
+    return items
+
+
+def load_text_set(path: str | Path) -> list[str]:
+    """Read paragraphs separated by blank lines (the CE-loss text file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CapabilityDataError(f"{path}: no such file")
+    paragraphs = [" ".join(block.split()) for block in path.read_text(encoding="utf-8").split("\n\n")]
+    paragraphs = [p for p in paragraphs if p]
+    if not paragraphs:
+        raise CapabilityDataError(f"{path}: no paragraphs")
+    return paragraphs
+
+
+# --- batched forward --------------------------------------------------------------------------
+
+
+def _left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids [batch, seq], attention_mask [batch, seq], padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither a pad nor an eos token")
+    return pad
+
+
+def _forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_only: bool) -> torch.Tensor:
+    """Logits of a left-padded batch: [batch, vocab] if `last_only` else [batch, seq, vocab], float32, on CPU.
+
+    Position ids are counted from each row's first real token, so a left-padded row sees the positions
+    it would see alone (RoPE is shift-invariant anyway; absolute-position models are not).
+    """
+    device = model.device
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"logits_to_keep": 1} if last_only else {}
+    out = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        use_cache=False,
+        **kwargs,
+    )
+    logits = out.logits[:, -1] if last_only else out.logits
+    return logits.float().cpu()
+
+
+def _batches(n: int, batch_size: int) -> Iterator[range]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield range(start, min(start + batch_size, n))
+
+
+# --- multiple choice --------------------------------------------------------------------------
+
+
+def answer_tokens(tokenizer, n_choices: int) -> tuple[list[int], list[int]]:
+    """How the tokenizer continues "Answer:" with " A", " B", ...: (shared ids, one letter id per choice).
+
+    Found by difference ("Answer: A" minus "Answer:") because SentencePiece and byte-level BPE spell
+    the leading space differently. Usually the shared part is empty (" A" is one token); a tokenizer
+    without such merges gives a shared space token, which is the same for every letter, so appending it
+    to the prompt leaves the argmax over letters unchanged. Raises `AnswerTokenError` otherwise.
+    """
+    if not 1 <= n_choices <= len(LETTERS):
+        raise ValueError(f"n_choices must be in [1, {len(LETTERS)}], got {n_choices}")
+    name = type(tokenizer).__name__
+    prefix = tokenizer("Answer:", add_special_tokens=False)["input_ids"]
+    continuations = []
+    for letter in LETTERS[:n_choices]:
+        full = tokenizer(f"Answer: {letter}", add_special_tokens=False)["input_ids"]
+        if len(full) <= len(prefix) or full[: len(prefix)] != prefix:
+            raise AnswerTokenError(f"tokenizer {name}: 'Answer: {letter}' does not extend 'Answer:' ({prefix} vs {full})")
+        continuations.append(full[len(prefix) :])
+    shared = continuations[0][:-1]
+    if any(c[:-1] != shared for c in continuations):
+        raise AnswerTokenError(f"tokenizer {name}: answer letters do not differ only in their last token: {continuations}")
+    ids = [c[-1] for c in continuations]
+    if len(set(ids)) != len(ids):
+        raise AnswerTokenError(f"tokenizer {name}: answer letters share token ids {ids}")
+    return shared, ids
+
+
+def _subject_header(subject: str | None) -> str:
+    if not subject:
+        return ""
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def _format_item(item: dict, *, with_answer: bool) -> str:
+    lines = [item["question"].strip()]
+    lines += [f"{LETTERS[i]}. {choice.strip()}" for i, choice in enumerate(item["choices"])]
+    lines.append(f"Answer: {LETTERS[item['answer']]}\n\n" if with_answer else "Answer:")
+    return "\n".join(lines)
+
+
+def mmlu_prompt(item: dict, shots: Sequence[dict] = ()) -> str:
+    """The MMLU few-shot prompt: optional subject header, solved shots, then the question ending in "Answer:"."""
+    body = "".join(_format_item(shot, with_answer=True) for shot in shots)
+    return _subject_header(item.get("subject")) + body + _format_item(item, with_answer=False)
+
+
+def _shots_for(index: int, questions: Sequence[dict], shots: Sequence[dict] | None, n_shot: int) -> list[dict]:
+    if shots is not None:
+        return list(shots[:n_shot])
+    pool = [q for j, q in enumerate(questions) if j != index]
+    return pool[:n_shot]
+
+
+@torch.inference_mode()
+def multiple_choice_accuracy(
+    model,
+    tokenizer,
+    questions: list[dict],
+    *,
+    n_shot: int = 5,
+    shots: list[dict] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
+    """k-shot accuracy by argmax of the next-token log-likelihood of the answer letters (no generation).
+
+    Shots come from `shots` (e.g. the MMLU dev split); without it, question i uses the first `n_shot`
+    other questions of the list, so no question sees its own answer and n stays len(questions).
+    Returns {"accuracy", "n", "correct": [bool] (for paired tests), "predicted": [int]}.
+    """
+    if not questions:
+        raise ValueError("multiple_choice_accuracy needs at least one question")
+    if n_shot < 0:
+        raise ValueError(f"n_shot must be >= 0, got {n_shot}")
+    pool_size = len(shots) if shots is not None else len(questions) - 1
+    if pool_size < n_shot:
+        source = "shots" if shots is not None else "questions (other than the one asked)"
+        raise ValueError(f"n_shot={n_shot} but only {pool_size} {source} available")
+    for i, q in enumerate(questions):
+        validate_question(q, f"questions[{i}]")
+    for i, q in enumerate(shots or []):
+        validate_question(q, f"shots[{i}]")
+
+    shared, letters = answer_tokens(tokenizer, max(len(q["choices"]) for q in questions))
+    letter_ids = torch.tensor(letters)
+    encoded = [
+        tokenizer(mmlu_prompt(q, _shots_for(i, questions, shots, n_shot)))["input_ids"] + shared
+        for i, q in enumerate(questions)
+    ]
+    order = sorted(range(len(questions)), key=lambda i: -len(encoded[i]))
+    pad_id = _pad_id(tokenizer)
+    predicted = [0] * len(questions)
+    batches = list(_batches(len(order), batch_size))
+    for batch in tqdm(batches, desc="multiple choice", disable=not progress):
+        rows = [order[k] for k in batch]
+        ids, mask = _left_pad([encoded[i] for i in rows], pad_id)
+        logprobs = torch.log_softmax(_forward_logits(model, ids, mask, last_only=True), dim=-1)  # [batch, vocab]
+        for row, i in enumerate(rows):
+            n_choices = len(questions[i]["choices"])
+            predicted[i] = int(logprobs[row, letter_ids[:n_choices]].argmax())
+    correct = [p == q["answer"] for p, q in zip(predicted, questions)]
+    return {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": correct, "predicted": predicted}
+
+
+# --- cross-entropy ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def cross_entropy(model, tokenizer, texts: list[str], *, max_length: int = 256, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over all predicted tokens of `texts`, each cut to `max_length` tokens.
+
+    Token-weighted, so long texts count for more, as in a language-modelling loss.
+    """
+    if not texts:
+        raise ValueError("cross_entropy needs at least one text")
+    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    pad_id = _pad_id(tokenizer)
+    total, count = 0.0, 0
+    for batch in _batches(len(encoded), batch_size):
+        ids, mask = _left_pad([encoded[i] for i in batch], pad_id)  # [batch, seq]
+        logits = _forward_logits(model, ids, mask, last_only=False)  # [batch, seq, vocab]
+        scored = (mask[:, :-1] & mask[:, 1:]).bool()  # a target and its context are both real tokens
+        targets = ids[:, 1:].masked_fill(~scored, -100)
+        total += F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
+        count += int(scored.sum())
+    if count == 0:
+        raise ValueError("cross_entropy: no text has two or more tokens")
+    return total / count
+
+
+# --- next-token KL ----------------------------------------------------------------------------
+
+
+def next_token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row of next-token logits [n, vocab] -> [n] float64 (nats).
+
+    The project's one KL: p is the reference (baseline model), q the intervened model, as in the
+    KL filter of Arditi et al.'s direction selection. Computed with float64 log-softmax; vocabulary
+    entries where p is exactly zero (logit -inf) contribute zero.
+    """
+    if logits_p.shape != logits_q.shape or logits_p.dim() != 2:
+        raise ValueError(
+            f"next_token_kl needs two [n, vocab] tensors of equal shape, got {tuple(logits_p.shape)} "
+            f"and {tuple(logits_q.shape)}"
+        )
+    log_p = torch.log_softmax(logits_p.double(), dim=-1)
+    log_q = torch.log_softmax(logits_q.double(), dim=-1)
+    terms = torch.where(log_p > -torch.inf, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+    return terms.sum(dim=-1).clamp(min=0.0)
+
+
+@torch.inference_mode()
+def last_position_logits(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    chat: bool = True,
+    system: str | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Next-token logits at the last prompt token -> [n, vocab] float32 on CPU.
+
+    With `chat`, prompts are instructions formatted by `harness.chat.tokenize_instructions`
+    (the model's own template); otherwise they are tokenized as plain text.
+    """
+    if not prompts:
+        raise ValueError("last_position_logits needs at least one prompt")
+    if not chat and system is not None:
+        raise ValueError("a system prompt needs chat=True")
+    pad_id = _pad_id(tokenizer)
+    out = []
+    for batch in _batches(len(prompts), batch_size):
+        chunk = [prompts[i] for i in batch]
+        if chat:
+            from harness.chat import tokenize_instructions
+
+            enc = tokenize_instructions(tokenizer, chunk, system=system)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            if bool((mask[:, -1] == 0).any()):
+                raise ValueError("harness.chat.tokenize_instructions returned a right-padded batch; need left padding")
+        else:
+            ids, mask = _left_pad([tokenizer(p)["input_ids"] for p in chunk], pad_id)
+        out.append(_forward_logits(model, ids, mask.long(), last_only=True))
+    return torch.cat(out)

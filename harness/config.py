@@ -1,0 +1,260 @@
+"""Experiment configuration: one TOML per model, validated on load.
+
+A bad file raises `ExperimentError` naming the file and the offending field, so a typo in a
+threshold never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_revision(value: str | None) -> str | None:
+    if value is not None and not HEX40.match(value):
+        raise ValueError(f"revision must be a 40-hex commit, got {value!r}")
+    return value
+
+
+class RefusalTune(_Strict):
+    """Recipe that turns a non-refusing base model into a refusing one (the CPU demo)."""
+
+    recipe: str = "refusal-sft-v1"
+    steps: int = 60
+    batch_size: int = 16
+    lr: float = 3e-5
+    train_layers: tuple[int, int] = (6, 23)
+    refusal_text: str = "I'm sorry, but I can't help with that request."
+    distill_max_new_tokens: int = 48
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    id: str
+    revision: str | None = None
+    path: str | None = None
+    gguf_file: str | None = None
+    gguf_package: str | None = Field(None, description="Python package that ships the GGUF file")
+    sha256: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    family: str | None = Field(None, description="override of the architecture family")
+    refusal_tune: RefusalTune | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _rev(cls, v: str | None) -> str | None:
+        return _check_revision(v)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not HEX64.match(v):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "ModelConfig":
+        if self.revision is None and self.path is None and self.gguf_file is None:
+            raise ValueError("model needs a pinned `revision` (40-hex), a local `path`, or a `gguf_file`")
+        if self.gguf_file is not None and self.sha256 is None:
+            raise ValueError("a `gguf_file` needs its `sha256`")
+        return self
+
+
+class DatasetRef(_Strict):
+    """A dataset by registry name (see harness.datasets), optionally a revision override and a subset."""
+
+    name: str
+    revision: str | None = None
+    split: str | None = None
+    n: int | None = Field(None, ge=1)
+    path: str | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _rev(cls, v: str | None) -> str | None:
+        return _check_revision(v)
+
+
+class ConstructionConfig(_Strict):
+    """Policy-area-disjoint split of a safe/unsafe construction dataset."""
+
+    dataset: DatasetRef = DatasetRef(name="policy_prompts")
+    fit_areas: int = Field(8, ge=1)
+    split_seed: int = 0
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+class DataConfig(_Strict):
+    construction: ConstructionConfig | None = None
+    harmful_train: DatasetRef | None = None
+    harmless_train: DatasetRef | None = None
+    harmful_val: DatasetRef | None = None
+    harmless_val: DatasetRef | None = None
+    harmful_eval: DatasetRef | None = None
+    harmless_eval: DatasetRef | None = None
+    extra_eval: dict[str, DatasetRef] = {}
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DataConfig":
+        if self.construction is None and (self.harmful_train is None or self.harmless_train is None):
+            raise ValueError("data needs a `construction` split or both `harmful_train` and `harmless_train`")
+        return self
+
+
+class SelectionConfig(_Strict):
+    """Direction selection (Arditi et al. 2024, direction selection appendix)."""
+
+    max_layer_fraction: float = 0.8
+    kl_max: float = 0.1
+    induce_min: float = 0.0
+    n_val: int = 32
+    positions: list[int] | None = Field(None, description="post-instruction positions to sweep; None = all")
+    layers: list[int] | None = None
+
+
+class DirectionConfig(_Strict):
+    method: Literal["diff_in_means", "inlp"] = "diff_in_means"
+    layer: int | None = Field(None, description="fixed layer (as published); None = selection")
+    pos: int | None = Field(None, description="fixed post-instruction position, negative from the end")
+    selection: SelectionConfig = SelectionConfig()
+    inlp_max_iter: int = 10
+    inlp_chance_margin: float = 0.05
+    compare_methods: list[Literal["diff_in_means", "inlp"]] = ["diff_in_means", "inlp"]
+
+
+class InterventionConfig(_Strict):
+    conditions: list[Literal["ablation", "weight_edit", "actadd"]] = ["ablation", "weight_edit", "actadd"]
+    norm_preserving: bool = False
+    actadd_coeff: float = -1.0
+    scope: Literal["all", "top_k", "one"] = "all"
+
+
+class GenerationConfig(_Strict):
+    backend: Literal["transformers", "static", "vllm"] = "transformers"
+    compile_step: bool = Field(False, description="static backend: torch.compile the decode step (CUDA)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model")
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    temperature: float = 0.0
+    system_prompt: str | None = None
+
+
+class JudgeConfig(_Strict):
+    substring: bool = True
+    refusal_substrings: list[str] | None = None
+    model: Literal["llamaguard2", "llamaguard3", "sorry-bench"] | None = None
+    model_id: str | None = None
+    revision: str | None = None
+    evaluator_commit: str | None = None
+
+    @field_validator("revision", "evaluator_commit")
+    @classmethod
+    def _rev(cls, v: str | None) -> str | None:
+        return _check_revision(v)
+
+
+class StabilityConfig(_Strict):
+    budgets: list[int] = [2, 4, 6, 8]
+    repeats: int = Field(5, ge=1)
+
+
+class CapabilityConfig(_Strict):
+    mmlu: DatasetRef | None = None
+    arc_challenge: DatasetRef | None = None
+    text: DatasetRef | None = None
+    n_shot: int = 5
+    kl_prompts: int = 64
+
+
+class Thresholds(_Strict):
+    """Every claim reads its bound from here; none is defaulted, so a missing one is a visible error."""
+
+    baseline_refusal_harmful_min: float
+    baseline_refusal_harmless_max: float
+    refusal_drop_pp_min: dict[str, float]
+    mcnemar_alpha: float = 0.05
+    stability_cosine_min: float
+    harmless_refusal_max: float
+    harmless_kl_max: float
+    capability_max_drop: float
+    ce_max_delta: float
+    edit_logit_gap_max: float
+    methods_drop_pp_min: dict[str, float] = Field(
+        default_factory=dict,
+        description="test_methods_compared: minimum refusal drop (pp) per direction method; a method "
+        "without a bound fails its case with a message naming this field",
+    )
+
+
+class Experiment(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    source_file: str | None = None
+    model: ModelConfig
+    data: DataConfig
+    direction: DirectionConfig = DirectionConfig()
+    intervention: InterventionConfig = InterventionConfig()
+    generation: GenerationConfig = GenerationConfig()
+    judges: JudgeConfig = JudgeConfig()
+    stability: StabilityConfig = StabilityConfig()
+    capability: CapabilityConfig = CapabilityConfig()
+    thresholds: Thresholds
+
+
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+
+
+def resolve_experiment_path(name_or_path: str | Path) -> Path:
+    """`demo` -> experiments/demo.toml; an existing path is taken as is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise ExperimentError(f"experiment file {candidate} does not exist")
+        return candidate
+    path = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ExperimentError(
+            f"unknown experiment {str(name_or_path)!r}; available: {', '.join(available_experiments())}"
+        )
+    return path
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_experiment(name_or_path: str | Path) -> Experiment:
+    path = resolve_experiment_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ExperimentError(f"{path}: not valid TOML: {err}") from err
+    raw.setdefault("name", path.stem)
+    try:
+        exp = Experiment.model_validate({**raw, "source_file": str(path)})
+    except ValidationError as err:
+        problems = "; ".join(f"field `{_field_path(e['loc'])}`: {e['msg']}" for e in err.errors())
+        raise ExperimentError(f"{path}: {problems}") from err
+    return exp

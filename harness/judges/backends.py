@@ -1,0 +1,62 @@
+"""Greedy generation for judge models: transformers (batched) or vLLM (separate optional install)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+JUDGE_TOX_ENV = "judge"
+
+
+class JudgeBackendMissing(ImportError):
+    """The judge's inference backend is not installed here; the message names the tox env that has it."""
+
+
+def require_vllm(judge: str) -> Any:
+    if importlib.util.find_spec("vllm") is None:
+        raise JudgeBackendMissing(
+            f"judge {judge!r} needs the `vllm` backend, which is not installed in this environment; "
+            f"run it in the tox env that has it: `tox -e {JUDGE_TOX_ENV}`"
+        )
+    import vllm
+
+    return vllm
+
+
+def hf_load(model_id: str, revision: str | None, dtype: str = "bfloat16") -> tuple[Any, Any]:
+    """The judge model through the project's one loader: pinned revision, safetensors only."""
+    from harness.config import ModelConfig
+    from harness.model import load_model
+
+    return load_model(ModelConfig(id=model_id, revision=revision, dtype=dtype, device_map="auto"))
+
+
+@torch.inference_mode()
+def hf_greedy(
+    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, batch_size: int, add_special_tokens: bool
+) -> list[str]:
+    """Greedy continuations of `texts`, left-padded in batches; only the new tokens are decoded."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+        ).to(device)
+        generated = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )  # [batch, prompt_len + new]
+        new = generated[:, batch["input_ids"].shape[1] :]
+        outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return outputs
+
+
+def vllm_greedy(llm: Any, prompts: list[Any], max_new_tokens: int) -> list[str]:
+    """Greedy vLLM generation; prompts are strings or {"prompt_token_ids": [...]}."""
+    vllm = require_vllm("vllm")
+    params = vllm.SamplingParams(temperature=0, n=1, max_tokens=max_new_tokens)
+    return [out.outputs[0].text for out in llm.generate(prompts, params)]

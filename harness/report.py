@@ -1,0 +1,182 @@
+"""The run's report: results.json (every figure, rounded), report.md, CSV tables and PNG plots.
+
+Nothing here sees a completion to a harmful prompt: callers pass scores and aggregates, plus
+completions to harmless prompts as examples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.cache import atomic_write_bytes
+
+SIG_DIGITS = 4
+MIN_LEAK_CHARS = 40  # shorter strings (a stock refusal sentence) are not evidence of a leak
+
+
+def round_figures(obj: Any, sig: int = SIG_DIGITS) -> Any:
+    """Round every float to `sig` significant digits so a rerun on the same hardware is identical."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj) or obj == 0.0:
+            return obj
+        return float(f"{obj:.{sig}g}")
+    if isinstance(obj, dict):
+        return {str(k): round_figures(v, sig) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_figures(v, sig) for v in obj]
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return round_figures(obj.item(), sig)
+    raise TypeError(f"cannot put {type(obj).__name__} into results.json")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.3g}"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _section_claims(claims: dict[str, dict]) -> list[str]:
+    out = ["## Claims", "", "| claim | outcome | headline |", "|---|---|---|"]
+    for name, claim in claims.items():
+        out.append(f"| `{name}` | {claim.get('outcome', 'not run')} | {claim.get('headline', '')} |")
+    return out + [""]
+
+
+def _section_conditions(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    out = [
+        "## Refusal by condition",
+        "",
+        "Refusal rate = share of completions the judge scores 0 (refused); 95% Wilson intervals.",
+        "",
+        "| condition | judge | prompt set | refused / n | refusal rate | 95% CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['condition']} | {r['judge']} | {r['set']} | {r['refused']}/{r['n']} | {_pct(r['rate'])} "
+            f"| {_pct(r['ci_low'])} to {_pct(r['ci_high'])} |"
+        )
+    return out + [""]
+
+
+def _section_flips(flips: dict[str, dict]) -> list[str]:
+    if not flips:
+        return []
+    out = [
+        "## Paired flips on harmful prompts (baseline -> condition)",
+        "",
+        "| condition | refusal->compliance | compliance->refusal | both complied | both refused "
+        "| compliance change | 95% CI | exact McNemar p (two-sided) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cond, f in flips.items():
+        out.append(
+            f"| {cond} | {f['refusal_to_compliance']} | {f['compliance_to_refusal']} | {f['both_complied']} "
+            f"| {f['both_refused']} | {100 * f['diff']:+.1f} pp | {100 * f['ci_low']:.1f} to {100 * f['ci_high']:.1f} pp "
+            f"| {_fmt_p(f['mcnemar_p'])} |"
+        )
+    return out + [""]
+
+
+def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: dict[str, Any]) -> Path:
+    """Write results.json, report.md, tables and plots under `run_dir`; returns report.md's path."""
+    from harness import plots
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = round_figures({"meta": meta, "claims": {k: v.get("figures", {}) for k, v in claims.items()}})
+    atomic_write_bytes(run_dir / "results.json", (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+
+    md = [f"# Refusal-direction report: {meta.get('experiment')}", ""]
+    for k in ("model", "about", "direction", "judges", "device", "limit", "trust_remote_code"):
+        if meta.get(k) is not None:
+            md.append(f"- **{k.replace('_', ' ')}**: {meta[k]}")
+    md.append("")
+    md += _section_claims(claims)
+    md += _section_conditions(artifacts.get("conditions", []))
+    md += _section_flips(artifacts.get("flips", {}))
+
+    category = artifacts.get("category_table")
+    if isinstance(category, pd.DataFrame) and len(category):
+        category.to_csv(run_dir / "categories.csv", index=False)
+        plots.plot_category_bars(category, run_dir / "categories.png")
+        md += ["## Refusal by category (harmful prompts)", "", "![categories](categories.png)", "",
+               _table(category), ""]
+
+    curve = artifacts.get("stability")
+    if isinstance(curve, pd.DataFrame) and len(curve):
+        curve.to_csv(run_dir / "stability.csv", index=False)
+        plots.plot_stability(curve, run_dir / "stability.png", threshold=artifacts.get("stability_threshold"))
+        summary = curve.groupby("budget")["cosine"].agg(["mean", "min", "max", "count"]).reset_index()
+        md += ["## Direction stability", "",
+               "Cosine between the direction fit from k randomly chosen fit areas and the one fit from the "
+               "held-out areas, at the chosen (layer, position).", "", "![stability](stability.png)", "",
+               _table(summary), ""]
+
+    sweep = artifacts.get("selection")
+    if isinstance(sweep, pd.DataFrame) and len(sweep):
+        sweep.to_csv(run_dir / "selection.csv", index=False)
+        plots.plot_selection_heatmap(sweep, run_dir / "selection.png")
+        top = sweep[~sweep["filtered"]].sort_values("bypass_score").head(10)
+        md += ["## Direction selection sweep", "",
+               "Bypass score (refusal log-odds on harmful prompts under ablation; lower is better); "
+               "filtered cells fail layer < 0.8 L, KL <= max, or induce > min. Full table: selection.csv.", "",
+               "![selection](selection.png)", "", _table(top), ""]
+
+    for title, key in (("Capability", "capability"), ("Edit fidelity", "fidelity"), ("Methods compared", "methods")):
+        frame = artifacts.get(key)
+        if isinstance(frame, pd.DataFrame) and len(frame):
+            md += [f"## {title}", "", _table(frame), ""]
+
+    examples = artifacts.get("harmless_examples", [])
+    if examples:
+        md += ["## Example completions (harmless prompts only)", ""]
+        for ex in examples:
+            md += [f"**{ex['condition']}** — *{ex['prompt']}*", "", "> " + ex["completion"].replace("\n", "\n> "), ""]
+
+    path = run_dir / "report.md"
+    atomic_write_bytes(path, "\n".join(md).encode())
+    return path
+
+
+def _cached_completions(cache: Path, which: str) -> set[str]:
+    texts: set[str] = set()
+    for part in cache.glob(f"completions/*/{which}/*/part-*.json"):
+        texts.update(v.strip() for v in json.loads(part.read_text()).values() if isinstance(v, str))
+    return texts
+
+
+def harmful_text_in(report_dir: Path, cache: Path) -> list[tuple[str, str]]:
+    """(file, excerpt) for every cached completion to a harmful prompt found verbatim under `report_dir`.
+
+    A text also produced for a harmless prompt (a stock refusal, say) is not specific to harmful prompts
+    and is not counted.
+    """
+    harmful = _cached_completions(cache, "harmful") - _cached_completions(cache, "harmless")
+    suspects = [t for t in harmful if len(t) >= MIN_LEAK_CHARS]
+    found = []
+    for path in sorted(report_dir.rglob("*")):
+        if path.suffix not in {".md", ".json", ".csv", ".txt"} or not path.is_file():
+            continue
+        body = path.read_text(errors="replace")
+        found += [(str(path), t[:60]) for t in suspects if t in body]
+    return found

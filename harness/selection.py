@@ -1,0 +1,266 @@
+"""Direction selection as in Arditi et al. (2024), appendix "Direction selection".
+
+Every (layer, post-instruction position) diff-in-means candidate is scored three ways on validation
+prompts, without generating: how far ablating it lowers refusal on harmful prompts (bypass), how far
+adding it raises refusal on harmless prompts (induce), and how much ablating it perturbs the
+next-token distribution on harmless prompts (KL). Candidates from late layers, with high KL, or that
+do not induce refusal are filtered; the lowest bypass score among the rest wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from harness.arch import n_layers
+from harness.cache import ItemStore
+from harness.capability import last_position_logits, next_token_kl
+from harness.chat import format_instructions
+from harness.directions import EPS_NORM, unit
+from harness.interventions import ablate, actadd
+
+REFUSAL_OPENINGS: tuple[str, ...] = ("I", "As")
+"""Openings of typical refusals ("I cannot...", "As an AI..."); their first token after the
+post-instruction prefix is what the refusal score counts."""
+
+
+class SelectionError(RuntimeError):
+    """No candidate survives the filters, or the candidates do not fit the model."""
+
+
+class RefusalTokenError(ValueError):
+    """A refusal opening that does not tokenize cleanly after the chat prefix."""
+
+
+def refusal_token_ids(tokenizer, openings: Sequence[str] = REFUSAL_OPENINGS) -> list[int]:
+    """First token of each opening as the model would generate it right after the chat template's
+    post-instruction prefix. Located by character offsets in `prompt + opening`, because a byte-level
+    BPE may tokenize the prompt's tail differently once text follows it ("\\n\\n" vs "\\n", "\\n", "I").
+    Pass other `openings` to override."""
+    if not openings:
+        raise RefusalTokenError("refusal_token_ids needs at least one opening")
+    if not getattr(tokenizer, "is_fast", False):
+        raise RefusalTokenError(f"{type(tokenizer).__name__} is not a fast tokenizer (needed for offsets); pass refusal ids")
+    prompt = format_instructions(tokenizer, ["Hello"])[0]
+    ids: list[int] = []
+    for opening in openings:
+        enc = tokenizer(prompt + opening, add_special_tokens=False, return_offsets_mapping=True)
+        token = None
+        for tok_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if start < len(prompt) < end:
+                raise RefusalTokenError(
+                    f"opening {opening!r} merges with the end of the chat prompt for {type(tokenizer).__name__} "
+                    f"(prompt tail {prompt[-20:]!r}); pass refusal ids explicitly"
+                )
+            if start >= len(prompt) and end > start:
+                token = int(tok_id)
+                break
+        if token is None:
+            raise RefusalTokenError(f"opening {opening!r} produced no token after the chat prompt")
+        if token not in ids:
+            ids.append(token)
+    return ids
+
+
+def scores_from_logits(logits: Tensor, refusal_ids: Sequence[int]) -> Tensor:
+    """Log-odds log p - log(1 - p) of the refusal tokens' total probability p, from next-token
+    logits `[n, vocab]` -> `[n]` float64; via log-sum-exp so p near 0 or 1 stays finite."""
+    if not refusal_ids:
+        raise ValueError("refusal_ids is empty")
+    logits = logits.double()
+    mask = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    mask[list(refusal_ids)] = True
+    log_p = torch.logsumexp(logits[:, mask], dim=-1)
+    log_not_p = torch.logsumexp(logits[:, ~mask], dim=-1)
+    return log_p - log_not_p
+
+
+def refusal_score(
+    model, tokenizer, instructions: list[str], refusal_ids: Sequence[int], *, batch_size: int = 32,
+    system: str | None = None,
+) -> Tensor:
+    """Refusal log-odds `[n]` at the first generated position of each chat-formatted instruction.
+    Run it inside an intervention context to score the intervened model."""
+    logits = last_position_logits(model, tokenizer, instructions, system=system, batch_size=batch_size)
+    return scores_from_logits(logits, refusal_ids)
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    table: pd.DataFrame  # one row per swept candidate
+    layer: int
+    pos: int  # negative, from the end of the prompt
+    direction: Tensor  # [d_model] unit
+    vector: Tensor  # [d_model] the unnormalized candidate (what ActAdd adds)
+    bypass_score: float
+    induce_score: float
+    kl: float
+    baseline_harmful: float  # mean refusal score on harmful_val, no intervention
+    baseline_harmless: float
+    refusal_ids: list[int] = field(default_factory=list)
+
+
+def candidate_id(layer: int, pos: int) -> str:
+    return f"L{layer}_P{pos}"
+
+
+def _layer_limit(max_layer_fraction: float, total: int) -> int:
+    """Layers `>= floor(fraction * total)` are pruned, as in the reference implementation."""
+    return math.floor(max_layer_fraction * total + 1e-9)
+
+
+def _resolve_positions(positions: Sequence[int] | None, n_pos: int) -> list[int]:
+    if positions is None:
+        return list(range(-n_pos, 0))
+    bad = [p for p in positions if not -n_pos <= p <= -1]
+    if bad:
+        raise SelectionError(f"positions {bad} outside the candidates' range [-{n_pos}, -1] (negative, from the end)")
+    return list(positions)
+
+
+def _resolve_layers(layers: Sequence[int] | None, total: int) -> list[int]:
+    if layers is None:
+        return list(range(total))
+    bad = [layer for layer in layers if not 0 <= layer < total]
+    if bad:
+        raise SelectionError(f"layers {bad} outside [0, {total}) for this model")
+    return list(layers)
+
+
+def _filter_reasons(
+    row: dict, zero_norm: bool, limit: int, total: int, kl_max: float, induce_min: float
+) -> list[str]:
+    reasons = []
+    if row["layer"] >= limit:
+        reasons.append(f"layer {row['layer']} >= {limit} (max_layer_fraction of {total} layers)")
+    if zero_norm:
+        reasons.append("zero-norm candidate (identical activations in both sets)")
+    scores = (row["bypass_score"], row["induce_score"], row["kl"])
+    if any(isinstance(s, float) and math.isnan(s) for s in scores):
+        if not reasons:
+            reasons.append("NaN score")
+        return reasons
+    if row["kl"] > kl_max:
+        reasons.append(f"kl {row['kl']:.4g} > kl_max {kl_max:g}")
+    if not row["induce_score"] > induce_min:
+        reasons.append(f"induce {row['induce_score']:.4g} <= induce_min {induce_min:g}")
+    return reasons
+
+
+def select_direction(
+    model,
+    tokenizer,
+    candidates: Tensor,
+    harmful_val: list[str],
+    harmless_val: list[str],
+    *,
+    max_layer_fraction: float = 0.8,
+    kl_max: float = 0.1,
+    induce_min: float = 0.0,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    store: ItemStore | None = None,
+    refusal_ids: Sequence[int] | None = None,
+    system: str | None = None,
+    score_pruned_layers: bool = False,
+) -> SelectionResult:
+    """Score candidates `[layer, pos, d_model]` (pos indexed from the end) and pick the refusal direction.
+
+    bypass: mean refusal score on `harmful_val` with the unit candidate ablated at every layer;
+    induce: mean refusal score on `harmless_val` with the raw candidate added (coeff 1) at its layer;
+    kl: mean KL(baseline || ablated) of the last-position next-token distribution on `harmless_val`.
+    Candidates in pruned layers are not scored (NaN) unless `score_pruned_layers`; zero candidates
+    (e.g. layer 0 at template positions) never are. With `store`, each candidate's scores are persisted
+    as it finishes, so a killed sweep resumes where it stopped; its key must cover the candidates,
+    prompts and refusal ids.
+    """
+    total = n_layers(model)
+    if candidates.ndim != 3 or candidates.shape[0] != total:
+        raise SelectionError(
+            f"candidates must be [layer={total}, pos, d_model] for this model, got {tuple(candidates.shape)}"
+        )
+    if not harmful_val or not harmless_val:
+        raise SelectionError(f"need validation prompts, got {len(harmful_val)} harmful / {len(harmless_val)} harmless")
+    ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(tokenizer)
+    limit = _layer_limit(max_layer_fraction, total)
+    pos_list = _resolve_positions(positions, candidates.shape[1])
+    sweep = [(layer, pos) for layer in _resolve_layers(layers, total) for pos in pos_list]
+
+    logits_of = functools.partial(last_position_logits, model, tokenizer, system=system, batch_size=batch_size)
+    base_harmful = scores_from_logits(logits_of(harmful_val), ids)
+    base_harmless_logits = logits_of(harmless_val)  # [n, vocab]
+    base_harmless = scores_from_logits(base_harmless_logits, ids)
+
+    def score(layer: int, pos: int) -> dict[str, float]:
+        vector = candidates[layer, pos].float()
+        with ablate(model, unit(vector)):
+            bypass = scores_from_logits(logits_of(harmful_val), ids).mean()
+            kl = next_token_kl(base_harmless_logits, logits_of(harmless_val)).mean()
+        with actadd(model, vector, layer, 1.0):
+            induce = scores_from_logits(logits_of(harmless_val), ids).mean()
+        return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
+
+    zero = {(layer, pos) for layer, pos in sweep if float(candidates[layer, pos].norm()) <= EPS_NORM}
+    todo = {
+        candidate_id(layer, pos): (layer, pos)
+        for layer, pos in sweep
+        if (layer, pos) not in zero and (layer < limit or score_pruned_layers)
+    }
+
+    def run(batch: list[str]) -> list[dict[str, float]]:
+        return [score(*todo[c]) for c in batch]
+
+    bar = functools.partial(tqdm, desc="direction selection", unit="candidate") if progress else None
+    if store is None:
+        order = list(todo)
+        scored = dict(zip(order, (run([c])[0] for c in (bar(order) if bar else order))))
+    else:
+        scored = dict(zip(todo, store.compute(list(todo), run, batch_size=1, progress=bar)))
+
+    unscored = {"bypass_score": math.nan, "induce_score": math.nan, "kl": math.nan}
+    rows = []
+    for layer, pos in sweep:
+        row = {"layer": layer, "pos": pos, **scored.get(candidate_id(layer, pos), unscored)}
+        reasons = _filter_reasons(row, (layer, pos) in zero, limit, total, kl_max, induce_min)
+        rows.append({**row, "filtered": bool(reasons), "filter_reason": "; ".join(reasons)})
+    table = pd.DataFrame(rows, columns=["layer", "pos", "bypass_score", "induce_score", "kl", "filtered", "filter_reason"])
+    kept = table[~table["filtered"]].sort_values("bypass_score", kind="stable")
+    table["rank"] = pd.Series(pd.NA, index=table.index, dtype="Int64")
+    table.loc[kept.index, "rank"] = range(1, len(kept) + 1)
+
+    if kept.empty:
+        best = table.sort_values("bypass_score", kind="stable", na_position="last").head(5)
+        lines = "\n".join(
+            f"  L{r.layer} P{r.pos}: bypass={r.bypass_score:.3f} induce={r.induce_score:.3f} kl={r.kl:.4f} "
+            f"-> {r.filter_reason}"
+            for r in best.itertuples()
+        )
+        raise SelectionError(
+            f"all {len(table)} candidates were filtered (max_layer_fraction={max_layer_fraction}, kl_max={kl_max}, "
+            f"induce_min={induce_min}); lowest bypass scores:\n{lines}"
+        )
+    top = kept.iloc[0]
+    layer, pos = int(top["layer"]), int(top["pos"])
+    vector = candidates[layer, pos].float()
+    return SelectionResult(
+        table=table,
+        layer=layer,
+        pos=pos,
+        direction=unit(vector),
+        vector=vector,
+        bypass_score=float(top["bypass_score"]),
+        induce_score=float(top["induce_score"]),
+        kl=float(top["kl"]),
+        baseline_harmful=float(base_harmful.mean()),
+        baseline_harmless=float(base_harmless.mean()),
+        refusal_ids=ids,
+    )

@@ -1,0 +1,182 @@
+"""Paired and unpaired proportion statistics for compliance rates.
+
+Convention (ARCHITECTURE.md): a score of 1 / True means the model complied, 0 / False that it refused.
+Every p-value here is tied to a stated alternative so reports can print it next to the number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _sp
+
+Alternative = Literal["two-sided", "greater", "less"]
+ALTERNATIVES: tuple[str, ...] = ("two-sided", "greater", "less")
+CATEGORY_COLUMNS: tuple[str, ...] = ("id", "category", "condition", "score")
+
+
+def _z(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
+    return float(_sp.norm.ppf(0.5 + confidence / 2.0))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p: a binomial(b + c, 1/2) test on the discordant pairs.
+
+    Exact rather than chi-square because flip counts are often small (and the chi-square
+    approximation badly overstates tiny p-values)."""
+    for name, value in (("b", b), ("c", c)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"mcnemar_exact: {name} must be a non-negative integer count, got {value!r}")
+    n = int(b) + int(c)
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * _sp.binom.cdf(min(int(b), int(c)), n, 0.5)))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Change in compliance rate between two conditions judged on the same prompts."""
+
+    n: int
+    rate_before: float
+    rate_after: float
+    diff: float  # rate_after - rate_before
+    ci_low: float
+    ci_high: float
+    confidence: float
+    both_complied: int
+    both_refused: int
+    refusal_to_compliance: int
+    compliance_to_refusal: int
+    mcnemar_p: float  # two-sided exact
+
+
+def _as_bool(values: Sequence[bool] | np.ndarray | pd.Series, name: str) -> np.ndarray:
+    """A 1-D bool array; 0/1 integers are accepted, anything else (2, 0.5, NaN, strings) is an error."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.dtype == np.bool_ or arr.size == 0:
+        return arr.astype(bool)
+    if np.issubdtype(arr.dtype, np.integer):
+        bad = arr[(arr != 0) & (arr != 1)]
+        if bad.size:
+            raise ValueError(f"{name} must be boolean (True = complied) or 0/1, found value {bad[0].item()!r}")
+        return arr.astype(bool)
+    raise ValueError(f"{name} must be boolean (True = complied) or 0/1 integers, got dtype {arr.dtype}")
+
+
+def paired_difference(
+    before: Sequence[bool] | np.ndarray | pd.Series,
+    after: Sequence[bool] | np.ndarray | pd.Series,
+    confidence: float = 0.95,
+) -> PairedDifference:
+    """Paired compliance difference (after - before) with a Wald interval and exact McNemar p.
+
+    With n pairs, c = refusal->compliance and b = compliance->refusal flips, the difference is
+    d = (c - b) / n and its variance is Var(d) = ((b + c) / n - d**2) / n, i.e. (p10 + p01 - (p01 - p10)**2) / n
+    in cell proportions: the variance of the mean of the per-pair differences in {-1, 0, 1}
+    (the plug-in estimate, as in Agresti, Categorical Data Analysis, sec. 10.1).
+    """
+    x = _as_bool(before, "before")
+    y = _as_bool(after, "after")
+    if x.shape != y.shape:
+        raise ValueError(f"before and after must be paired (same length), got {x.size} and {y.size}")
+    n = int(x.size)
+    if n == 0:
+        raise ValueError("paired_difference needs at least one pair, got empty arrays")
+    z = _z(confidence)
+    both_c = int(np.sum(x & y))
+    both_r = int(np.sum(~x & ~y))
+    r2c = int(np.sum(~x & y))
+    c2r = int(np.sum(x & ~y))
+    diff = (r2c - c2r) / n
+    var = max(((r2c + c2r) / n - diff**2) / n, 0.0)
+    half = z * math.sqrt(var)
+    return PairedDifference(
+        n=n,
+        rate_before=float(x.mean()),
+        rate_after=float(y.mean()),
+        diff=diff,
+        ci_low=diff - half,
+        ci_high=diff + half,
+        confidence=confidence,
+        both_complied=both_c,
+        both_refused=both_r,
+        refusal_to_compliance=r2c,
+        compliance_to_refusal=c2r,
+        mcnemar_p=mcnemar_exact(c2r, r2c),
+    )
+
+
+@dataclass(frozen=True)
+class FisherResult:
+    """Fisher's exact test on [[k1, n1 - k1], [k2, n2 - k2]]; 'greater' means group 1 complies more."""
+
+    p_value: float
+    odds_ratio: float  # sample odds ratio k1 (n2 - k2) / ((n1 - k1) k2); inf or nan at zero cells
+    alternative: str
+
+
+def _check_count(k: int, n: int, where: str) -> None:
+    for name, value in (("k", k), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{where}: {name} must be an integer count, got {value!r}")
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"{where}: need 0 <= k <= n and n > 0, got k={k}, n={n}")
+
+
+def fisher_exact(k1: int, n1: int, k2: int, n2: int, alternative: Alternative) -> FisherResult:
+    """Fisher's exact test of k1/n1 against k2/n2. `alternative` is required on purpose: a p-value
+    printed without saying which alternative it tests is ambiguous."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"fisher_exact: alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    _check_count(k1, n1, "fisher_exact group 1")
+    _check_count(k2, n2, "fisher_exact group 2")
+    table = [[int(k1), int(n1 - k1)], [int(k2), int(n2 - k2)]]
+    odds, p = _sp.fisher_exact(table, alternative=alternative)
+    return FisherResult(p_value=float(p), odds_ratio=float(odds), alternative=alternative)
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials: the p where |k/n - p| / sqrt(p(1-p)/n) = z.
+
+    Preferred over Wald because it stays inside [0, 1] and is not degenerate at k = 0 or k = n."""
+    _check_count(k, n, "wilson_interval")
+    z = _z(confidence)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
+
+
+def category_table(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per (category, condition) compliance: n, k, rate and a Wilson interval.
+
+    `frame` is long: columns id, category, condition, score (0/1 or bool); each id is judged at most
+    once per condition."""
+    missing = [c for c in CATEGORY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"category_table: frame lacks columns {missing}; has {list(frame.columns)}")
+    scores = _as_bool(frame["score"].to_numpy(), "category_table column 'score'")
+    dup = frame.duplicated(subset=["id", "condition"])
+    if dup.any():
+        ident, condition = frame.loc[dup, "id"].tolist()[0], frame.loc[dup, "condition"].tolist()[0]
+        raise ValueError(f"category_table: id {ident!r} appears more than once in condition {condition!r}")
+    data = frame.loc[:, ["category", "condition"]].assign(score=scores.astype(int))
+    grouped = data.groupby(["category", "condition"], sort=True)["score"].agg(n="size", k="sum").reset_index()
+    bounds = [wilson_interval(int(k), int(n), confidence) for k, n in zip(grouped["k"], grouped["n"])]
+    grouped["rate"] = grouped["k"] / grouped["n"]
+    grouped["ci_low"] = [b[0] for b in bounds]
+    grouped["ci_high"] = [b[1] for b in bounds]
+    return grouped[["category", "condition", "n", "k", "rate", "ci_low", "ci_high"]]

@@ -1,0 +1,173 @@
+"""Weight orthogonalization (the permanent form of directional ablation), saving, and a
+measurement of how faithfully the edit reproduces activation ablation."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.arch import (
+    FAMILIES,
+    WeightRef,
+    embeddings,
+    family_of,
+    final_norm,
+    is_tied,
+    layers,
+    n_layers,
+    residual_writers,
+    unembedding,
+)
+from harness.chat import tokenize_instructions
+from harness.hooks import add_hooks, block_input
+from harness.interventions import ablate, check_width, unit
+
+
+_CHUNK = 8192  # d_model vectors edited at a time, bounding the float32 working copy
+
+
+@torch.no_grad()
+def _orthogonalize_vectors(w: torch.Tensor, r: torch.Tensor, norm_preserving: bool) -> None:
+    """In place on a `[n, d_model]` view (any strides): w <- w - (w.r) r, optionally rescaled."""
+    for start in range(0, w.shape[0], _CHUNK):
+        part = w[start : start + _CHUNK]
+        p32 = part.float()
+        edited = p32 - (p32 @ r)[:, None] * r
+        if norm_preserving:
+            edited *= p32.norm(dim=-1, keepdim=True) / edited.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        part.copy_(edited.to(part.dtype))
+
+
+@torch.no_grad()
+def _orthogonalize_ref(ref: WeightRef, r: torch.Tensor, norm_preserving: bool) -> None:
+    """Remove r from every d_model vector of the parameter (along `out_dim`) and from its bias."""
+    w = ref.weight.data.movedim(ref.out_dim, -1)  # [..., d_model], a view
+    r = r.to(w.device)
+    for matrix in w.unbind(0) if w.ndim == 3 else (w,):
+        _orthogonalize_vectors(matrix, r, norm_preserving)
+    if ref.bias is not None:
+        b = ref.bias.data
+        _orthogonalize_vectors(b.reshape(-1, b.shape[-1]), r, norm_preserving=False)
+
+
+def untie_embeddings(model: nn.Module) -> None:
+    """Give the unembedding its own copy of the (tied) embedding matrix, so editing the
+    embeddings leaves the read-out untouched, as activation ablation does."""
+    head = unembedding(model)
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    for cfg in (model.config, getattr(model.config, "text_config", None)):
+        if cfg is not None:
+            cfg.tie_word_embeddings = False
+
+
+def orthogonalize(
+    model: nn.Module,
+    direction: torch.Tensor,
+    norm_preserving: bool = False,
+    untie: bool = True,
+    inplace: bool = False,
+) -> nn.Module:
+    """Edited deep copy whose residual-writing weights (embeddings, attention outputs, MLP and
+    expert down projections with their biases, per-layer-input projections) have no component
+    along r_hat. `norm_preserving` rescales each written vector back to its original norm.
+    Tied embeddings are untied first (`untie`), because editing a tied matrix would also edit the
+    read-out, which activation ablation leaves alone. The input model is not modified unless
+    `inplace` (for models too large to hold twice)."""
+    r = unit(check_width(model, direction).reshape(-1))
+    edited = model if inplace else copy.deepcopy(model)
+    if untie and is_tied(edited):
+        untie_embeddings(edited)
+    for ref in residual_writers(edited):
+        _orthogonalize_ref(ref, r, norm_preserving)
+    edited.eval().requires_grad_(False)
+    return edited
+
+
+def save_model(model: nn.Module, tokenizer, path: str | Path) -> Path:
+    """Safetensors weights + config + generation config + tokenizer that `from_pretrained` loads."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _stream_components(model, batch, r: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Logits and, per block input plus the final residual, max |x.r| over real tokens."""
+    blocks = layers(model)
+    comps: list[float] = [0.0] * (len(blocks) + 1)
+
+    def record(i: int, x: torch.Tensor) -> None:
+        c = (x.float() @ r.to(x.device)).abs()[mask.to(x.device)]
+        comps[i] = max(comps[i], float(c.max()))
+
+    def make_pre(i):
+        return lambda module, args, kwargs: record(i, block_input(args, kwargs))
+
+    def final_pre(module, args, kwargs):
+        record(len(blocks), block_input(args, kwargs))
+
+    pre = [(b, make_pre(i)) for i, b in enumerate(blocks)] + [(final_norm(model), final_pre)]
+    with add_hooks(pre_hooks=pre):
+        logits = model(**batch, use_cache=False).logits.float()
+    return logits, comps
+
+
+@torch.no_grad()
+def edit_fidelity(
+    model: nn.Module,
+    edited: nn.Module,
+    direction: torch.Tensor,
+    prompts: Sequence[str],
+    tokenizer,
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+) -> dict:
+    """How well the weight edit reproduces activation ablation on the original model.
+
+    Returns `residual_component` (per block input, then the final residual: max |x.r_hat| in the
+    edited model over real tokens), `ablation_component` (same for the ablated original, the floor),
+    `baseline_component` (the unedited original, the scale), `max_logit_gap` (max |logit difference|
+    edited vs ablated), `exact` (whether the family's edit is exact by construction) and `leak_reason`.
+    """
+    r = unit(check_width(model, direction).reshape(-1))
+    if len(prompts) == 0:
+        raise ValueError("edit_fidelity needs at least one prompt")
+    family = family_of(model)
+    n = n_layers(model) + 1
+    comps = {key: [0.0] * n for key in ("edited", "ablated", "baseline")}
+    gap_max, gap_sum, gap_count, logit_scale = 0.0, 0.0, 0, 0.0
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenize_instructions(tokenizer, list(prompts[start : start + batch_size]), system)
+        on_model = {k: v.to(embeddings(model).weight.device) for k, v in batch.items()}
+        on_edited = {k: v.to(embeddings(edited).weight.device) for k, v in batch.items()}
+        mask = batch["attention_mask"].bool()
+        base_logits, base_comp = _stream_components(model, on_model, r, mask)
+        with ablate(model, r):
+            abl_logits, abl_comp = _stream_components(model, on_model, r, mask)
+        edit_logits, edit_comp = _stream_components(edited, on_edited, r, mask)
+        for key, vals in (("edited", edit_comp), ("ablated", abl_comp), ("baseline", base_comp)):
+            comps[key] = [max(a, b) for a, b in zip(comps[key], vals)]
+        m = mask.to(abl_logits.device)
+        gap = (edit_logits.to(abl_logits.device) - abl_logits).abs()[m]  # [tokens, vocab]
+        gap_max = max(gap_max, float(gap.max()))
+        gap_sum, gap_count = gap_sum + float(gap.sum()), gap_count + gap.numel()
+        logit_scale = max(logit_scale, float(base_logits.abs()[m].max()))
+    spec = FAMILIES[family]
+    return {
+        "family": family,
+        "exact": spec.exact_edit,
+        "leak_reason": spec.leak_reason,
+        "residual_component": comps["edited"],
+        "ablation_component": comps["ablated"],
+        "baseline_component": comps["baseline"],
+        "max_logit_gap": gap_max,
+        "mean_logit_gap": gap_sum / gap_count,
+        "baseline_logit_scale": logit_scale,
+        "n_prompts": len(prompts),
+    }
