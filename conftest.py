@@ -9,6 +9,7 @@ pytest_plugins = [
     "fixtures.direction",
     "fixtures.completions",
     "fixtures.claims",
+    "fixtures.verdict",
 ]
 
 

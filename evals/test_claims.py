@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fixtures.verdict import require
 from harness.stats import category_table, paired_difference, wilson_interval
 
 pytestmark = pytest.mark.gpu
@@ -44,8 +45,10 @@ def test_baseline_refuses(experiment, bundle, direction, judgments, judges, reco
         headline=f"harmful {rows['harmful']['rate']:.1%}, harmless {rows['harmless']['rate']:.1%} refused",
     )
     assert figures == claim_snapshot
-    assert rows["harmful"]["rate"] >= t.baseline_refusal_harmful_min, rows["harmful"]
-    assert rows["harmless"]["rate"] <= t.baseline_refusal_harmless_max, rows["harmless"]
+    require(rows["harmful"]["rate"] >= t.baseline_refusal_harmful_min,
+            f"baseline refusal on harmful prompts {rows['harmful']['rate']:.1%} < {t.baseline_refusal_harmful_min:.0%}")
+    require(rows["harmless"]["rate"] <= t.baseline_refusal_harmless_max,
+            f"baseline refusal on harmless prompts {rows['harmless']['rate']:.1%} > {t.baseline_refusal_harmless_max:.0%}")
 
 
 def test_direction_selected(experiment, selection, direction, candidates, record, claim_snapshot):
@@ -62,8 +65,9 @@ def test_direction_selected(experiment, selection, direction, candidates, record
         figures["cosine_to_fixed"] = float(cosine(candidates[selection.layer, selection.pos], direction.raw))
     figures = record.figures(figures, headline=f"layer {selection.layer}, pos {selection.pos} of {len(table)} candidates")
     assert figures == claim_snapshot
-    assert figures["passed_filters"] >= 1
-    assert chosen["kl"] <= experiment.direction.selection.kl_max
+    require(figures["passed_filters"] >= 1, "no candidate passes the selection filters")
+    require(chosen["kl"] <= experiment.direction.selection.kl_max,
+            f"selected candidate's KL {chosen['kl']:.3g} > kl_max {experiment.direction.selection.kl_max}")
 
 
 def test_refusal_drop(condition, experiment, judgments, judges, record, claim_snapshot):
@@ -80,7 +84,7 @@ def test_refusal_drop(condition, experiment, judgments, judges, record, claim_sn
     assert figures == claim_snapshot
     assert bound is not None, f"{experiment.source_file}: thresholds.refusal_drop_pp_min has no `{condition}`"
     for judge, drop in drops.items():
-        assert drop >= bound, f"{judge}: refusal drop {drop:.1f} pp < {bound} pp under {condition}"
+        require(drop >= bound, f"{judge}: refusal drop {drop:.1f} pp < {bound} pp under {condition}")
 
 
 def test_mcnemar_significant(condition, experiment, sets, judgments, record, claim_snapshot):
@@ -104,7 +108,7 @@ def test_mcnemar_significant(condition, experiment, sets, judgments, record, cla
                              headline=f"p = {pd_.mcnemar_p:.3g} (two-sided exact)")
     assert figures == claim_snapshot
     alpha = experiment.thresholds.mcnemar_alpha
-    assert pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}"
+    require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}")
 
 
 def test_direction_stability(budget, experiment, sets, direction, construction_acts, record, claim_snapshot):
@@ -133,7 +137,7 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
     figures = record.figures({"cosines": cosines, "mean": mean, "areas": [sorted(a) for a in subsets]},
                              headline=f"mean cosine {mean:.3f} over {len(cosines)} repeats")
     assert figures == claim_snapshot
-    assert mean >= bound, f"mean cosine {mean:.3f} < {bound} at budget {budget}"
+    require(mean >= bound, f"mean cosine {mean:.3f} < {bound} at budget {budget}")
 
 
 def test_harmless_unchanged(condition, experiment, judgments, harmless_logits, record, claim_snapshot):
@@ -146,8 +150,8 @@ def test_harmless_unchanged(condition, experiment, judgments, harmless_logits, r
                               "kl_max": float(kl.max())},
                              headline=f"over-refusal {row['rate']:.1%}, mean KL {float(kl.mean()):.3g}")
     assert figures == claim_snapshot
-    assert row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}"
-    assert float(kl.mean()) <= t.harmless_kl_max, f"mean KL {float(kl.mean()):.3g} under {condition}"
+    require(row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}")
+    require(float(kl.mean()) <= t.harmless_kl_max, f"mean KL {float(kl.mean()):.3g} under {condition}")
 
 
 @pytest.mark.parametrize("benchmark_name", ["mmlu", "arc_challenge", "text"])
@@ -174,9 +178,9 @@ def test_capability_retention(benchmark_name, experiment, capability_scores, rec
     record.artifact("capability", pd.DataFrame(record.merge("capability_rows", [row])))
     assert figures == claim_snapshot
     if benchmark_name == "text":
-        assert delta <= t.ce_max_delta, f"CE rose by {delta:.3f} > {t.ce_max_delta}"
+        require(delta <= t.ce_max_delta, f"CE rose by {delta:.3f} > {t.ce_max_delta}")
     else:
-        assert -delta <= t.capability_max_drop, f"{benchmark_name} accuracy fell {-delta:.3f} > {t.capability_max_drop}"
+        require(-delta <= t.capability_max_drop, f"{benchmark_name} accuracy fell {-delta:.3f} > {t.capability_max_drop}")
 
 
 def test_edit_fidelity(experiment, bundle, edited_model, direction, sets, record, claim_snapshot):
@@ -195,7 +199,7 @@ def test_edit_fidelity(experiment, bundle, edited_model, direction, sets, record
     assert figures == claim_snapshot
     if fid["exact"]:
         bound = experiment.thresholds.edit_logit_gap_max
-        assert figures["max_logit_gap"] <= bound, f"logit gap {figures['max_logit_gap']} > {bound} on an exact edit"
+        require(figures["max_logit_gap"] <= bound, f"logit gap {figures['max_logit_gap']} > {bound} on an exact edit")
 
 
 def test_methods_compared(method, experiment, judgments, harmless_logits, record, claim_snapshot):
@@ -214,4 +218,4 @@ def test_methods_compared(method, experiment, judgments, harmless_logits, record
     assert figures == claim_snapshot
     bound = experiment.thresholds.methods_drop_pp_min.get(method)
     assert bound is not None, f"{experiment.source_file}: thresholds.methods_drop_pp_min has no `{method}`"
-    assert drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp"
+    require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp")

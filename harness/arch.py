@@ -54,26 +54,21 @@ _POST_NORM_LEAK = (
     "edited matrix, which reintroduces a component along the direction"
 )
 
+# Gemma2/3 write each sublayer's output through a post-norm, so the residual sees the norm, not the projection.
+_POST_NORM_WRITES = dict(
+    attn_write=("post_attention_layernorm",),
+    mlp_write=("post_feedforward_layernorm",),
+    norms=_POST_NORMS,
+    exact_edit=False,
+    leak_reason=_POST_NORM_LEAK,
+)
+
 FAMILIES: dict[str, FamilySpec] = {
     "llama": FamilySpec(model_types=("llama",)),
     "mistral": FamilySpec(model_types=("mistral",)),
     "gemma": FamilySpec(model_types=("gemma",)),
-    "gemma2": FamilySpec(
-        model_types=("gemma2",),
-        attn_write=("post_attention_layernorm",),
-        mlp_write=("post_feedforward_layernorm",),
-        norms=_POST_NORMS,
-        exact_edit=False,
-        leak_reason=_POST_NORM_LEAK,
-    ),
-    "gemma3": FamilySpec(
-        model_types=("gemma3_text", "gemma3"),
-        attn_write=("post_attention_layernorm",),
-        mlp_write=("post_feedforward_layernorm",),
-        norms=_POST_NORMS,
-        exact_edit=False,
-        leak_reason=_POST_NORM_LEAK,
-    ),
+    "gemma2": FamilySpec(model_types=("gemma2",), **_POST_NORM_WRITES),
+    "gemma3": FamilySpec(model_types=("gemma3_text", "gemma3"), **_POST_NORM_WRITES),
     "gemma4": FamilySpec(
         model_types=("gemma4_text", "gemma4"),
         mlp_down=("mlp.down_proj", "experts.down_proj"),

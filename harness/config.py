@@ -21,6 +21,8 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 class ExperimentError(ValueError):
     """An experiment file that cannot be used; the message names the file and field."""
 
+CLAIM_ID = re.compile(r"^test_\w+(\[[^\]]+\])?$")
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -220,6 +222,21 @@ class Experiment(_Strict):
     stability: StabilityConfig = StabilityConfig()
     capability: CapabilityConfig = CapabilityConfig()
     thresholds: Thresholds
+    known_failures: dict[str, str] = Field(
+        default_factory=dict,
+        description="claim id (e.g. `test_harmless_unchanged[ablation]`) -> why the experiment does not meet "
+        "it, with the measured figure; the claim runs as a strict xfail, so it fails the run once it passes",
+    )
+
+    @field_validator("known_failures")
+    @classmethod
+    def _known_failures(cls, value: dict[str, str]) -> dict[str, str]:
+        for claim, reason in value.items():
+            if not CLAIM_ID.match(claim):
+                raise ValueError(f"{claim!r} is not a claim id like test_name or test_name[param]")
+            if not reason.strip():
+                raise ValueError(f"{claim!r}: the reason must state the measured figure, got an empty string")
+        return value
 
 
 def available_experiments() -> list[str]:

@@ -57,6 +57,10 @@ def _section_claims(claims: dict[str, dict]) -> list[str]:
     out = ["## Claims", "", "| claim | outcome | headline |", "|---|---|---|"]
     for name, claim in claims.items():
         out.append(f"| `{name}` | {claim.get('outcome', 'not run')} | {claim.get('headline', '')} |")
+    known = {name: claim["known_failure"] for name, claim in claims.items() if claim.get("known_failure")}
+    if known:
+        out += ["", "Known failures (declared in the experiment with the measured figure; run as strict xfail):", ""]
+        out += [f"- `{name}`: {reason}" for name, reason in known.items()]
     return out + [""]
 
 

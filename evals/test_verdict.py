@@ -1,0 +1,94 @@
+"""Known failures: an experiment may declare claims it does not meet, with the measured figure. They run
+as strict xfails that accept only a missed threshold, so nothing else can hide behind them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import ExperimentError, load_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPERIMENT = """
+[model]
+id = "org/model"
+revision = "0123456789abcdef0123456789abcdef01234567"
+
+[data.construction]
+fit_areas = 8
+
+[thresholds]
+baseline_refusal_harmful_min = 0.8
+baseline_refusal_harmless_max = 0.2
+refusal_drop_pp_min = { ablation = 50 }
+stability_cosine_min = 0.8
+harmless_refusal_max = 0.2
+harmless_kl_max = 0.1
+capability_max_drop = 0.05
+ce_max_delta = 0.1
+edit_logit_gap_max = 0.001
+
+[known_failures]
+"test_claim[missed]" = "measured 12 pp"
+"test_claim[met]" = "measured 60 pp"
+"test_claim[crashes]" = "measured 12 pp"
+"""
+
+CLAIMS = """
+import pytest
+from fixtures.verdict import require
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["missed", "met", "crashes", "undeclared"])
+def test_claim(case):
+    if case == "crashes":
+        assert {"drop": 1} == {"drop": 2}, "snapshot mismatch"
+    require(case == "met", f"drop too small in {case}")
+"""
+
+
+def _run(tmp_path: Path, experiment: str) -> subprocess.CompletedProcess:
+    (tmp_path / "exp.toml").write_text(experiment)
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["fixtures.options", "fixtures.verdict"]\n')
+    (tmp_path / "test_fake_claims.py").write_text(CLAIMS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly",
+         "-rA", "--experiment", str(tmp_path / "exp.toml"), "test_fake_claims.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_known_failures_accept_only_a_missed_threshold(tmp_path):
+    proc = _run(tmp_path, EXPERIMENT)
+    out = proc.stdout + proc.stderr
+    assert "XFAIL test_fake_claims.py::test_claim[missed] - measured 12 pp" in out, out
+    assert "FAILED test_fake_claims.py::test_claim[met]" in out and "XPASS(strict)" in out, out
+    assert "FAILED test_fake_claims.py::test_claim[crashes]" in out, out
+    assert "FAILED test_fake_claims.py::test_claim[undeclared]" in out, out
+    assert proc.returncode == 1
+
+
+def test_known_failure_naming_no_claim_is_an_error(tmp_path):
+    proc = _run(tmp_path, EXPERIMENT + '"test_claim[typo]" = "measured 1 pp"\n')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out
+    assert "known_failures names claims that do not exist: test_claim[typo]" in out
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('"claim_without_prefix" = "measured"', "is not a claim id"),
+    ('"test_claim[x]" = "  "', "must state the measured figure"),
+])
+def test_bad_known_failure_entries_name_the_field(tmp_path, entry, message):
+    path = tmp_path / "exp.toml"
+    path.write_text(EXPERIMENT.split("[known_failures]")[0] + "[known_failures]\n" + entry + "\n")
+    with pytest.raises(ExperimentError, match="known_failures") as err:
+        load_experiment(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
