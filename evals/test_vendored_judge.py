@@ -1,4 +1,5 @@
-"""The official SORRY-Bench evaluator files, wherever they are, match the committed SHA-256 pins."""
+"""The official SORRY-Bench evaluator files, wherever they are, match the committed SHA-256 pins. It runs
+in the CPU suite and, through the `in_report` marker, in every claim run, so the report shows the pins."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from harness.pins import SORRY_BENCH_MANIFEST, SORRY_BENCH_NAME, read_manifest, 
 PINS = read_manifest(SORRY_BENCH_MANIFEST)
 
 
+@pytest.mark.in_report
 @pytest.mark.parametrize("rel, expected", sorted(PINS.items()), ids=sorted(PINS))
 def test_vendored_judge_sha256(rel: str, expected: str) -> None:
     path = vendor_root() / SORRY_BENCH_NAME / rel
