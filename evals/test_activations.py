@@ -61,3 +61,37 @@ def test_prompt_activations_rejects_bad_layer_and_pos():
         prompt_activations(model, tok, PROMPTS, layers=[7])
     with pytest.raises(ValueError, match="negative"):
         prompt_activations(model, tok, PROMPTS, pos=0)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_resume_at_a_block_equals_the_full_forward(family):
+    """Skipping the blocks below `layer` and feeding their captured output gives the same logits."""
+    from harness.activations import block_inputs, resume_at
+    from harness.capability import forward_kwargs
+    from harness.chat import tokenize_instructions
+
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS[:3])
+    kw = forward_kwargs(model, enc["input_ids"], enc["attention_mask"])
+    with torch.no_grad():
+        full = model(**kw, use_cache=False).logits
+    last = n_layers(model) - 1
+    captured = block_inputs(model, [1, last], **kw)
+    for layer in (1, last):
+        with torch.no_grad(), resume_at(model, layer, captured[layer]):
+            resumed = model(**kw, use_cache=False).logits
+        assert torch.equal(resumed, full), (family, layer)
+    with torch.no_grad():
+        assert torch.equal(model(**kw, use_cache=False).logits, full)  # blocks are restored on exit
+
+
+def test_resume_refuses_models_that_share_kv_across_layers():
+    from harness.activations import ResumeError, can_resume, resume_at
+
+    model, _ = tiny_model("llama")
+    assert can_resume(model)
+    model.config.num_kv_shared_layers = 1
+    assert not can_resume(model)
+    with pytest.raises(ResumeError, match="shares keys and values"):
+        with resume_at(model, 1, torch.zeros(1, 1, model.config.hidden_size)):
+            pass

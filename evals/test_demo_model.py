@@ -112,6 +112,28 @@ def test_two_steps_lower_refusal_loss_and_train_only_recipe_layers(tiny):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_micro_batched_step_with_frozen_prefix_matches_one_padded_batch(tiny):
+    """The step's gradient is the one-batch gradient: length-sorted micro-batches and a once-computed
+    frozen prefix change the work, not the result."""
+    from harness.demo_model import _prefix_inputs, _set_trainable, _step_loss
+
+    model, tokenizer = tiny
+    prompts = ["steal car", "how to make a bomb at home", "hack into email account please now", "list three fruits"]
+    examples, batch = _refusal_batch(tokenizer, prompts)
+    examples[1] = type(examples[1])(examples[1].input_ids[:-3], examples[1].n_prompt)  # unequal answer lengths
+    batch = collate(examples, pad_token_id=0)
+    params = _set_trainable(model, (1, 1))
+    model.train()
+    answer_loss(model, batch).backward()
+    expected = [p.grad.clone() for p in params]
+    for prefix in (None, _prefix_inputs(model, examples, 1, 0)):
+        model.zero_grad(set_to_none=True)
+        loss = _step_loss(model, examples, list(range(len(examples))), 0, prefix, 1, micro_batches=2)
+        assert loss == pytest.approx(answer_loss(model, batch).item(), rel=1e-5)
+        for got, want in zip((p.grad for p in params), expected):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_fine_tune_is_seeded(tiny):
     _, tokenizer = tiny
     examples, _ = _refusal_batch(tokenizer, ["steal car", "how to make a bomb at home", "hack into email account"])

@@ -5,14 +5,15 @@ Activations at layer `l` are the residual stream entering block `l`, read by a f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
 from harness.arch import embeddings, layers as block_list
 from harness.chat import post_instruction_tokens, tokenize_instructions
-from harness.hooks import add_hooks, block_input
+from harness.hooks import add_hooks, block_input, with_block_input
 
 
 def input_device(model) -> torch.device:
@@ -104,3 +105,79 @@ def prompt_activations(
             _forward(model, tokenize_instructions(tokenizer, chunk, system))
             out.append(torch.stack([captured[layer] for layer in chosen], dim=1))
     return torch.cat(out)
+
+
+# --- resuming a forward pass at a block -----------------------------------------------------------
+
+
+class ResumeError(ValueError):
+    """A model whose forward pass cannot start at a later block."""
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the wanted block inputs are captured."""
+
+
+def can_resume(model) -> bool:
+    """Whether blocks may be skipped: not where later layers reuse earlier layers' keys and values
+    (Gemma 3n / Gemma 4 KV sharing), since a skipped layer would leave them missing."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return not getattr(config, "num_kv_shared_layers", 0)
+
+
+@torch.no_grad()
+def block_inputs(model, layer_ids: Sequence[int], **forward_kwargs) -> dict[int, torch.Tensor]:
+    """Residual stream entering each block of `layer_ids` -> {layer: [batch, seq, d_model]} in the
+    model's dtype and device, from one forward pass that stops before the block after the last one."""
+    blocks = block_list(model)
+    wanted = sorted(set(layer_ids))
+    if not wanted or not 0 <= wanted[0] <= wanted[-1] < len(blocks):
+        raise IndexError(f"layers {list(layer_ids)} out of range for a model with {len(blocks)} blocks")
+    got: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs):
+            got[layer] = block_input(args, kwargs).detach().clone()
+            if layer == wanted[-1]:
+                raise _Stop
+
+        return hook
+
+    try:
+        with add_hooks(pre_hooks=[(blocks[layer], make_hook(layer)) for layer in wanted]):
+            model(**forward_kwargs, use_cache=False)
+    except _Stop:
+        pass
+    return got
+
+
+@contextmanager
+def resume_at(model, layer: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Forward passes inside the block skip blocks `< layer` and give block `layer` the residual
+    `hidden` [batch, seq, d_model] (from `block_inputs` on the same batch) instead.
+
+    Work that repeats an unchanged lower part of the model (a fine-tune of upper layers, an
+    intervention that starts at `layer`) then pays for the upper part only. Other hooks on block
+    `layer` registered inside the block see `hidden`.
+    """
+    if not can_resume(model):
+        raise ResumeError(f"{type(model).__name__} shares keys and values across layers; its blocks cannot be skipped")
+    blocks = block_list(model)
+    if not 0 <= layer < len(blocks):
+        raise IndexError(f"layer {layer} out of range for a model with {len(blocks)} blocks")
+    skipped = list(blocks)[:layer]
+
+    def passthrough(*args, **kwargs):
+        return block_input(args, kwargs)
+
+    def feed(module, args, kwargs):
+        return with_block_input(args, kwargs, hidden)
+
+    for block in skipped:
+        block.forward = passthrough
+    try:
+        with add_hooks(pre_hooks=[(blocks[layer], feed)]):
+            yield
+    finally:
+        for block in skipped:
+            del block.forward

@@ -144,22 +144,10 @@ def _pad_id(tokenizer) -> int:
     return pad
 
 
-def _forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_only: bool) -> torch.Tensor:
-    """Logits of a left-padded batch: [batch, vocab] if `last_only` else [batch, seq, vocab], float32, on CPU.
-
-    Position ids are counted from each row's first real token, so a left-padded row sees the positions
-    it would see alone (RoPE is shift-invariant anyway; absolute-position models are not).
-    """
-    device = model.device
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_only: bool) -> torch.Tensor:
+    """Logits of a left-padded batch: [batch, vocab] if `last_only` else [batch, seq, vocab], float32, on CPU."""
     kwargs = {"logits_to_keep": 1} if last_only else {}
-    out = model(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        position_ids=position_ids.to(device),
-        use_cache=False,
-        **kwargs,
-    )
+    out = model(**forward_kwargs(model, input_ids, attention_mask), use_cache=False, **kwargs)
     logits = out.logits[:, -1] if last_only else out.logits
     return logits.float().cpu()
 
@@ -270,7 +258,7 @@ def multiple_choice_accuracy(
     for batch in tqdm(batches, desc="multiple choice", disable=not progress):
         rows = [order[k] for k in batch]
         ids, mask = _left_pad([encoded[i] for i in rows], pad_id)
-        logprobs = torch.log_softmax(_forward_logits(model, ids, mask, last_only=True), dim=-1)  # [batch, vocab]
+        logprobs = torch.log_softmax(forward_logits(model, ids, mask, last_only=True), dim=-1)  # [batch, vocab]
         for row, i in enumerate(rows):
             n_choices = len(questions[i]["choices"])
             predicted[i] = int(logprobs[row, letter_ids[:n_choices]].argmax())
@@ -294,7 +282,7 @@ def cross_entropy(model, tokenizer, texts: list[str], *, max_length: int = 256, 
     total, count = 0.0, 0
     for batch in _batches(len(encoded), batch_size):
         ids, mask = _left_pad([encoded[i] for i in batch], pad_id)  # [batch, seq]
-        logits = _forward_logits(model, ids, mask, last_only=False)  # [batch, seq, vocab]
+        logits = forward_logits(model, ids, mask, last_only=False)  # [batch, seq, vocab]
         scored = (mask[:, :-1] & mask[:, 1:]).bool()  # a target and its context are both real tokens
         targets = ids[:, 1:].masked_fill(~scored, -100)
         total += F.cross_entropy(
@@ -327,23 +315,16 @@ def next_token_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
     return terms.sum(dim=-1).clamp(min=0.0)
 
 
-@torch.inference_mode()
-def last_position_logits(
-    model,
-    tokenizer,
-    prompts: list[str],
-    *,
-    chat: bool = True,
-    system: str | None = None,
-    batch_size: int = 16,
-) -> torch.Tensor:
-    """Next-token logits at the last prompt token -> [n, vocab] float32 on CPU.
+def prompt_batches(
+    tokenizer, prompts: list[str], *, chat: bool = True, system: str | None = None, batch_size: int = 16
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Left-padded (input_ids, attention_mask) batches `[batch, seq]`, in prompt order.
 
     With `chat`, prompts are instructions formatted by `harness.chat.tokenize_instructions`
     (the model's own template); otherwise they are tokenized as plain text.
     """
     if not prompts:
-        raise ValueError("last_position_logits needs at least one prompt")
+        raise ValueError("prompt_batches needs at least one prompt")
     if not chat and system is not None:
         raise ValueError("a system prompt needs chat=True")
     pad_id = _pad_id(tokenizer)
@@ -359,5 +340,34 @@ def last_position_logits(
                 raise ValueError("harness.chat.tokenize_instructions returned a right-padded batch; need left padding")
         else:
             ids, mask = _left_pad([tokenizer(p)["input_ids"] for p in chunk], pad_id)
-        out.append(_forward_logits(model, ids, mask.long(), last_only=True))
-    return torch.cat(out)
+        out.append((ids, mask.long()))
+    return out
+
+
+def forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the model is called with for a left-padded batch, on its device.
+
+    Position ids are counted from each row's first real token, so a left-padded row sees the positions
+    it would see alone (RoPE is shift-invariant anyway; absolute-position models are not).
+    """
+    device = model.device
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+            "position_ids": position_ids.to(device)}
+
+
+@torch.inference_mode()
+def last_position_logits(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    chat: bool = True,
+    system: str | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Next-token logits at the last prompt token -> [n, vocab] float32 on CPU (batches: `prompt_batches`)."""
+    if not prompts:
+        raise ValueError("last_position_logits needs at least one prompt")
+    batches = prompt_batches(tokenizer, prompts, chat=chat, system=system, batch_size=batch_size)
+    return torch.cat([forward_logits(model, ids, mask, last_only=True) for ids, mask in batches])

@@ -151,7 +151,7 @@ def _prompt_ids(tokenizer, instruction: str) -> list[int]:
 
 
 def distill_answers(model, tokenizer, instructions: list[str], max_new_tokens: int, *, progress: bool = True,
-                    batch_size: int = 16, cache_key: str | None = None) -> list[list[int]]:
+                    batch_size: int = 64, cache_key: str | None = None) -> list[list[int]]:
     """The model's own greedy answer tokens; answers that ended early keep their EOS."""
     if cache_key is not None:
         key = stage_key(weights=cache_key, device=model.device.type, instructions=instructions,
@@ -222,8 +222,8 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over answer tokens only.
+def answer_loss(model, batch: dict[str, torch.Tensor], *, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over answer tokens only (their mean, or with `reduction="sum"` their sum).
 
     Logits are computed only from the first position that predicts an answer token on: the
     vocabulary projection over prompt positions is most of a step's memory and wasted.
@@ -237,8 +237,62 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
                    logits_to_keep=keep).logits  # [batch, len(keep), vocab]
     targets = labels[:, start + 1 :]
     return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction=reduction
     )
+
+
+def _prefix_inputs(model, examples: list[Example], layer: int, pad_token_id: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """Per example, the residual entering block `layer` over its tokens (`[len, d_model]`).
+
+    The blocks below the trained ones are frozen, so their output is the same at every step: run
+    once here, each step then starts at `layer` (`resume_at`) and pays for the trained part only.
+    """
+    from harness.activations import block_inputs
+
+    out: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        batch = collate([examples[i] for i in idx], pad_token_id)
+        hidden = block_inputs(model, [layer], input_ids=batch["input_ids"].to(model.device),
+                              attention_mask=batch["attention_mask"].to(model.device))[layer]
+        for row, i in enumerate(idx):
+            out[i] = hidden[row, : len(examples[i].input_ids)]
+    return out
+
+
+def _micro_batches(idx: list[int], examples: list[Example], n: int) -> list[list[int]]:
+    """`idx` sorted by length and cut into `n` parts, so each part pads to a width near its own rows'."""
+    ordered = sorted(idx, key=lambda i: (len(examples[i].input_ids), i))
+    size = -(-len(ordered) // n)
+    return [ordered[k : k + size] for k in range(0, len(ordered), size)]
+
+
+def _step_loss(model, examples: list[Example], idx: list[int], pad_token_id: int, prefix: list[torch.Tensor] | None,
+               first_trained: int, micro_batches: int) -> float:
+    """Backward of one step's mean answer loss, accumulated over length-sorted micro-batches
+    (the same gradient as one padded batch, with less padding); returns the loss."""
+    from contextlib import nullcontext
+
+    from harness.activations import resume_at
+
+    n_tokens = sum(len(examples[i].input_ids) - examples[i].n_prompt for i in idx)
+    total = 0.0
+    for part in _micro_batches(idx, examples, micro_batches):
+        batch = collate([examples[i] for i in part], pad_token_id)
+        context = nullcontext()
+        if prefix is not None:
+            width = batch["input_ids"].shape[1]
+            hidden = torch.zeros((len(part), width, prefix[part[0]].shape[-1]), dtype=prefix[part[0]].dtype,
+                                 device=prefix[part[0]].device)  # [batch, seq, d_model]; pad rows stay zero
+            for row, i in enumerate(part):
+                hidden[row, : len(prefix[i])] = prefix[i]
+            context = resume_at(model, first_trained, hidden)
+        with context:
+            loss = answer_loss(model, batch, reduction="sum") / n_tokens
+        loss.backward()
+        total += loss.item()
+    return total
 
 
 def _set_trainable(model, train_layers: tuple[int, int]) -> list[torch.nn.Parameter]:
@@ -270,16 +324,22 @@ def _batch_order(n: int, steps: int, batch_size: int, seed: int) -> list[list[in
 
 
 def fine_tune(model, examples: list[Example], tune: RefusalTune, *, pad_token_id: int = 0,
-              progress: bool = True) -> list[float]:
+              progress: bool = True, micro_batches: int = 2) -> list[float]:
     """AdamW on the recipe's layers with answer-only loss; returns the per-step loss.
 
     The pad id never reaches the loss (masked in attention and labels), so any valid id works.
+    The frozen blocks below the trained ones run once per example, not once per step, where the
+    model allows skipping blocks (`harness.activations.can_resume`).
     """
     from tqdm.auto import tqdm
+
+    from harness.activations import can_resume
 
     if not examples:
         raise DemoModelError("fine_tune got no examples")
     params = _set_trainable(model, tuple(tune.train_layers))
+    first = tune.train_layers[0]
+    prefix = _prefix_inputs(model, examples, first, pad_token_id) if first > 0 and can_resume(model) else None
     optimizer = torch.optim.AdamW(params, lr=tune.lr)
     losses: list[float] = []
     model.train()
@@ -288,11 +348,9 @@ def fine_tune(model, examples: list[Example], tune: RefusalTune, *, pad_token_id
         bar = tqdm(_batch_order(len(examples), tune.steps, tune.batch_size, tune.seed), desc="demo: refusal fine-tune",
                    unit="step", disable=not progress)
         for idx in bar:
-            loss = answer_loss(model, collate([examples[i] for i in idx], pad_token_id))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.append(_step_loss(model, examples, idx, pad_token_id, prefix, first, micro_batches))
             optimizer.step()
-            losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     model.requires_grad_(False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +22,8 @@ from tqdm.auto import tqdm
 
 from harness.arch import n_layers
 from harness.cache import ItemStore
-from harness.capability import last_position_logits, next_token_kl
+from harness.activations import block_inputs, can_resume, resume_at
+from harness.capability import forward_kwargs, forward_logits, last_position_logits, next_token_kl, prompt_batches
 from harness.chat import format_instructions
 from harness.directions import EPS_NORM, unit
 from harness.interventions import ablate, actadd
@@ -154,6 +156,28 @@ def _filter_reasons(
     return reasons
 
 
+def _actadd_logits(model, tokenizer, prompts: list[str], *, system: str | None, batch_size: int):
+    """`logits(vector, layer)`: last-position logits [n, vocab] of `prompts` with `vector` added at
+    block `layer`. Blocks below `layer` are unchanged by ActAdd, so where the model allows it each
+    batch starts at `layer` from its baseline block input, captured once (identical results, fewer
+    FLOPs: the induce pass of a sweep costs about half a forward on average)."""
+    batches = prompt_batches(tokenizer, prompts, system=system, batch_size=batch_size)
+    resumable = can_resume(model)
+    inputs = [block_inputs(model, range(n_layers(model)), **forward_kwargs(model, ids, mask)) if resumable else None
+              for ids, mask in batches]
+
+    @torch.inference_mode()
+    def logits(vector: Tensor, layer: int) -> Tensor:
+        out = []
+        for (ids, mask), hidden in zip(batches, inputs):
+            with resume_at(model, layer, hidden[layer]) if hidden is not None else nullcontext():
+                with actadd(model, vector, layer, 1.0):
+                    out.append(forward_logits(model, ids, mask, last_only=True))
+        return torch.cat(out)
+
+    return logits
+
+
 def select_direction(
     model,
     tokenizer,
@@ -199,14 +223,14 @@ def select_direction(
     base_harmful = scores_from_logits(logits_of(harmful_val), ids)
     base_harmless_logits = logits_of(harmless_val)  # [n, vocab]
     base_harmless = scores_from_logits(base_harmless_logits, ids)
+    induced_logits = _actadd_logits(model, tokenizer, harmless_val, system=system, batch_size=batch_size)
 
     def score(layer: int, pos: int) -> dict[str, float]:
         vector = candidates[layer, pos].float()
         with ablate(model, unit(vector)):
             bypass = scores_from_logits(logits_of(harmful_val), ids).mean()
             kl = next_token_kl(base_harmless_logits, logits_of(harmless_val)).mean()
-        with actadd(model, vector, layer, 1.0):
-            induce = scores_from_logits(logits_of(harmless_val), ids).mean()
+        induce = scores_from_logits(induced_logits(vector, layer), ids).mean()
         return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
 
     zero = {(layer, pos) for layer, pos in sweep if float(candidates[layer, pos].norm()) <= EPS_NORM}
