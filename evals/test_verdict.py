@@ -20,6 +20,7 @@ EXPERIMENT = GOOD + """
 "test_claim[missed]" = "measured 12 pp"
 "test_claim[met]" = "measured 60 pp"
 "test_claim[crashes]" = "measured 12 pp"
+"test_claim[full-only]" = { runs = "full", reason = "measured 12 pp on the full set" }
 """
 
 CLAIMS = """
@@ -27,7 +28,7 @@ import pytest
 from fixtures.verdict import require
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", ["missed", "met", "crashes", "undeclared"])
+@pytest.mark.parametrize("case", ["missed", "met", "crashes", "undeclared", "full-only"])
 def test_claim(case):
     if case == "crashes":
         assert {"drop": 1} == {"drop": 2}, "snapshot mismatch"
@@ -35,14 +36,14 @@ def test_claim(case):
 """
 
 
-def _run(tmp_path: Path, experiment: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, experiment: str, *extra: str) -> subprocess.CompletedProcess:
     (tmp_path / "exp.toml").write_text(experiment)
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["fixtures.options", "fixtures.verdict"]\n')
     (tmp_path / "test_fake_claims.py").write_text(CLAIMS)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly",
-         "-rA", "--experiment", str(tmp_path / "exp.toml"), "test_fake_claims.py"],
+         "-rA", "--experiment", str(tmp_path / "exp.toml"), *extra, "test_fake_claims.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -54,7 +55,15 @@ def test_known_failures_accept_only_a_missed_threshold(tmp_path):
     assert "FAILED test_fake_claims.py::test_claim[met]" in out and "XPASS(strict)" in out, out
     assert "FAILED test_fake_claims.py::test_claim[crashes]" in out, out
     assert "FAILED test_fake_claims.py::test_claim[undeclared]" in out, out
+    assert "XFAIL test_fake_claims.py::test_claim[full-only] - measured 12 pp on the full set" in out, out
     assert proc.returncode == 1
+
+
+def test_a_known_failure_scoped_to_full_runs_does_not_cover_limited_runs(tmp_path):
+    proc = _run(tmp_path, EXPERIMENT, "--limit", "8")
+    out = proc.stdout + proc.stderr
+    assert "FAILED test_fake_claims.py::test_claim[full-only]" in out, out
+    assert "XFAIL test_fake_claims.py::test_claim[missed]" in out, out
 
 
 def test_known_failure_naming_no_claim_is_an_error(tmp_path):
@@ -67,6 +76,7 @@ def test_known_failure_naming_no_claim_is_an_error(tmp_path):
 @pytest.mark.parametrize("entry, message", [
     ('"claim_without_prefix" = "measured"', "is not a claim id"),
     ('"test_claim[x]" = "  "', "must state the measured figure"),
+    ('"test_claim[x]" = { reason = "measured 1 pp", runs = "smoke" }', "runs"),
 ])
 def test_bad_known_failure_entries_name_the_field(tmp_path, entry, message):
     path = tmp_path / "exp.toml"

@@ -47,6 +47,22 @@ class RefusalTune(_Strict):
     seed: int = 0
 
 
+class KnownFailure(_Strict):
+    """A claim the experiment does not meet, and in which runs."""
+
+    reason: str = Field(description="why, with the measured figure")
+    runs: Literal["all", "full", "limited"] = Field(
+        "all", description="`full`: only runs without --limit; `limited`: only --limit runs"
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the reason must state the measured figure, got an empty string")
+        return value
+
+
 class ModelConfig(_Strict):
     id: str
     revision: str | None = None
@@ -222,21 +238,29 @@ class Experiment(_Strict):
     stability: StabilityConfig = StabilityConfig()
     capability: CapabilityConfig = CapabilityConfig()
     thresholds: Thresholds
-    known_failures: dict[str, str] = Field(
+    known_failures: dict[str, KnownFailure] = Field(
         default_factory=dict,
         description="claim id (e.g. `test_harmless_unchanged[ablation]`) -> why the experiment does not meet "
-        "it, with the measured figure; the claim runs as a strict xfail, so it fails the run once it passes",
+        "it, with the measured figure (a string, or a table {reason, runs} when only the full run or only "
+        "--limit runs miss it); the claim runs as a strict xfail, so it fails the run once it passes",
     )
 
-    @field_validator("known_failures")
+    @field_validator("known_failures", mode="before")
     @classmethod
-    def _known_failures(cls, value: dict[str, str]) -> dict[str, str]:
-        for claim, reason in value.items():
+    def _known_failures(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        for claim in value:
             if not CLAIM_ID.match(claim):
                 raise ValueError(f"{claim!r} is not a claim id like test_name or test_name[param]")
-            if not reason.strip():
-                raise ValueError(f"{claim!r}: the reason must state the measured figure, got an empty string")
-        return value
+        return {claim: {"reason": entry} if isinstance(entry, str) else entry for claim, entry in value.items()}
+
+    def known_failure(self, claim: str, limit: int | None) -> KnownFailure | None:
+        """The declared failure of `claim` that applies to this run (`limit`: the --limit, None = full)."""
+        entry = self.known_failures.get(claim)
+        if entry is None or entry.runs == "all" or (entry.runs == "limited") == (limit is not None):
+            return entry
+        return None
 
 
 def available_experiments() -> list[str]:
