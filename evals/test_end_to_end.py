@@ -76,9 +76,9 @@ def tiny_experiment(tmp_path_factory) -> Path:
     return path
 
 
-def _run_claims(toml: Path, work: Path) -> tuple[int, str]:
+def _run_claims(toml: Path, work: Path, **extra_env: str) -> tuple[int, str]:
     env = {**os.environ, "HARNESS_CACHE_DIR": str(work / "cache"), "HARNESS_REPORTS_DIR": str(work / "reports"),
-           "PYTHONHASHSEED": "0"}
+           "PYTHONHASHSEED": "0", **extra_env}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", str(toml), "--limit", "8", "-q",
          "-p", "no:xdist", "-p", "no:cacheprovider", "--snapshot-update", "evals/test_claims.py"],
@@ -118,3 +118,60 @@ def test_no_harmful_completion_in_reports(two_runs):
     _, _, report_dir = two_runs[0]
     cache = report_dir.parent.parent / "cache"
     assert harmful_text_in(report_dir, cache) == []
+
+
+FAKE_VLLM = '''"""A stand-in for vLLM in tests: the same calls, greedy decoding by transformers from a saved directory."""
+from types import SimpleNamespace
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+LOADED = []
+
+
+class SamplingParams:
+    def __init__(self, temperature=0.0, max_tokens=16, skip_special_tokens=True):
+        assert temperature == 0.0
+        self.max_tokens, self.skip_special_tokens = max_tokens, skip_special_tokens
+
+
+class LLM:
+    def __init__(self, model, tensor_parallel_size=1, seed=0):
+        LOADED.append(model)
+        self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts, params, use_tqdm=False):
+        outs = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt["prompt_token_ids"]])
+            new = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_tokens,
+                                      do_sample=False, pad_token_id=self.tokenizer.eos_token_id)[0, ids.shape[1]:]
+            text = self.tokenizer.decode(new, skip_special_tokens=params.skip_special_tokens)
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(text=text)]))
+        return outs
+'''
+
+
+def test_vllm_runs_ablation_as_the_exact_edit_and_the_report_says_so(tiny_experiment, tmp_path):
+    """Under an engine without hooks the ablation condition runs as the saved weight-edited checkpoint
+    (exact for Llama), hook conditions fall back to transformers, and the report names each path."""
+    (tmp_path / "fake" / "vllm").mkdir(parents=True)
+    (tmp_path / "fake" / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    toml = tmp_path / "tiny_vllm.toml"
+    toml.write_text(tiny_experiment.read_text().replace("[generation]\n", '[generation]\nbackend = "vllm"\n'))
+    fake_path = os.pathsep.join(p for p in (str(tmp_path / "fake"), os.environ.get("PYTHONPATH")) if p)
+    code, out = _run_claims(toml, tmp_path, PYTHONPATH=fake_path)
+    assert code == 0, out[-4000:]
+    report = (tmp_path / "reports" / "tiny_vllm-limit8" / "report.md").read_text()
+    section = report.split("## How each condition was generated")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    assert "weight-edited checkpoint" in rows["ablation"], report
+    assert "vLLM on the saved checkpoint" in rows["weight_edit"], report
+    assert "transformers backend, with forward hooks (vLLM cannot run hooks)" in rows["actadd"], report
+    claims = json.loads((tmp_path / "reports" / "tiny_vllm-limit8" / "results.json").read_text())["claims"]
+    assert claims["test_refusal_drop[ablation]"] == claims["test_refusal_drop[weight_edit]"]

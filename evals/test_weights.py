@@ -140,3 +140,16 @@ def test_wrong_width_is_a_clear_error():
         orthogonalize(model, torch.randn(7))
     with pytest.raises(DirectionShapeError, match="width 7"):
         edit_fidelity(model, model, torch.randn(7), PROMPTS, tok)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_edit_stands_in_for_ablation_only_where_it_is_exact(family):
+    """An engine without hooks may run the ablation condition as the edited checkpoint only where the
+    family's edit is exact, the edit keeps no norms and the ablation covers every layer."""
+    from harness.weights import edit_equals_ablation
+
+    model, _ = tiny_model(family)
+    exact = FAMILIES[family].exact_edit
+    assert edit_equals_ablation(model, norm_preserving=False, scope="all") is exact
+    assert not edit_equals_ablation(model, norm_preserving=True, scope="all")
+    assert not edit_equals_ablation(model, norm_preserving=False, scope="top_k")

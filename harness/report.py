@@ -83,6 +83,14 @@ def _section_conditions(rows: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _section_generation(paths: dict[str, dict]) -> list[str]:
+    if not paths:
+        return []
+    out = ["## How each condition was generated", "", "| condition | intervention | generation path |", "|---|---|---|"]
+    out += [f"| {name} | {p['condition']} | {p['ran']} |" for name, p in paths.items()]
+    return out + [""]
+
+
 def _section_flips(flips: dict[str, dict]) -> list[str]:
     if not flips:
         return []
@@ -117,6 +125,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     md.append("")
     md += _section_claims(claims)
     md += _section_conditions(artifacts.get("conditions", []))
+    md += _section_generation(artifacts.get("generation_paths", {}))
     md += _section_flips(artifacts.get("flips", {}))
 
     category = artifacts.get("category_table")

@@ -87,6 +87,13 @@ def orthogonalize(
     return edited
 
 
+def edit_equals_ablation(model: nn.Module, *, norm_preserving: bool, scope: str) -> bool:
+    """Whether the weight edit computes exactly what directional ablation at every layer and position
+    does, so an ablation condition may run as the edited checkpoint on an engine without hooks (vLLM):
+    the family's edit must be exact by construction, not norm-preserving, and the ablation unscoped."""
+    return FAMILIES[family_of(model)].exact_edit and not norm_preserving and scope == "all"
+
+
 def save_model(model: nn.Module, tokenizer, path: str | Path) -> Path:
     """Safetensors weights + config + generation config + tokenizer that `from_pretrained` loads."""
     path = Path(path)
