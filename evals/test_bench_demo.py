@@ -28,10 +28,11 @@ def _run_demo(cache: Path, reports: Path) -> float:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", "demo", "-q", "-p", "no:xdist",
-         "-p", "no:cacheprovider", "--snapshot-update", "evals/test_claims.py"],
+         "-p", "no:cacheprovider", "evals/test_claims.py"],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )
     elapsed = time.perf_counter() - start
+    # Claims may fail (a snapshot from another model build, say): the run is timed all the same.
     assert "report:" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     return elapsed
 
