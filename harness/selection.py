@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from harness.activations import block_inputs, can_resume, resume_at
 from harness.arch import n_layers
 from harness.cache import ItemStore
-from harness.activations import block_inputs, can_resume, resume_at
 from harness.capability import forward_kwargs, forward_logits, last_position_logits, next_token_kl, prompt_batches
 from harness.chat import format_instructions
 from harness.directions import EPS_NORM, unit
@@ -156,14 +156,15 @@ def _filter_reasons(
     return reasons
 
 
-def _actadd_logits(model, tokenizer, prompts: list[str], *, system: str | None, batch_size: int):
+def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], *, system: str | None,
+                   batch_size: int):
     """`logits(vector, layer)`: last-position logits [n, vocab] of `prompts` with `vector` added at
-    block `layer`. Blocks below `layer` are unchanged by ActAdd, so where the model allows it each
-    batch starts at `layer` from its baseline block input, captured once (identical results, fewer
-    FLOPs: the induce pass of a sweep costs about half a forward on average)."""
+    block `layer` (one of `layers`). Blocks below `layer` are unchanged by ActAdd, so where the model
+    allows it each batch starts at `layer` from its baseline block input, captured once (identical
+    results, fewer FLOPs: the induce pass of a sweep costs about half a forward on average)."""
     batches = prompt_batches(tokenizer, prompts, system=system, batch_size=batch_size)
-    resumable = can_resume(model)
-    inputs = [block_inputs(model, range(n_layers(model)), **forward_kwargs(model, ids, mask)) if resumable else None
+    resumable = can_resume(model) and len(layers) > 0
+    inputs = [block_inputs(model, layers, **forward_kwargs(model, ids, mask)) if resumable else None
               for ids, mask in batches]
 
     @torch.inference_mode()
@@ -223,7 +224,6 @@ def select_direction(
     base_harmful = scores_from_logits(logits_of(harmful_val), ids)
     base_harmless_logits = logits_of(harmless_val)  # [n, vocab]
     base_harmless = scores_from_logits(base_harmless_logits, ids)
-    induced_logits = _actadd_logits(model, tokenizer, harmless_val, system=system, batch_size=batch_size)
 
     def score(layer: int, pos: int) -> dict[str, float]:
         vector = candidates[layer, pos].float()
@@ -239,6 +239,9 @@ def select_direction(
         for layer, pos in sweep
         if (layer, pos) not in zero and (layer < limit or score_pruned_layers)
     }
+
+    induced_logits = _actadd_logits(model, tokenizer, harmless_val, sorted({layer for layer, _ in todo.values()}),
+                                    system=system, batch_size=batch_size)
 
     def run(batch: list[str]) -> list[dict[str, float]]:
         return [score(*todo[c]) for c in batch]
