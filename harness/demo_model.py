@@ -274,6 +274,8 @@ def _step_loss(model, examples: list[Example], idx: list[int], pad_token_id: int
     (the same gradient as one padded batch, with less padding); returns the loss."""
     from contextlib import nullcontext
 
+    from torch.nn.utils.rnn import pad_sequence
+
     from harness.activations import resume_at
 
     n_tokens = sum(len(examples[i].input_ids) - examples[i].n_prompt for i in idx)
@@ -282,11 +284,7 @@ def _step_loss(model, examples: list[Example], idx: list[int], pad_token_id: int
         batch = collate([examples[i] for i in part], pad_token_id)
         context = nullcontext()
         if prefix is not None:
-            width = batch["input_ids"].shape[1]
-            hidden = torch.zeros((len(part), width, prefix[part[0]].shape[-1]), dtype=prefix[part[0]].dtype,
-                                 device=prefix[part[0]].device)  # [batch, seq, d_model]; pad rows stay zero
-            for row, i in enumerate(part):
-                hidden[row, : len(prefix[i])] = prefix[i]
+            hidden = pad_sequence([prefix[i] for i in part], batch_first=True)  # [batch, seq, d_model], right-padded
             context = resume_at(model, first_trained, hidden)
         with context:
             loss = answer_loss(model, batch, reduction="sum") / n_tokens
