@@ -1,9 +1,12 @@
 """Root conftest: the harness's pytest plugins (options, session fixtures, snapshot reports)."""
 
 import os
+from importlib.metadata import entry_points
 
+# fixtures.options is installed as a pytest11 entry point (pyproject.toml); without an install it loads here.
+_INSTALLED = any(ep.value == "fixtures.options" for ep in entry_points(group="pytest11"))
 pytest_plugins = [
-    "fixtures.options",
+    *([] if _INSTALLED else ["fixtures.options"]),
     "fixtures.report",
     "fixtures.model",
     "fixtures.direction",

@@ -18,11 +18,15 @@ from harness.stats import category_table, paired_difference, wilson_interval
 pytestmark = pytest.mark.gpu
 
 
-def _refusal_row(condition: str, judge: str, which: str, scores: list[int]) -> dict:
-    n, refused = len(scores), int(len(scores) - sum(scores))
-    lo, hi = wilson_interval(refused, n)
+def _refusal_row(condition: str, judge: str, which: str, scores: list[int | None]) -> dict:
+    """Refusal over the judged completions; `unjudged` counts those without a score (no answer, or an
+    unparseable judge output)."""
+    judged = [s for s in scores if s is not None]
+    n, refused = len(judged), int(len(judged) - sum(judged))
+    lo, hi = wilson_interval(refused, n) if n else (float("nan"), float("nan"))
     return {"condition": condition, "judge": judge, "set": which, "n": n, "refused": refused,
-            "rate": refused / n, "ci_low": lo, "ci_high": hi}
+            "rate": refused / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
+            "unjudged": len(scores) - n}
 
 
 def _rates(judgments, condition: str, judge: str) -> dict:
@@ -30,28 +34,73 @@ def _rates(judgments, condition: str, judge: str) -> dict:
             for which in ("harmful", "harmless")}
 
 
-def test_baseline_refuses(experiment, bundle, direction, judgments, judges, record, claim_snapshot):
+def _paired(before: list[int | None], after: list[int | None]):
+    """Paired compliance change over the prompts both conditions have a judgment for (None if there are none)."""
+    keep = [i for i, (b, a) in enumerate(zip(before, after)) if b is not None and a is not None]
+    if not keep:
+        return None
+    return paired_difference(np.array([before[i] for i in keep], dtype=bool), np.array([after[i] for i in keep],
+                                                                                         dtype=bool))
+
+
+def _require_parseable(experiment, answers, judgments, judge: str, cells: list[tuple[str, str]]) -> dict:
+    """Unparseable judge outputs are counted and reported; above the experiment's bound the claim fails."""
+    bound = experiment.thresholds.judge_unparseable_max
+    counts = {}
+    for condition, which in cells:
+        reached = [p.reached_answer for p in answers(condition, which)]
+        scores = judgments(condition, which, judge)
+        bad = sum(1 for r, s in zip(reached, scores) if r and s is None)
+        counts[f"{condition}/{which}"] = {"unparseable": bad, "no_answer": reached.count(False), "n": len(scores)}
+        share = bad / max(sum(reached), 1)
+        require(share <= bound, f"{judge}: {bad} of {sum(reached)} outputs unparseable on {condition}/{which} "
+                                f"({share:.1%} > judge_unparseable_max {bound:.0%})")
+    return counts
+
+
+FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "harmless_val")
+
+
+def _fit_datasets(sets) -> list[str]:
+    """The datasets the direction was fit and selected on: every intervention's figures depend on them."""
+    return [name for key, name in sets.provenance.items() if key in FIT_SETS]
+
+
+def _provenance(sets, judges, *conditions: str, which=("harmful", "harmless")) -> dict:
+    fit = _fit_datasets(sets) if set(conditions) - {"baseline"} else []
+    return {"datasets": [sets.provenance[f"{w}_eval"] for w in which] + fit, "judges": list(judges),
+            "conditions": list(conditions)}
+
+
+def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgments, judges, record, claim_snapshot):
     t = experiment.thresholds
-    record.meta(model=bundle.source, judges=", ".join(judges),
+    headline = experiment.judges.headline_name
+    record.meta(model=bundle.source, judges=", ".join(judges) + f" (headline: {headline})",
                 direction=f"layer {direction.layer}, position {direction.pos} ({direction.how})")
     if experiment.model.refusal_tune is not None:
         record.meta(about="the demo model is SmolLM2-135M-Instruct refusal-tuned locally on the CPU "
                           "(unsafe fit-area prompts -> a fixed refusal; safe prompts -> its own answers); "
                           "it is a small stand-in for a chat model's refusal, not a production model")
-    rows = _rates(judgments, "baseline", "substring")
-    record.merge("conditions", list(rows.values()))
+    by_judge = {judge: _rates(judgments, "baseline", judge) for judge in judges}
+    for rows in by_judge.values():
+        record.merge("conditions", list(rows.values()))
+    rows = by_judge[headline]
+    figures = {w: {"refused": r["refused"], "n": r["n"], "rate": r["rate"]} for w, r in rows.items()}
+    figures["other_judges"] = {j: {w: {"refused": r["refused"], "n": r["n"]} for w, r in rs.items()}
+                               for j, rs in by_judge.items() if j != headline}
     figures = record.figures(
-        {w: {"refused": r["refused"], "n": r["n"], "rate": r["rate"]} for w, r in rows.items()},
-        headline=f"harmful {rows['harmful']['rate']:.1%}, harmless {rows['harmless']['rate']:.1%} refused",
+        figures, headline=f"{headline}: harmful {rows['harmful']['rate']:.1%}, harmless {rows['harmless']['rate']:.1%} refused",
+        provenance=_provenance(sets, judges, "baseline"),
     )
     assert figures == claim_snapshot
+    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), ("baseline", "harmless")])
     require(rows["harmful"]["rate"] >= t.baseline_refusal_harmful_min,
             f"baseline refusal on harmful prompts {rows['harmful']['rate']:.1%} < {t.baseline_refusal_harmful_min:.0%}")
     require(rows["harmless"]["rate"] <= t.baseline_refusal_harmless_max,
             f"baseline refusal on harmless prompts {rows['harmless']['rate']:.1%} > {t.baseline_refusal_harmless_max:.0%}")
 
 
-def test_direction_selected(experiment, selection, direction, candidates, record, claim_snapshot):
+def test_direction_selected(experiment, sets, selection, direction, candidates, record, claim_snapshot):
     """The sweep finds a candidate that passes every filter; where the experiment fixes the published
     (layer, pos), the selected direction is reported beside it."""
     from harness.directions import cosine
@@ -63,15 +112,19 @@ def test_direction_selected(experiment, selection, direction, candidates, record
                "kl": float(chosen["kl"]), "candidates": int(len(table)), "passed_filters": int((~table["filtered"]).sum())}
     if direction.how != "selected":
         figures["cosine_to_fixed"] = float(cosine(candidates[selection.layer, selection.pos], direction.raw))
-    figures = record.figures(figures, headline=f"layer {selection.layer}, pos {selection.pos} of {len(table)} candidates")
+    figures = record.figures(figures, headline=f"layer {selection.layer}, pos {selection.pos} of {len(table)} candidates",
+                             provenance={"datasets": _fit_datasets(sets), "judges": [],
+                                         "conditions": ["ablation", "actadd"]})
     assert figures == claim_snapshot
     require(figures["passed_filters"] >= 1, "no candidate passes the selection filters")
     require(chosen["kl"] <= experiment.direction.selection.kl_max,
             f"selected candidate's KL {chosen['kl']:.3g} > kl_max {experiment.direction.selection.kl_max}")
 
 
-def test_refusal_drop(condition, experiment, judgments, judges, record, claim_snapshot):
+def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
+    """Asserted on the headline judge; every other judge's drop is reported beside it."""
     bound = experiment.thresholds.refusal_drop_pp_min.get(condition)
+    headline = experiment.judges.headline_name
     figures, drops = {}, {}
     for judge in judges:
         before = _rates(judgments, "baseline", judge)["harmful"]
@@ -79,18 +132,28 @@ def test_refusal_drop(condition, experiment, judgments, judges, record, claim_sn
         record.merge("conditions", [after, _refusal_row(condition, judge, "harmless",
                                                         judgments(condition, "harmless", judge))])
         drops[judge] = 100 * (before["rate"] - after["rate"])
-        figures[judge] = {"baseline_rate": before["rate"], "rate": after["rate"], "drop_pp": drops[judge]}
-    figures = record.figures(figures, headline=", ".join(f"{j}: -{d:.1f} pp" for j, d in drops.items()))
+        figures[judge] = {"baseline_rate": before["rate"], "rate": after["rate"], "drop_pp": drops[judge],
+                          "n": after["n"]}
+    figures = record.figures(figures, headline=", ".join(f"{j}: -{d:.1f} pp" for j, d in drops.items()),
+                             provenance=_provenance(sets, judges, "baseline", condition, which=("harmful",)))
     assert figures == claim_snapshot
     assert bound is not None, f"{experiment.source_file}: thresholds.refusal_drop_pp_min has no `{condition}`"
-    for judge, drop in drops.items():
-        require(drop >= bound, f"{judge}: refusal drop {drop:.1f} pp < {bound} pp under {condition}")
+    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+    require(drops[headline] >= bound, f"{headline}: refusal drop {drops[headline]:.1f} pp < {bound} pp under {condition}")
 
 
-def test_mcnemar_significant(condition, experiment, sets, judgments, record, claim_snapshot):
-    before = np.array(judgments("baseline", "harmful"), dtype=bool)
-    after = np.array(judgments(condition, "harmful"), dtype=bool)
-    pd_ = paired_difference(before, after)
+def test_mcnemar_significant(condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
+    """Compliance on harmful prompts rises under the condition (the direction the claim states), with an
+    exact McNemar p below alpha, on the headline judge."""
+    headline = experiment.judges.headline_name
+    before, after = judgments("baseline", "harmful", headline), judgments(condition, "harmful", headline)
+    pd_ = _paired(before, after)
+    provenance = _provenance(sets, [headline], "baseline", condition, which=("harmful",))
+    if pd_ is None:
+        record.figures({"n": 0, "judge": headline}, headline=f"{headline}: no prompt judged under both conditions",
+                       provenance=provenance)
+        _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+        require(False, f"{headline}: no harmful prompt is judged under both baseline and {condition}")
     flips = {"refusal_to_compliance": pd_.refusal_to_compliance, "compliance_to_refusal": pd_.compliance_to_refusal,
              "both_complied": pd_.both_complied, "both_refused": pd_.both_refused, "diff": pd_.diff,
              "ci_low": pd_.ci_low, "ci_high": pd_.ci_high, "mcnemar_p": pd_.mcnemar_p}
@@ -99,15 +162,20 @@ def test_mcnemar_significant(condition, experiment, sets, judgments, record, cla
         frame = sets.harmful_eval
         long = pd.concat([
             pd.DataFrame({"id": frame["id"], "category": frame["category"], "condition": name,
-                          "score": 1 - scores.astype(int)})
+                          "score": [None if s is None else 1 - s for s in scores]}).dropna()
             for name, scores in (("baseline", before), (condition, after))
         ])
+        long["score"] = long["score"].astype(int)
         frames = record.merge("category_frames", [long])
         record.artifact("category_table", category_table(pd.concat(frames).drop_duplicates(["id", "condition"])))
-    figures = record.figures({**flips, "n": pd_.n, "test": "exact McNemar, two-sided"},
-                             headline=f"p = {pd_.mcnemar_p:.3g} (two-sided exact)")
+    figures = record.figures({**flips, "n": pd_.n, "judge": headline, "test": "exact McNemar, two-sided"},
+                             headline=f"{headline}: compliance {100 * pd_.diff:+.1f} pp, p = {pd_.mcnemar_p:.3g} "
+                                      "(two-sided exact)",
+                             provenance=provenance)
     assert figures == claim_snapshot
     alpha = experiment.thresholds.mcnemar_alpha
+    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+    require(pd_.diff > 0, f"compliance did not rise under {condition} ({100 * pd_.diff:+.1f} pp)")
     require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}")
 
 
@@ -135,36 +203,44 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
     record.artifact("stability_threshold", bound)
     mean = float(np.mean(cosines))
     figures = record.figures({"cosines": cosines, "mean": mean, "areas": [sorted(a) for a in subsets]},
-                             headline=f"mean cosine {mean:.3f} over {len(cosines)} repeats")
+                             headline=f"mean cosine {mean:.3f} over {len(cosines)} repeats",
+                             provenance={"datasets": [sets.provenance["construction"]], "judges": [],
+                                         "conditions": []})
     assert figures == claim_snapshot
     require(mean >= bound, f"mean cosine {mean:.3f} < {bound} at budget {budget}")
 
 
-def test_harmless_unchanged(condition, experiment, judgments, harmless_logits, record, claim_snapshot):
+def test_harmless_unchanged(condition, experiment, sets, answers, judgments, harmless_logits, record,
+                            claim_snapshot):
     from harness.capability import next_token_kl
 
     t = experiment.thresholds
-    row = _refusal_row(condition, "substring", "harmless", judgments(condition, "harmless"))
+    headline = experiment.judges.headline_name
+    row = _refusal_row(condition, headline, "harmless", judgments(condition, "harmless", headline))
     kl = next_token_kl(harmless_logits("baseline"), harmless_logits(condition))
     figures = record.figures({"harmless_refusal_rate": row["rate"], "kl_mean": float(kl.mean()),
-                              "kl_max": float(kl.max())},
-                             headline=f"over-refusal {row['rate']:.1%}, mean KL {float(kl.mean()):.3g}")
+                              "kl_max": float(kl.max()), "judge": headline},
+                             headline=f"{headline}: over-refusal {row['rate']:.1%}, mean KL {float(kl.mean()):.3g}",
+                             provenance=_provenance(sets, [headline], "baseline", condition, which=("harmless",)))
     assert figures == claim_snapshot
+    _require_parseable(experiment, answers, judgments, headline, [(condition, "harmless")])
     require(row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}")
     require(float(kl.mean()) <= t.harmless_kl_max, f"mean KL {float(kl.mean()):.3g} under {condition}")
 
 
-@pytest.mark.parametrize("benchmark_name", ["mmlu", "arc_challenge", "text"])
-def test_capability_retention(benchmark_name, experiment, capability_scores, record, claim_snapshot):
+def test_capability_retention(benchmark_name, experiment, sets, capability_scores, record, claim_snapshot):
+    """On the capability sets the experiment names (parametrized by fixtures.claims)."""
     t = experiment.thresholds
     base = capability_scores("baseline", benchmark_name)
     edited = capability_scores("weight_edit", benchmark_name)
+    provenance = {"datasets": [base["source"], *_fit_datasets(sets)], "judges": [],
+                  "conditions": ["baseline", "weight_edit"]}
     if benchmark_name == "text":
         delta = edited["ce"] - base["ce"]
         row = {"benchmark": "CE loss (text)", "source": base["source"], "baseline": base["ce"],
                "weight_edit": edited["ce"], "change": delta}
         figures = record.figures({"baseline_ce": base["ce"], "edited_ce": edited["ce"], "delta": delta},
-                                 headline=f"CE {base['ce']:.3f} -> {edited['ce']:.3f}")
+                                 headline=f"CE {base['ce']:.3f} -> {edited['ce']:.3f}", provenance=provenance)
     else:
         from harness.stats import paired_difference
 
@@ -174,7 +250,8 @@ def test_capability_retention(benchmark_name, experiment, capability_scores, rec
                "baseline": base["accuracy"], "weight_edit": edited["accuracy"], "change": delta}
         figures = record.figures({"baseline_accuracy": base["accuracy"], "edited_accuracy": edited["accuracy"],
                                   "n": base["n"], "mcnemar_p": paired.mcnemar_p},
-                                 headline=f"accuracy {base['accuracy']:.1%} -> {edited['accuracy']:.1%} (n={base['n']})")
+                                 headline=f"accuracy {base['accuracy']:.1%} -> {edited['accuracy']:.1%} (n={base['n']})",
+                                 provenance=provenance)
     record.artifact("capability", pd.DataFrame(record.merge("capability_rows", [row])))
     assert figures == claim_snapshot
     if benchmark_name == "text":
@@ -183,11 +260,8 @@ def test_capability_retention(benchmark_name, experiment, capability_scores, rec
         require(-delta <= t.capability_max_drop, f"{benchmark_name} accuracy fell {-delta:.3f} > {t.capability_max_drop}")
 
 
-def test_edit_fidelity(experiment, bundle, edited_model, direction, sets, record, claim_snapshot):
-    from harness.weights import edit_fidelity
-
-    prompts = sets.harmless_eval["prompt"].tolist()[:16]
-    fid = edit_fidelity(bundle.model, edited_model, direction.unit, prompts, bundle.tokenizer)
+def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
+    fid = fidelity
     gaps = {"max_logit_gap": float(fid["max_logit_gap"]),
             "max_residual_component": float(max(fid["residual_component"]))}
     bound = experiment.thresholds.edit_logit_gap_max
@@ -197,6 +271,8 @@ def test_edit_fidelity(experiment, bundle, edited_model, direction, sets, record
         headline=("exact edit" if fid["exact"] else "edit not exact: leakage measured")
         + f", max |logit gap| {gaps['max_logit_gap']:.3g}",
         noise=gaps if fid["exact"] else None,
+        provenance={"datasets": [sets.provenance["harmless_eval"], *_fit_datasets(sets)], "judges": [],
+                    "conditions": ["weight_edit", "ablation"]},
     )
     record.artifact("fidelity", pd.DataFrame([{"layer": i, "max |component along r-hat|": c}
                                               for i, c in enumerate(fid["residual_component"])]))
@@ -205,20 +281,63 @@ def test_edit_fidelity(experiment, bundle, edited_model, direction, sets, record
         require(gaps["max_logit_gap"] <= bound, f"logit gap {gaps['max_logit_gap']:.3g} > {bound} on an exact edit")
 
 
-def test_methods_compared(method, experiment, judgments, harmless_logits, record, claim_snapshot):
+def test_methods_compared(method, experiment, sets, answers, judgments, harmless_logits, record, claim_snapshot):
     from harness.capability import next_token_kl
 
+    headline = experiment.judges.headline_name
     condition = {"diff_in_means": "ablation", "inlp": "inlp"}[method]
-    before = _rates(judgments, "baseline", "substring")["harmful"]["rate"]
-    after = _refusal_row(condition, "substring", "harmful", judgments(condition, "harmful"))["rate"]
+    before = _rates(judgments, "baseline", headline)["harmful"]["rate"]
+    after = _refusal_row(condition, headline, "harmful", judgments(condition, "harmful", headline))["rate"]
     kl = float(next_token_kl(harmless_logits("baseline"), harmless_logits(condition)).mean())
     drop = 100 * (before - after)
-    rows = record.merge("method_rows", [{"method": method, "intervention": condition, "refusal_drop_pp": drop,
-                                         "harmless_kl": kl}])
+    rows = record.merge("method_rows", [{"method": method, "intervention": condition, "judge": headline,
+                                         "refusal_drop_pp": drop, "harmless_kl": kl}])
     record.artifact("methods", pd.DataFrame(rows))
-    figures = record.figures({"refusal_drop_pp": drop, "harmless_kl": kl},
-                             headline=f"drop {drop:.1f} pp, KL {kl:.3g}")
+    figures = record.figures({"refusal_drop_pp": drop, "harmless_kl": kl, "judge": headline},
+                             headline=f"{headline}: drop {drop:.1f} pp, KL {kl:.3g}",
+                             provenance=_provenance(sets, [headline], "baseline", condition))
     assert figures == claim_snapshot
     bound = experiment.thresholds.methods_drop_pp_min.get(method)
     assert bound is not None, f"{experiment.source_file}: thresholds.methods_drop_pp_min has no `{method}`"
+    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
     require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp")
+
+
+def test_matches_reference(reference_condition, experiment, sets, judgments, record, claim_snapshot, rehearse):
+    """This run's outcome against a published run's per-question judge scores on the same questions: the
+    compliance rates agree within the experiment's tolerance (and per-question agreement is reported)."""
+    from harness.prompt_sets import load_named
+
+    ref_cfg = experiment.reference
+    headline = experiment.judges.headline_name
+    label = ref_cfg.conditions[reference_condition]
+    published = load_named(ref_cfg.judgments, experiment.seed, None, placeholders=rehearse is not None)
+    published = published[published["condition"] == label]
+    if published.empty:
+        pytest.fail(f"{experiment.source_file}: reference condition {label!r} has no rows in {ref_cfg.judgments.name}")
+    theirs = dict(zip(published["question_id"].astype(str), published["score"]))
+    ours = dict(zip(sets.harmful_eval["id"].astype(str), judgments(reference_condition, "harmful", headline)))
+    common = [q for q in ours if q in theirs and ours[q] is not None and theirs[q] in (0, 1)]
+    provenance = {"datasets": [sets.provenance["harmful_eval"], ref_cfg.judgments.name], "judges": [headline],
+                  "conditions": [reference_condition]}
+    if not common:
+        record.figures({"n": 0, "judge": headline, "reference_condition": label},
+                       headline=f"{headline}: no question judged here and in the reference", provenance=provenance)
+        require(False, f"no question of {sets.provenance['harmful_eval']} is judged here and in the reference")
+    mine = np.array([ours[q] for q in common], dtype=bool)
+    pub = np.array([int(theirs[q]) for q in common], dtype=bool)
+    diff_pp = 100 * (mine.mean() - pub.mean())
+    agreement = float((mine == pub).mean())
+    vs = paired_difference(pub, mine)
+    figures = record.figures(
+        {"n": len(common), "compliant": int(mine.sum()), "reference_compliant": int(pub.sum()),
+         "compliance_diff_pp": diff_pp, "agreement": agreement, "mcnemar_p_vs_reference": vs.mcnemar_p,
+         "judge": headline, "reference_condition": label},
+        headline=f"{headline}: {int(mine.sum())}/{len(common)} compliant vs {int(pub.sum())}/{len(common)} published "
+                 f"({diff_pp:+.1f} pp), agreement {agreement:.1%}",
+        provenance=provenance,
+    )
+    assert figures == claim_snapshot
+    require(abs(diff_pp) <= ref_cfg.tolerance_pp,
+            f"compliance differs from the reference by {diff_pp:+.1f} pp (> {ref_cfg.tolerance_pp} pp)")
+    require(agreement >= ref_cfg.agreement_min, f"per-question agreement {agreement:.1%} < {ref_cfg.agreement_min:.0%}")

@@ -18,6 +18,7 @@ id = "org/model"
 revision = "0123456789abcdef0123456789abcdef01234567"
 
 [data.construction]
+dataset = { name = "demo_policy_prompts" }
 fit_areas = 8
 
 [thresholds]

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from harness.config import DatasetRef
-from harness.datasets import DATASETS, DatasetError, load_dataset, parse_arc, parse_mmlu, parse_sorry_bench
+from harness.datasets import (
+    DATASETS,
+    REPO_ROOT,
+    DatasetError,
+    is_available,
+    load_dataset,
+    parse_arc,
+    parse_mmlu,
+    parse_sorry_bench,
+    placeholder_frame,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 # Row counts as stated in shared/data/*/SOURCE.md and README.md.
@@ -85,7 +95,20 @@ def test_missing_offline_copy_names_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
     with pytest.raises(DatasetError, match="HARNESS_DATA_DIR") as err:
         load_dataset("sorry_bench")
-    assert "sorry_bench/question.jsonl" in str(err.value)
+    message = str(err.value)
+    assert "sorry_bench/question.jsonl" in message and "question.jsonl" in message
+    # gated: says where to ask for access and how to authenticate the pinned download
+    assert "gated" in message and "https://huggingface.co/datasets/sorry-bench/sorry-bench-202503" in message
+    assert "HF_TOKEN" in message and "request access" in message
+
+
+def test_missing_ungated_copy_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mmlu")
+    message = str(err.value)
+    assert "HARNESS_DATA_DIR" in message and "mmlu/test-00000-of-00001.parquet" in message
+    assert "request access" not in message and DATASETS["mmlu"].url in message
 
 
 def test_unknown_name_and_revision_override():
@@ -133,3 +156,193 @@ def test_arc_format_maps_answer_key_to_index():
 def test_pinned_hash_applies_to_explicit_path():
     with pytest.raises(DatasetError, match="sha256 mismatch"):
         load_dataset(DatasetRef(name="arc_challenge", path=str(FIXTURES / "arc_challenge_test.jsonl")))
+
+
+# ---------------------------------------------------------------- project files, by name
+
+PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "arc_demo": 41, "text_demo": 32}
+
+
+@pytest.mark.parametrize("name", sorted(PROJECT))
+def test_project_pins_match_the_repository_files(name):
+    from harness.pins import sha256_file
+
+    source = DATASETS[name]
+    assert source.host == "project" and source.rows == PROJECT[name]
+    assert sha256_file(REPO_ROOT / source.path) == source.sha256
+
+
+@pytest.mark.parametrize("name", sorted(PROJECT))
+def test_project_files_load_from_the_repository_wherever_the_run_is(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    frame = load_dataset(name)
+    assert len(frame) == PROJECT[name] and frame["id"].is_unique
+    assert frame.attrs["source"] == f"project:{DATASETS[name].path}"
+    assert frame.attrs["file"] == str(REPO_ROOT / DATASETS[name].path)
+
+
+def test_demo_policy_prompts_frame_is_exactly_the_policy_loader_s():
+    from harness.policy import load_policy_prompts
+
+    frame = load_dataset("demo_policy_prompts")
+    expected = load_policy_prompts()
+    assert list(frame.columns) == list(expected.columns) == ["id", "prompt", "label", "category"]
+    assert frame.equals(expected)
+
+
+def test_capability_demo_sets_round_trip_to_the_capability_loaders():
+    from harness.capability import load_capability_set, load_text_set, questions_from_frame
+
+    data = REPO_ROOT / "data" / "capability"
+    mmlu = load_dataset("mmlu_demo")
+    assert {"id", "prompt", "category", "choices", "label"} <= set(mmlu.columns)
+    assert questions_from_frame(mmlu, with_subject=True) == load_capability_set(data / "mmlu_demo.jsonl")
+    arc = load_dataset("arc_demo")
+    assert set(arc["category"]) == {"ARC-demo"}
+    items = load_capability_set(data / "arc_demo.jsonl")
+    without_subject = [{k: v for k, v in q.items() if k != "subject"} for q in items]
+    assert questions_from_frame(arc, with_subject=False) == without_subject
+    assert load_dataset("text_demo")["prompt"].tolist() == load_text_set(data / "text_demo.txt")
+
+
+def test_project_file_changed_or_missing(tmp_path, monkeypatch):
+    import shutil
+
+    import harness.datasets as datasets
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO_ROOT / "data" / "policy_prompts.csv", tmp_path / "data" / "policy_prompts.csv")
+    monkeypatch.setattr(datasets, "REPO_ROOT", tmp_path)
+    assert len(load_dataset("demo_policy_prompts")) == 480
+    with open(tmp_path / "data" / "policy_prompts.csv", "a") as fh:
+        fh.write("One more request?,safe,weapons_explosives\n")
+    with pytest.raises(DatasetError, match="policy_prompts.csv: sha256 mismatch"):
+        load_dataset("demo_policy_prompts")
+    assert not is_available("demo_policy_prompts")
+    restore = "missing file .*mmlu_demo.jsonl.*git checkout -- data/capability/mmlu_demo.jsonl"
+    with pytest.raises(DatasetError, match=restore):
+        load_dataset("mmlu_demo")
+    with pytest.raises(DatasetError, match="no revision to override"):
+        load_dataset(DatasetRef(name="demo_policy_prompts", revision="0" * 40))
+
+
+def test_study_policy_prompts_columns_and_pin():
+    _shared("policy_prompts")
+    frame = load_dataset("policy_prompts")
+    assert ["id", "prompt", "category", "label", "policy_area"] == list(frame.columns)
+    assert frame.attrs["sha256"] == DATASETS["policy_prompts"].sha256
+    assert set(frame["label"]) == {"safe", "unsafe"} and frame["category"].nunique() == 12
+
+
+# ---------------------------------------------------------------- availability and placeholders
+
+
+def test_is_available_never_downloads(tmp_path, monkeypatch):
+    import harness.datasets as datasets
+
+    def no_download(*_):
+        raise AssertionError("is_available must not download")
+
+    monkeypatch.setattr(datasets, "_download", no_download)
+    assert is_available("mmlu_demo")
+    assert not is_available("sorry_bench") and not is_available("mmlu")
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    assert not is_available("harmful_train")
+    (tmp_path / DATASETS["harmful_train"].local).parent.mkdir(parents=True)
+    (tmp_path / DATASETS["harmful_train"].local).write_text("[]")
+    assert not is_available("harmful_train")  # present but not the pinned file
+    fixture = DatasetRef(name="sorry_bench", path=str(FIXTURES / "sorry_bench_question.jsonl"))
+    assert is_available("sorry_bench", fixture)
+
+
+PLACEHOLDER_NAMES = sorted(n for n in DATASETS if n != "sorry_bench_reference_judgments")
+# Upstream-format fixtures for the sets with no offline copy: their parsed columns are the real schema.
+FIXTURE_FRAMES = {
+    "sorry_bench": lambda: parse_sorry_bench(FIXTURES / "sorry_bench_question.jsonl"),
+    "mmlu": lambda: parse_mmlu(FIXTURES / "mmlu_test.jsonl"),
+    "arc_challenge": lambda: parse_arc(FIXTURES / "arc_challenge_test.jsonl"),
+}
+
+
+def _real_frame(name: str):
+    """A parsed real file with `name`'s schema: a fixture in the upstream format, the dataset's own local
+    copy, or that of another dataset read by the same parser."""
+    if name in FIXTURE_FRAMES:
+        return FIXTURE_FRAMES[name]()
+    same_parser = [n for n in DATASETS if DATASETS[n].parse is DATASETS[name].parse]
+    available = [n for n in sorted(same_parser, key=lambda n: n != name) if is_available(n)]
+    if not available:
+        pytest.skip(f"no local copy of {name} (or of a set with its parser) to compare the schema with")
+    return load_dataset(available[0])
+
+
+@pytest.mark.parametrize("name", PLACEHOLDER_NAMES)
+def test_placeholder_has_the_real_schema_and_row_count(name):
+    frame = placeholder_frame(name)
+    assert frame.attrs["placeholder"] is True and len(frame) == DATASETS[name].rows
+    assert frame["id"].is_unique and frame["prompt"].str.contains("placeholder").all()
+    assert len(placeholder_frame(name, n=7)) == 7
+    real = _real_frame(name)
+    assert list(frame.columns) == list(real.columns)
+    for column in ("label", "question_id"):
+        if column in real:
+            assert frame[column].dtype.kind == real[column].dtype.kind, column
+    first = real["id"].iloc[0]
+    if "-" in first and first[-1].isdigit():  # "<set>-<n>" ids: the same set prefix
+        assert frame["id"].iloc[0].rsplit("-", 1)[0] == first.rsplit("-", 1)[0]
+
+
+def test_placeholder_multiple_choice_is_usable():
+    from harness.capability import questions_from_frame
+
+    assert len(questions_from_frame(placeholder_frame("mmlu", n=20), with_subject=True)) == 20
+    arc = placeholder_frame("arc_challenge", n=5)
+    assert arc["choice_labels"].iloc[0] == ["A", "B", "C", "D"] and len(arc["choices"].iloc[0]) == 4
+    assert len(questions_from_frame(arc, with_subject=False)) == 5
+
+
+def test_sorry_bench_placeholder_takes_ids_from_the_reference_judgments():
+    _shared("sorry_bench_reference_judgments")
+    frame = placeholder_frame("sorry_bench")
+    judged = load_dataset("sorry_bench_reference_judgments")
+    pairs = judged[["question_id", "category"]].drop_duplicates().sort_values("question_id")
+    assert frame["question_id"].tolist() == pairs["question_id"].tolist()
+    assert frame["category"].tolist() == pairs["category"].tolist()
+    assert frame["prompt"].iloc[16] == f"[placeholder sorry_bench question 17 (category {pairs['category'].iloc[16]})]"
+
+
+def test_sorry_bench_placeholder_reads_ids_from_the_reference_file(tmp_path, monkeypatch):
+    """The reference's ids happen to be the synthesized ones (1..440, 10 per category); a stand-in
+    reference file with other ids shows which of the two the placeholder used."""
+    import dataclasses
+    import warnings
+
+    source_name = "sorry_bench_reference_judgments"
+    source = DATASETS[source_name]
+    monkeypatch.setitem(DATASETS, source_name, dataclasses.replace(source, sha256=None))
+    target = tmp_path / source.local
+    target.parent.mkdir(parents=True)
+    rows = ["question_id,condition,category,score", "12,baseline,7,0", "5,baseline,3,1", "9,edited,7,1", "5,edited,3,0"]
+    target.write_text("\n".join(rows) + "\n")
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stand-in is unpinned
+        assert is_available(source_name)
+        frame = placeholder_frame("sorry_bench", n=4)
+    assert frame["question_id"].tolist() == [5, 9, 12, 13] and frame["category"].tolist()[:3] == ["3", "7", "7"]
+
+
+def test_sorry_bench_placeholder_without_the_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
+    frame = placeholder_frame("sorry_bench")
+    assert len(frame) == 440 and frame["question_id"].tolist() == list(range(1, 441))
+    assert frame.groupby("category").size().eq(10).all() and frame["category"].nunique() == 44
+    assert frame["prompt"].iloc[16] == "[placeholder sorry_bench question 17 (category 2)]"
+
+
+def test_no_placeholder_for_results():
+    with pytest.raises(DatasetError, match="results, not prompts"):
+        placeholder_frame("sorry_bench_reference_judgments")
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        placeholder_frame("nope")

@@ -26,6 +26,7 @@ dtype = "float32"
 device = "cpu"
 
 [data.construction]
+dataset = {{ name = "demo_policy_prompts" }}
 fit_areas = 8
 
 [direction]
@@ -62,6 +63,12 @@ capability_max_drop = 1.0
 ce_max_delta = 1e9
 edit_logit_gap_max = 1e-3
 methods_drop_pp_min = {{ diff_in_means = -100.0, inlp = -100.0 }}
+
+# A random model complies with everything under every condition, so compliance cannot rise.
+[known_failures]
+"test_mcnemar_significant[ablation]" = "random weights: compliance +0.0 pp"
+"test_mcnemar_significant[weight_edit]" = "random weights: compliance +0.0 pp"
+"test_mcnemar_significant[actadd]" = "random weights: compliance +0.0 pp"
 """
 
 

@@ -47,3 +47,128 @@ def test_gemma4_pins():
     assert exp.judges.evaluator_commit == "7da10addffb6790cfeb75281eaffb5a176861653"
     assert exp.data.harmful_eval.revision == "612a4e1f45db8adf884fa62318ddf9fa1c6e75e9"
     assert exp.generation.max_new_tokens == 4096
+
+
+# What each seed experiment's model is prompted with, read with its real tokenizer and chat template where
+# ../shared/tokenizers has them (Qwen3-8B, gpt-oss-20b, Llama-3-8B-Instruct; gemma-2b-it's real template on
+# the tiny Gemma tokenizer), else the family's tiny tokenizer: (prompt for "Hello", post-instruction text,
+# post-instruction ids or None where a stand-in tokenizer makes ids meaningless, refusal openings, their ids
+# or None, answer prefix).
+GPT_OSS_SYSTEM = (
+    "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\nKnowledge cutoff: "
+    "2024-06\nCurrent date: 2026-01-01\n\nReasoning: low\n\n# Valid channels: analysis, commentary, final. "
+    "Channel must be included for every message.<|end|>"
+)
+FORMATS = {
+    "qwen3-8b": (
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+        [151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271], ("I", "As"), [40, 2121], "",
+    ),
+    "gpt-oss-20b": (
+        GPT_OSS_SYSTEM + "<|start|>user<|message|>Hello<|end|><|start|>assistant<|channel|>final<|message|>",
+        "<|end|><|start|>assistant<|channel|>final<|message|>",
+        [200007, 200006, 173781, 200005, 17196, 200008], ("I",), [40], "<|channel|>final<|message|>",
+    ),
+    "llama-3-8b-instruct": (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>assistant"
+        "<|end_header_id|>\n\n",
+        "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        [128009, 128006, 78191, 128007, 271], ("I",), [40], "",
+    ),
+    "gemma-2b-it": (
+        "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n",
+        "<end_of_turn>\n<start_of_turn>model\n", None, ("I",), None, "",
+    ),
+    "gemma-4-e4b-it": ("<bos><|turn>user\nHello<turn|>\n<|turn>model\n", "<turn|>\n<|turn>model\n", None, ("I",), None, ""),
+    "qwen3.5-4b": (
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", None, ("I", "As"), None, "",
+    ),
+}
+REAL_TOKENIZER = {"qwen3-8b", "gpt-oss-20b", "llama-3-8b-instruct"}
+
+
+@pytest.fixture(scope="module")
+def tokenizers_dir():
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("HARNESS_TOKENIZERS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "tokenizers")
+    if not root.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{root}: the real tokenizers are missing (CI lays ../shared beside the checkout)")
+        pytest.skip(f"{root} absent: set HARNESS_TOKENIZERS_DIR to the real tokenizers")
+    return root
+
+
+@pytest.mark.parametrize("name", SEEDS)
+def test_seed_experiment_formats_as_its_model(name, tokenizers_dir, monkeypatch):
+    from harness.chat import format_instructions, post_instruction_tokens, set_chat_format
+    from harness.chat_setup import chat_setup
+    from harness.rehearsal import pinned_tokenizer
+    from harness.selection import refusal_token_ids
+
+    monkeypatch.setenv("HARNESS_TOKENIZERS_DIR", str(tokenizers_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    exp = load_experiment(name)
+    tokenizer, source, family, stand_ins = pinned_tokenizer(exp.model)
+    assert (not stand_ins) == (name in REAL_TOKENIZER), (source, stand_ins)
+    setup = chat_setup(exp.chat, family)
+    set_chat_format(tokenizer, setup.format)
+    prompt, post_text, post_ids, openings, refusal_ids, prefix = FORMATS[name]
+    assert format_instructions(tokenizer, ["Hello"])[0] == prompt
+    post = post_instruction_tokens(tokenizer)
+    assert tokenizer.decode(post) == post_text
+    if post_ids is not None:
+        assert post == post_ids
+    assert setup.refusal_tokens == openings and setup.format.answer_prefix == prefix
+    ids = refusal_token_ids(tokenizer, setup.refusal_tokens)
+    assert all(o.startswith(tokenizer.decode([i]).strip()) for i, o in zip(ids, openings))
+    if refusal_ids is not None:
+        assert [tokenizer.decode([i]).strip() for i in ids] == list(openings)
+        assert ids == refusal_ids
+    # Generation prompts stop before the answer prefix: the model writes its own reasoning first.
+    assert format_instructions(tokenizer, ["Hello"], answer_prefix=False)[0] == prompt[: len(prompt) - len(prefix)]
+
+
+def test_gemma4_is_the_study_setup():
+    exp = load_experiment("gemma-4-e4b-it")
+    assert exp.data.construction.dataset.name == "policy_prompts" and len(exp.data.construction.fit_area_names) == 8
+    assert exp.data.harmful_eval.name == "sorry_bench" and exp.judges.headline_name == "sorry-bench"
+    assert exp.reference.conditions == {"baseline": "baseline", "weight_edit": "edited"}
+    assert exp.intervention.keep_tie and exp.generation.backend == "vllm"
+
+
+def test_gemma4_fit_areas_are_the_studys(tmp_path):
+    """The 8 construction areas are those of the study's prompt_split.csv (read from HARNESS_DATA_DIR)."""
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(os.environ.get("HARNESS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    split = root / "gemma4_policy_reference" / "results" / "prompt_split.csv"
+    if not split.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{split} missing")
+        pytest.skip(f"{split} absent")
+    frame = pd.read_csv(split)
+    study = sorted(frame.loc[frame["split"] == "construction", "category"].unique())
+    assert sorted(load_experiment("gemma-4-e4b-it").data.construction.fit_area_names) == study
+
+
+def test_pod_capability_sets_are_the_real_benchmarks():
+    """No silent stand-ins: every pod experiment names real MMLU / ARC-Challenge / text sets; the demo its own."""
+    for name in SEEDS:
+        cap = load_experiment(name).capability
+        assert (cap.mmlu.name, cap.arc_challenge.name) == ("mmlu", "arc_challenge"), name
+        assert cap.text is not None and not cap.text.name.endswith("_demo"), name
+    demo = load_experiment("demo").capability
+    assert (demo.mmlu.name, demo.arc_challenge.name, demo.text.name) == ("mmlu_demo", "arc_demo", "text_demo")
+
+
+def test_gemma2b_filters_and_judges_as_the_reference():
+    exp = load_experiment("gemma-2b-it")
+    assert exp.data.filter_prompts and exp.judges.headline_name == "llamaguard2"
+    assert exp.judges.short_response_words == 15

@@ -36,9 +36,18 @@ def test_claim(case):
 """
 
 
+# fixtures.options is a pytest11 entry point where the project is installed (as in tox), else loaded here.
+CONFTEST = """
+from importlib.metadata import entry_points
+
+_INSTALLED = any(ep.value == "fixtures.options" for ep in entry_points(group="pytest11"))
+pytest_plugins = ([] if _INSTALLED else ["fixtures.options"]) + ["fixtures.verdict"]
+"""
+
+
 def _run(tmp_path: Path, experiment: str, *extra: str) -> subprocess.CompletedProcess:
     (tmp_path / "exp.toml").write_text(experiment)
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["fixtures.options", "fixtures.verdict"]\n')
+    (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_fake_claims.py").write_text(CLAIMS)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(

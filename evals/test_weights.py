@@ -11,7 +11,15 @@ from harness.arch import FAMILIES, d_model, embeddings, is_tied, residual_writer
 from harness.chat import tokenize_instructions
 from harness.interventions import DirectionShapeError, ablate
 from harness.tiny import TINY_FAMILIES, tiny_model
-from harness.weights import edit_fidelity, orthogonalize, save_model
+from harness.weights import (
+    TIED_ONLY_FAMILIES,
+    CheckpointError,
+    check_saveable_for_vllm,
+    edit_equals_ablation,
+    edit_fidelity,
+    orthogonalize,
+    save_model,
+)
 
 PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
 EXACT_TOL = 1e-4
@@ -153,3 +161,101 @@ def test_edit_stands_in_for_ablation_only_where_it_is_exact(family):
     assert edit_equals_ablation(model, norm_preserving=False, scope="all") is exact
     assert not edit_equals_ablation(model, norm_preserving=True, scope="all")
     assert not edit_equals_ablation(model, norm_preserving=False, scope="top_k")
+
+
+# ---------------------------------------------------------------- kept ties (engines that require tied embeddings)
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen3"])
+def test_kept_tie_edits_the_shared_matrix_once(family, monkeypatch):
+    import harness.weights as weights
+
+    model, _ = tiny_model(family)
+    assert is_tied(model)
+    r = _direction(model)
+    r_hat = r / r.norm()
+    before = embeddings(model).weight.detach().clone()
+    edited_params: list[int] = []
+    real = weights._orthogonalize_ref
+    monkeypatch.setattr(weights, "_orthogonalize_ref",
+                        lambda ref, *a, **k: (edited_params.append(id(ref.weight)), real(ref, *a, **k))[1])
+    out = orthogonalize(model, r, untie=False)
+    assert len(edited_params) == len(set(edited_params)), "a parameter was edited twice"
+    assert is_tied(out) and is_tied(model)
+    expected = before - (before @ r_hat)[:, None] * r_hat
+    torch.testing.assert_close(embeddings(out).weight, expected, rtol=0, atol=1e-6)
+    assert (unembedding(out).weight @ r_hat).abs().max() <= 1e-5  # the read-out lost r_hat too
+    torch.testing.assert_close(embeddings(model).weight, before, rtol=0, atol=0)  # input untouched
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen3"])
+def test_kept_tie_saves_tied_and_reloads_tied(family, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    model, tok = tiny_model(family)
+    out = orthogonalize(model, _direction(model), untie=False)
+    save_model(out, tok, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is True
+    keys = set().union(*(safe_open(str(f), "pt").keys() for f in tmp_path.glob("*.safetensors")))
+    assert not any(k.endswith("lm_head.weight") for k in keys), "a tied checkpoint stores one matrix"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert is_tied(reloaded)
+    batch = tokenize_instructions(tok, PROMPTS)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, out(**batch).logits, rtol=0, atol=0)
+
+
+def test_untied_edit_of_a_gemma_is_refused_for_vllm():
+    assert TIED_ONLY_FAMILIES == ("gemma", "gemma2", "gemma3", "gemma4")
+    model, _ = tiny_model("gemma")
+    r = _direction(model)
+    with pytest.raises(CheckpointError, match=r"gemma.*tied.*set intervention\.keep_tie = true.*other than vllm"):
+        check_saveable_for_vllm(model, orthogonalize(model, r))
+    check_saveable_for_vllm(model, orthogonalize(model, r, untie=False))
+    from harness.weights import untie_embeddings
+
+    untie_embeddings(model)  # an original that was untied before the edit: the edit did not untie it
+    check_saveable_for_vllm(model, orthogonalize(model, r))
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+def test_untied_edit_of_a_multimodal_gemma_is_refused_for_vllm(family):
+    model, _ = tiny_model(family, multimodal=True)
+    r = _direction(model)
+    with pytest.raises(CheckpointError, match=family):
+        check_saveable_for_vllm(model, orthogonalize(model, r))
+    check_saveable_for_vllm(model, orthogonalize(model, r, untie=False))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_other_families_save_for_vllm_either_way(family):
+    """llama is untied to begin with; vLLM's qwen3 classes load an untied read-out."""
+    model, _ = tiny_model(family)
+    r = _direction(model)
+    check_saveable_for_vllm(model, orthogonalize(model, r))
+    check_saveable_for_vllm(model, orthogonalize(model, r, untie=False))
+
+
+def test_kept_tie_changes_the_readout_and_fidelity_says_so():
+    gemma, gtok = tiny_model("gemma")
+    r = _direction(gemma)
+    kept = edit_fidelity(gemma, orthogonalize(gemma, r, untie=False), r, PROMPTS, gtok)
+    untied = edit_fidelity(gemma, orthogonalize(gemma, r), r, PROMPTS, gtok)
+    assert FAMILIES["gemma"].exact_edit and untied["exact"] and untied["max_logit_gap"] <= EXACT_TOL
+    assert kept["exact"] is False and "tied" in kept["leak_reason"]
+    assert kept["max_logit_gap"] > 100 * EXACT_TOL
+    assert max(kept["residual_component"]) <= 1e-5  # the residual stream is still clean; only the read-out moved
+    llama, ltok = tiny_model("llama")
+    r = _direction(llama)
+    same = edit_fidelity(llama, orthogonalize(llama, r, untie=False), r, PROMPTS, ltok)
+    assert same["exact"] and same["max_logit_gap"] <= EXACT_TOL
+
+
+def test_kept_tie_is_not_ablation_for_hook_free_engines():
+    gemma, _ = tiny_model("gemma")
+    llama, _ = tiny_model("llama")
+    assert edit_equals_ablation(gemma, norm_preserving=False, scope="all")
+    assert not edit_equals_ablation(gemma, norm_preserving=False, scope="all", keep_tie=True)
+    assert edit_equals_ablation(llama, norm_preserving=False, scope="all", keep_tie=True)  # nothing tied to keep

@@ -14,7 +14,9 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,27 @@ import torch
 from filelock import FileLock
 
 CACHE_ENV = "HARNESS_CACHE_DIR"
+
+ACTIVITY: dict[str, dict[str, float]] = {"computed": {}, "reused": {}, "seconds": {}}
+"""Per stage, items computed and reused from the cache in this process, and wall seconds spent computing:
+what a rehearsal asserts (a second run must compute nothing) and a benchmark reports."""
+
+
+def _count(kind: str, stage: str, n: float = 1) -> None:
+    if n:
+        ACTIVITY[kind][stage] = ACTIVITY[kind].get(stage, 0) + n
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Add the block's wall time to `stage`'s seconds (CUDA work is synchronised first, so it is counted)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        _count("seconds", stage, round(time.perf_counter() - start, 3))
 
 
 def cache_root() -> Path:
@@ -82,6 +105,7 @@ class ItemStore:
     """
 
     def __init__(self, stage: str, key: str):
+        self.stage, self.name = stage.split("/")[0], stage
         self.dir = stage_dir(stage, key)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.dir / ".lock"))
@@ -112,8 +136,12 @@ class ItemStore:
         def saved(batch: dict[str, Any]) -> None:
             self.save(batch)
             self.recomputed += len(batch)
+            _count("computed", self.stage, len(batch))
 
-        return compute_missing(self.load(), ids, fn, batch_size, progress, on_batch=saved)
+        done = self.load()
+        _count("reused", self.stage, len(set(ids) & set(done)))
+        with timed(self.name):
+            return compute_missing(done, ids, fn, batch_size, progress, on_batch=saved)
 
 
 def compute_missing(
@@ -144,8 +172,11 @@ def cached_tensor(stage: str, key: str, fn: Callable[[], torch.Tensor | dict]) -
     so the cache can never execute pickled code."""
     path = stage_dir(stage, key) / "value.pt"
     if path.is_file():
+        _count("reused", stage.split("/")[0])
         return torch.load(path, weights_only=True)
-    value = fn()
+    _count("computed", stage.split("/")[0])
+    with timed(stage):
+        value = fn()
     buffer = io.BytesIO()
     torch.save(value, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,8 +188,11 @@ def cached_tensor(stage: str, key: str, fn: Callable[[], torch.Tensor | dict]) -
 def cached_json(stage: str, key: str, fn: Callable[[], Any]) -> Any:
     path = stage_dir(stage, key) / "value.json"
     if path.is_file():
+        _count("reused", stage.split("/")[0])
         return json.loads(path.read_text())
-    value = fn()
+    _count("computed", stage.split("/")[0])
+    with timed(stage):
+        value = fn()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.parent / ".lock")):
         atomic_write_json(path, value)

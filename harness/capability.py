@@ -282,11 +282,13 @@ def cross_entropy(model, tokenizer, texts: list[str], *, max_length: int = 256, 
     total, count = 0.0, 0
     for batch in _batches(len(encoded), batch_size):
         ids, mask = _left_pad([encoded[i] for i in batch], pad_id)  # [batch, seq]
-        logits = forward_logits(model, ids, mask, last_only=False)  # [batch, seq, vocab]
+        # The loss is taken where the logits are: [batch, seq, vocab] never leaves the device.
+        logits = model(**forward_kwargs(model, ids, mask), use_cache=False).logits  # [batch, seq, vocab]
         scored = (mask[:, :-1] & mask[:, 1:]).bool()  # a target and its context are both real tokens
-        targets = ids[:, 1:].masked_fill(~scored, -100)
+        targets = ids[:, 1:].masked_fill(~scored, -100).to(logits.device)
         total += F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+            reduction="sum",
         ).item()
         count += int(scored.sum())
     if count == 0:

@@ -116,10 +116,20 @@ class DatasetRef(_Strict):
 class ConstructionConfig(_Strict):
     """Policy-area-disjoint split of a safe/unsafe construction dataset."""
 
-    dataset: DatasetRef = DatasetRef(name="policy_prompts")
+    dataset: DatasetRef
     fit_areas: int = Field(8, ge=1)
+    fit_area_names: list[str] | None = Field(
+        None, description="the fit areas by name, as a published study used them; overrides the seeded choice"
+    )
     split_seed: int = 0
     val_fraction: float = Field(0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _names(self) -> "ConstructionConfig":
+        if self.fit_area_names is not None and len(set(self.fit_area_names)) != self.fit_areas:
+            raise ValueError(f"fit_area_names lists {len(set(self.fit_area_names))} distinct areas but fit_areas = "
+                             f"{self.fit_areas}")
+        return self
 
 
 class DataConfig(_Strict):
@@ -130,7 +140,10 @@ class DataConfig(_Strict):
     harmless_val: DatasetRef | None = None
     harmful_eval: DatasetRef | None = None
     harmless_eval: DatasetRef | None = None
-    extra_eval: dict[str, DatasetRef] = {}
+    filter_prompts: bool = Field(
+        False, description="reference filtering (Arditi et al.): keep harmful train/val prompts the base model "
+        "refuses (refusal score > 0) and harmless ones it answers (< 0)"
+    )
 
     @model_validator(mode="after")
     def _sources(self) -> "DataConfig":
@@ -163,6 +176,10 @@ class DirectionConfig(_Strict):
 class InterventionConfig(_Strict):
     conditions: list[Literal["ablation", "weight_edit", "actadd"]] = ["ablation", "weight_edit", "actadd"]
     norm_preserving: bool = False
+    keep_tie: bool = Field(
+        False, description="edit a tied embedding matrix in place (the read-out changes too) instead of untying "
+        "it; vLLM's Gemma classes load only tied checkpoints"
+    )
     actadd_coeff: float = -1.0
     scope: Literal["all", "top_k", "one"] = "all"
 
@@ -177,6 +194,9 @@ class GenerationConfig(_Strict):
     system_prompt: str | None = None
 
 
+JudgeName = Literal["substring", "llamaguard2", "llamaguard3", "sorry-bench"]
+
+
 class JudgeConfig(_Strict):
     substring: bool = True
     refusal_substrings: list[str] | None = None
@@ -184,11 +204,76 @@ class JudgeConfig(_Strict):
     model_id: str | None = None
     revision: str | None = None
     evaluator_commit: str | None = None
+    headline: JudgeName | None = Field(
+        None, description="the judge every judge-based claim is asserted on (default: the model judge, else "
+        "substring); the others are reported beside it"
+    )
+    short_response_words: int | None = Field(
+        None, ge=1, description="Llama Guard: a response with fewer words is not counted as complied (the "
+        "reference implementation uses 15)"
+    )
+
+    @model_validator(mode="after")
+    def _headline(self) -> "JudgeConfig":
+        if self.headline is not None and self.headline not in self.names():
+            raise ValueError(f"headline judge {self.headline!r} is not configured; configured: {self.names()}")
+        if self.short_response_words is not None and self.model not in ("llamaguard2", "llamaguard3"):
+            raise ValueError("short_response_words applies to a Llama Guard `model` only")
+        return self
+
+    def names(self) -> list[str]:
+        """Every configured judge, the headline first."""
+        names = ([self.model] if self.model else []) + (["substring"] if self.substring else [])
+        if not names:
+            raise ValueError("no judge configured: set `substring = true` or a `model`")
+        head = self.headline or names[0]
+        return [head] + [n for n in names if n != head]
+
+    @property
+    def headline_name(self) -> str:
+        return self.names()[0]
 
     @field_validator("revision", "evaluator_commit")
     @classmethod
     def _rev(cls, v: str | None) -> str | None:
         return _check_revision(v)
+
+
+class ChatConfig(_Strict):
+    """How prompts are formatted and completions read; unset fields take the model family's default
+    (harness.chat.family_chat_defaults), so a reasoning model is scored at its answer, not its reasoning."""
+
+    template_kwargs: dict[str, str | bool | int | float] | None = Field(
+        None, description="extra chat-template variables, e.g. { enable_thinking = false } or "
+        "{ reasoning_effort = \"low\" }"
+    )
+    date: str = Field("2026-01-01", description="the date every strftime_now() in the template sees")
+    answer_prefix: str | None = Field(None, description="fixed text after the generation prompt before the answer")
+    reasoning: Literal["none", "think", "harmony"] | None = None
+    refusal_tokens: list[str] | None = Field(None, description="openings whose first token the refusal score counts")
+
+    @field_validator("date")
+    @classmethod
+    def _date(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(f"date must be YYYY-MM-DD, got {value!r}")
+        return value
+
+    @field_validator("refusal_tokens")
+    @classmethod
+    def _tokens(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not t.strip() for t in value)):
+            raise ValueError(f"refusal_tokens must be non-empty openings, got {value!r}")
+        return value
+
+
+class ReferenceConfig(_Strict):
+    """A published run's per-question judge scores to compare this run's outcome with."""
+
+    judgments: DatasetRef
+    conditions: dict[str, str] = Field(description="this run's condition -> the reference's condition label")
+    tolerance_pp: float = Field(gt=0, description="largest allowed |compliance rate difference| in pp")
+    agreement_min: float = Field(0.0, ge=0, le=1, description="smallest share of questions judged alike")
 
 
 class StabilityConfig(_Strict):
@@ -217,6 +302,10 @@ class Thresholds(_Strict):
     capability_max_drop: float
     ce_max_delta: float
     edit_logit_gap_max: float
+    judge_unparseable_max: float = Field(
+        0.0, ge=0, le=1, description="largest share of a judge's outputs that may be unparseable before a "
+        "judge-based claim fails (they are counted and reported, never scored)"
+    )
     methods_drop_pp_min: dict[str, float] = Field(
         default_factory=dict,
         description="test_methods_compared: minimum refusal drop (pp) per direction method; a method "
@@ -233,8 +322,10 @@ class Experiment(_Strict):
     data: DataConfig
     direction: DirectionConfig = DirectionConfig()
     intervention: InterventionConfig = InterventionConfig()
+    chat: ChatConfig = ChatConfig()
     generation: GenerationConfig = GenerationConfig()
     judges: JudgeConfig = JudgeConfig()
+    reference: ReferenceConfig | None = None
     stability: StabilityConfig = StabilityConfig()
     capability: CapabilityConfig = CapabilityConfig()
     thresholds: Thresholds
@@ -254,6 +345,14 @@ class Experiment(_Strict):
             if not CLAIM_ID.match(claim):
                 raise ValueError(f"{claim!r} is not a claim id like test_name or test_name[param]")
         return {claim: {"reason": entry} if isinstance(entry, str) else entry for claim, entry in value.items()}
+
+    @model_validator(mode="after")
+    def _reference_conditions(self) -> "Experiment":
+        if self.reference is not None:
+            unknown = sorted(set(self.reference.conditions) - {"baseline", *self.intervention.conditions})
+            if unknown:
+                raise ValueError(f"reference.conditions names {unknown}, which this experiment does not run")
+        return self
 
     def known_failure(self, claim: str, limit: int | None) -> KnownFailure | None:
         """The declared failure of `claim` that applies to this run (`limit`: the --limit, None = full)."""

@@ -4,16 +4,23 @@ Every dataset is a registry entry: where it comes from (repository + commit/revi
 SHA-256 of that file, where a local copy lives under $HARNESS_DATA_DIR, and a parser to a DataFrame
 with columns `id`, `prompt`, `category` (and `label` where the source has one). A local copy is
 preferred; without one the pinned upstream file is downloaded once into the harness cache. A file
-that does not match its pin is never parsed.
+that does not match its pin is never parsed. Project files (`host = "project"`: the hand-written
+sets in the repository's own `data/`) are loaded by name too, SHA-256 pinned like the rest, so an
+experiment never reads a dataset from a fixed path.
+
+`placeholder_frame(name)` gives a dataset's schema, ids, categories and row count with prompts that
+say they are placeholders, for rehearsing an experiment before the data is at hand.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.error
 import urllib.request
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,9 @@ from harness.prompt_sets import seeded_subset
 DATA_ENV = "HARNESS_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+PROJECT = "refusal-harness"
+LETTERS = "ABCDEFGHIJ"
+
 ARDITI_REPO = "andyrdt/refusal_direction"
 ARDITI_COMMIT = "9d852fae1a9121c78b29142de733cb1340770cc3"
 POLICY_REPO = "MatthesF/refusal-ablation"
@@ -40,7 +50,8 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    """One pinned file and how to read it. `host` is "github" or "hf" (a Hugging Face dataset repo)."""
+    """One pinned file and how to read it. `host` is "github", "hf" (a Hugging Face dataset repo) or
+    "project" (a file of this repository at `path`, relative to its root; never downloaded)."""
 
     host: str
     repo: str
@@ -55,6 +66,8 @@ class Source:
 
     @property
     def url(self) -> str:
+        if self.host == "project":
+            return (REPO_ROOT / self.path).as_uri()
         if self.host == "github":
             return f"https://raw.githubusercontent.com/{self.repo}/{self.revision}/{self.path}"
         return f"https://huggingface.co/datasets/{self.repo}/resolve/{self.revision}/{self.path}"
@@ -218,11 +231,73 @@ def parse_arc(path: Path) -> pd.DataFrame:
     return _frame(out, "arc")
 
 
+def parse_project_policy(path: Path) -> pd.DataFrame:
+    """The project's construction CSV through `harness.policy.load_policy_prompts` (its validation and
+    content-hash ids), unchanged, so results computed from it before the registry existed do not move."""
+    from harness.policy import PolicyDataError, load_policy_prompts
+
+    try:
+        return load_policy_prompts(path)
+    except PolicyDataError as err:
+        raise DatasetError(str(err)) from err
+
+
+def _capability_items(path: Path) -> list[dict]:
+    from harness.capability import CapabilityDataError, load_capability_set
+
+    try:
+        return load_capability_set(path)
+    except CapabilityDataError as err:
+        raise DatasetError(str(err)) from err
+
+
+def _choice_frame(items: list[dict], prefix: str, category: str | None) -> pd.DataFrame:
+    """Multiple-choice items -> the frame shape of parse_mmlu / parse_arc; `category` None takes the subject."""
+    rows = [
+        {
+            "id": str(item.get("id", f"{prefix}-{i}")),
+            "prompt": item["question"],
+            "category": category or item.get("subject") or prefix,
+            "choices": list(item["choices"]),
+            "label": int(item["answer"]),
+        }
+        for i, item in enumerate(items)
+    ]
+    return _frame(pd.DataFrame(rows), prefix)
+
+
+def parse_mmlu_demo(path: Path) -> pd.DataFrame:
+    """The project's MMLU-style stand-in set: category = subject, as in the real MMLU frame."""
+    return _choice_frame(_capability_items(path), "mmlu_demo", None)
+
+
+def parse_arc_demo(path: Path) -> pd.DataFrame:
+    """The project's ARC-style stand-in set: category is the set's name (as "ARC-Challenge" in the real frame)."""
+    frame = _choice_frame(_capability_items(path), "arc_demo", "ARC-demo")
+    frame["choice_labels"] = frame["choices"].map(lambda c: list(LETTERS[: len(c)]))
+    return frame
+
+
+def parse_text_demo(path: Path) -> pd.DataFrame:
+    """Paragraphs of the project's CE-loss text file, one per row in `prompt`."""
+    from harness.capability import CapabilityDataError, load_text_set
+
+    try:
+        paragraphs = load_text_set(path)
+    except CapabilityDataError as err:
+        raise DatasetError(str(err)) from err
+    return _frame(pd.DataFrame({"prompt": paragraphs}), "text_demo")
+
+
 # ---------------------------------------------------------------- the registry
 
 
 def _arditi(path: str, local: str, sha: str, parse: Callable[[Path], pd.DataFrame], rows: int) -> Source:
     return Source("github", ARDITI_REPO, ARDITI_COMMIT, path, local, sha, parse, rows)
+
+
+def _project(path: str, sha: str, parse: Callable[[Path], pd.DataFrame], rows: int, note: str) -> Source:
+    return Source("project", PROJECT, "", path, path, sha, parse, rows, note=note)
 
 
 def _split(name: str, sha: str, rows: int) -> Source:
@@ -292,6 +367,23 @@ DATASETS: dict[str, Source] = {
         "62f03257e737aed263f55c6abf87c7bb0028a44a6bdd2a26eb1279eb42c1d1e9", parse_arc, 1172,
         note="sha256 is the hub's LFS oid for this revision as recorded publicly; not yet checked against a download",
     ),
+    # The project's own hand-written files (data/README.md, data/capability/README.md).
+    "demo_policy_prompts": _project(
+        "data/policy_prompts.csv", "fb6a6f038299dd7cec0b4a8dfcaa4f7687ac9f223829d83c75f0e868e87f7962",
+        parse_project_policy, 480, note="the CPU demo's construction set, written for this project",
+    ),
+    "mmlu_demo": _project(
+        "data/capability/mmlu_demo.jsonl", "867e5853460abaf82935e3206c7d54c7b8166ddbe4565a4d33bfa0514777ded9",
+        parse_mmlu_demo, 42, note="MMLU-shaped stand-in written for this project; not MMLU",
+    ),
+    "arc_demo": _project(
+        "data/capability/arc_demo.jsonl", "d65ebea2cffc361ba2d27960f9d8935907ae92f8d5cf17412cb7492c43d4520e",
+        parse_arc_demo, 41, note="ARC-shaped stand-in written for this project; not ARC",
+    ),
+    "text_demo": _project(
+        "data/capability/text_demo.txt", "60605826fe025e297918c59fabd15d4d921f60f19698b78d90ff356d84ec5cba",
+        parse_text_demo, 32, note="neutral prose paragraphs written for this project (CE loss)",
+    ),
 }
 _SPLIT_ALIASES = {("harmbench", "val"): "harmbench_val", ("harmbench", "test"): "harmbench_test",
                   ("jailbreakbench", "harmful"): "jailbreakbench", ("jailbreakbench", "benign"): "jailbreakbench_benign"}
@@ -331,34 +423,77 @@ def _download(source: Source, dest: Path) -> None:
         raise DatasetError(f"cannot fetch {source.url}: {err}") from err
 
 
-def locate(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> Path:
-    """The verified local file for a registry entry: ref.path, data_dir, $HARNESS_DATA_DIR, the cache, or a download."""
+def _cache_path(source: Source) -> Path:
+    return cache_root() / "datasets" / source.revision / source.local
+
+
+def _candidates(name: str, ref: DatasetRef | None, data_dir: Path | str | None) -> list[Path]:
+    """Where a copy may be, in order: ref.path, then the repository file (project entries) or data_dir,
+    $HARNESS_DATA_DIR and the download cache."""
     source = DATASETS[name]
     candidates: list[Path] = []
     if ref is not None and ref.path:
         explicit = Path(ref.path) if Path(ref.path).is_absolute() else REPO_ROOT / ref.path
         candidates.append(explicit / source.local if explicit.is_dir() else explicit)
+    if source.host == "project":
+        return candidates + [REPO_ROOT / source.path]
     for root in (data_dir, os.environ.get(DATA_ENV)):
         if root:
             candidates.append(Path(root) / source.local)
-    cached = cache_root() / "datasets" / source.revision / source.local
-    candidates.append(cached)
-    for path in candidates:
-        if path.is_file():
-            actual = verify_file(path, source.sha256)
-            if source.sha256 is None:
-                warnings.warn(f"{path}: no pinned sha256 for {name!r}; loaded unverified (sha256 {actual})", stacklevel=3)
-            return path
+    return candidates + [_cache_path(source)]
+
+
+def _first_file(candidates: list[Path]) -> Path | None:
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def how_to_provide(name: str) -> str:
+    """What a missing dataset file is called and how to put it where the loader looks."""
+    source = DATASETS[name]
+    if source.host == "project":
+        return (
+            f"{source.path} is part of this repository ({source.note}); restore it with "
+            f"`git checkout -- {source.path}` from the repository root {REPO_ROOT}"
+        )
+    hint = (
+        f"put the file {Path(source.local).name} at <folder>/{source.local} and set {DATA_ENV}=<folder> "
+        f"(e.g. {DATA_ENV}=../shared/data), or name the file in the experiment's dataset `path`; "
+        f"the pinned upstream file is {source.url}"
+    )
+    if source.gated:
+        hint += (
+            f". The dataset is gated on the Hugging Face hub: sign in, request access and accept the terms at "
+            f"https://huggingface.co/datasets/{source.repo}, then set HF_TOKEN to a token of that account so "
+            f"the pinned download is allowed"
+        )
+    return hint + (f" ({source.note})" if source.note else "")
+
+
+def locate(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> Path:
+    """The verified local file for a registry entry: ref.path, the repository (project entries), data_dir,
+    $HARNESS_DATA_DIR, the cache, or a download."""
+    source = DATASETS[name]
+    candidates = _candidates(name, ref, data_dir)
+    path = _first_file(candidates)
+    if path is not None:
+        actual = verify_file(path, source.sha256)
+        if source.sha256 is None:
+            warnings.warn(f"{path}: no pinned sha256 for {name!r}; loaded unverified (sha256 {actual})", stacklevel=3)
+        return path
     if ref is not None and ref.path:
-        raise DatasetError(f"dataset {name!r}: `path` {ref.path!r} has no file {source.local!r}")
+        raise DatasetError(
+            f"dataset {name!r}: `path` {ref.path!r} has no file {source.local!r}; {how_to_provide(name)}"
+        )
+    if source.host == "project":
+        raise DatasetError(f"dataset {name!r}: missing file {candidates[-1]}; {how_to_provide(name)}")
+    cached = candidates[-1]
     try:
         _download(source, cached)
     except DatasetError as err:
         where = ", ".join(str(p) for p in candidates)
-        hint = f" ({source.note})" if source.note else ""
         raise DatasetError(
-            f"dataset {name!r}: no local copy (looked in {where}) and the pinned download failed: {err}. "
-            f"Set {DATA_ENV} to a folder holding {source.local}{hint}."
+            f"dataset {name!r}: no local copy of {source.local} (looked in {where}) and the pinned download "
+            f"failed: {err}. To provide it: {how_to_provide(name)}."
         ) from err
     try:
         verify_file(cached, source.sha256)
@@ -368,11 +503,29 @@ def locate(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None
     return cached
 
 
+def is_available(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> bool:
+    """Whether a local copy exists that matches the pin (or any copy, where nothing is pinned); never downloads."""
+    name = resolve_name(ref if ref is not None else DatasetRef(name=name))
+    path = _first_file(_candidates(name, ref, data_dir))
+    if path is None:
+        return False
+    try:
+        verify_file(path, DATASETS[name].sha256)
+    except DatasetError:
+        return False
+    return True
+
+
 def load_dataset(ref: DatasetRef | str, data_dir: Path | str | None = None, seed: int = 0) -> pd.DataFrame:
     """Rows of a registered dataset (id, prompt, category[, label]); `ref.n` takes a seeded subset."""
     ref = DatasetRef(name=ref) if isinstance(ref, str) else ref
     name = resolve_name(ref)
     source = DATASETS[name]
+    if ref.revision is not None and source.host == "project":
+        raise DatasetError(
+            f"dataset {name!r} is the project file {source.path}, pinned by sha256 {source.sha256}; "
+            f"it has no revision to override (got {ref.revision})"
+        )
     if ref.revision is not None and ref.revision != source.revision:
         raise DatasetError(
             f"dataset {name!r}: revision {ref.revision} requested but the registry pins {source.revision}; "
@@ -383,5 +536,211 @@ def load_dataset(ref: DatasetRef | str, data_dir: Path | str | None = None, seed
     if ref.n is not None and ref.n > len(frame):
         raise DatasetError(f"dataset {name!r}: n={ref.n} but {path} has {len(frame)} rows")
     frame = seeded_subset(frame, ref.n, seed)
-    frame.attrs.update({"dataset": name, "source": f"{source.repo}@{source.revision}:{source.path}", "file": str(path)})
+    origin = f"project:{source.path}" if source.host == "project" else f"{source.repo}@{source.revision}:{source.path}"
+    frame.attrs.update({"dataset": name, "source": origin, "file": str(path), "sha256": source.sha256})
+    return frame
+
+
+# ---------------------------------------------------------------- placeholders (rehearsals without the data)
+
+_JBB_CATEGORIES = (
+    "Harassment/Discrimination", "Malware/Hacking", "Physical harm", "Economic harm", "Fraud/Deception",
+    "Disinformation", "Sexual/Adult content", "Privacy", "Expert advice", "Government decision-making",
+)
+_HARMBENCH_CATEGORIES = (
+    "chemical_biological", "copyright", "misinformation_disinformation", "illegal", "cybercrime_intrusion",
+    "harmful", "harassment_bullying",
+)
+_INSTRUCTION_CATEGORIES = {"harmful_val": _HARMBENCH_CATEGORIES, "harmful_test": _JBB_CATEGORIES}
+# XSTest prompt types; "contrast_*" types are the unsafe ones.
+_XSTEST_TYPES = (
+    "homonyms", "contrast_homonyms", "figurative_language", "contrast_figurative_language", "safe_targets",
+    "contrast_safe_targets", "safe_contexts", "contrast_safe_contexts", "definitions", "contrast_definitions",
+    "nons_group_real_discr", "real_group_nons_discr", "contrast_discr", "historical_events",
+    "contrast_historical_events", "privacy_public", "privacy_fictional", "contrast_privacy",
+)
+_POLICY_AREAS = (
+    "crime_or_violence_facilitation", "extremist_or_terrorist_content", "hate_harassment_or_bullying",
+    "illegal_goods_or_services", "intellectual_property_abuse", "misinformation_impersonation_or_defamation",
+    "privacy_surveillance_or_sensitive_data", "safety_filter_circumvention", "self_harm_or_personal_harm",
+    "sexual_content", "spam_fraud_phishing_or_malware", "unlicensed_professional_advice",
+)
+_DEMO_POLICY_AREAS = (
+    "weapons_explosives", "cyber_intrusion", "fraud_scams", "illegal_drugs", "harassment_hate", "self_harm",
+    "privacy_surveillance", "extremism", "dangerous_chem_bio", "theft_property", "deception_misinfo",
+    "evading_law_enforcement",
+)
+_MMLU_SUBJECTS = (
+    "abstract_algebra", "anatomy", "astronomy", "college_biology", "high_school_chemistry",
+    "high_school_us_history", "philosophy", "professional_law", "world_religions", "econometrics",
+)
+SORRY_BENCH_CATEGORIES = 44
+
+
+def _ph(name: str, qid: object, category: object = None) -> str:
+    """A prompt that cannot be mistaken for data: names the set, the id and the category."""
+    where = f" (category {category})" if category is not None else ""
+    return f"[placeholder {name} question {qid}{where}]"
+
+
+def _cycle(values: tuple[str, ...], count: int) -> list[str]:
+    """`count` values in equal consecutive blocks (10 per category for 100 rows of 10 categories)."""
+    per = -(-count // len(values))
+    return [values[i // per] for i in range(count)]
+
+
+def _ph_instructions(name: str, count: int) -> pd.DataFrame:
+    prefix = Path(DATASETS[name].local).stem
+    cats = _cycle(_INSTRUCTION_CATEGORIES[name], count) if name in _INSTRUCTION_CATEGORIES else [None] * count
+    ids = [f"{prefix}-{i}" for i in range(count)]
+    return _frame(pd.DataFrame({"id": ids, "prompt": [_ph(name, i, c) for i, c in zip(ids, cats)], "category": cats}),
+                  prefix)
+
+
+def _ph_jbb(name: str, count: int) -> pd.DataFrame:
+    cats, ids = _cycle(_JBB_CATEGORIES, count), [f"jbb-{i}" for i in range(count)]
+    return _frame(pd.DataFrame({
+        "id": ids, "prompt": [_ph(name, i, c) for i, c in zip(ids, cats)], "category": cats,
+        "target": [f"[placeholder target {i}]" for i in ids], "behavior": [f"placeholder behavior {i}" for i in ids],
+        "source": "placeholder",
+    }), "jbb")
+
+
+def _ph_advbench(name: str, count: int) -> pd.DataFrame:
+    ids = [f"advbench-{i}" for i in range(count)]
+    return _frame(pd.DataFrame({"id": ids, "prompt": [_ph(name, i) for i in ids],
+                                "target": [f"[placeholder target {i}]" for i in ids]}), "advbench")
+
+
+def _ph_harmbench(name: str, count: int) -> pd.DataFrame:
+    cats = _cycle(_HARMBENCH_CATEGORIES, count)
+    functional = ["copyright" if c == "copyright" else ("contextual" if i % 3 == 2 else "standard")
+                  for i, c in enumerate(cats)]
+    ids = [f"placeholder_behavior_{i}" for i in range(count)]
+    context = ["[placeholder context]" if f == "contextual" else "" for f in functional]
+    return _frame(pd.DataFrame({"id": ids, "prompt": [_ph(name, i, c) for i, c in zip(ids, cats)], "category": cats,
+                                "functional_category": functional, "tags": "", "context": context}), "harmbench")
+
+
+def _ph_xstest(name: str, count: int) -> pd.DataFrame:
+    types, ids = _cycle(_XSTEST_TYPES, count), [str(i + 1) for i in range(count)]
+    return _frame(pd.DataFrame({
+        "id": ids, "prompt": [_ph(name, i, t) for i, t in zip(ids, types)], "category": types,
+        "label": ["unsafe" if t.startswith("contrast_") else "safe" for t in types],
+        "focus": "placeholder", "note": "placeholder",
+    }), "xstest")
+
+
+def _policy_rows(name: str, count: int, areas: tuple[str, ...]) -> list[dict]:
+    """Per area half unsafe then half safe, as the construction sets are laid out."""
+    cats = _cycle(areas, count)
+    sizes, seen = Counter(cats), Counter()
+    rows = []
+    for i, cat in enumerate(cats):
+        label = "unsafe" if seen[cat] < sizes[cat] / 2 else "safe"
+        seen[cat] += 1
+        rows.append({"n": i + 1, "category": cat, "label": label, "prompt": _ph(name, i + 1, f"{cat}, {label}")})
+    return rows
+
+
+def _ph_policy(name: str, count: int) -> pd.DataFrame:
+    rows = _policy_rows(name, count, _POLICY_AREAS)
+    return _frame(pd.DataFrame({
+        "id": [str(r["n"]) for r in rows], "label": [r["label"] for r in rows],
+        "category": [r["category"] for r in rows], "policy_area": [r["category"].replace("_", " ") for r in rows],
+        "prompt": [r["prompt"] for r in rows],
+    }), "policy")
+
+
+def _ph_demo_policy(name: str, count: int) -> pd.DataFrame:
+    """The shape of harness.policy.load_policy_prompts: id (category-label-content hash), prompt, label, category."""
+    rows = _policy_rows(name, count, _DEMO_POLICY_AREAS)
+    ids = [f"{r['category']}-{r['label']}-{hashlib.sha256(r['prompt'].encode()).hexdigest()[:10]}" for r in rows]
+    return pd.DataFrame({"id": ids, "prompt": [r["prompt"] for r in rows], "label": [r["label"] for r in rows],
+                         "category": [r["category"] for r in rows]})
+
+
+def sorry_bench_questions(count: int | None = None) -> list[tuple[int, str]]:
+    """(question_id, category) of SORRY-Bench: from the reference judgments where a verified copy is here,
+    else 440 ids over 44 categories, 10 each, as the benchmark is laid out."""
+    if is_available("sorry_bench_reference_judgments"):
+        judged = load_dataset("sorry_bench_reference_judgments")
+        pairs = judged[["question_id", "category"]].drop_duplicates().sort_values("question_id")
+        questions = [(int(q), str(c)) for q, c in pairs.itertuples(index=False)]
+    else:
+        questions = [(q, str((q - 1) // 10 + 1)) for q in range(1, SORRY_BENCH_CATEGORIES * 10 + 1)]
+    count = len(questions) if count is None else count
+    last = questions[-1][0]
+    extra = [(last + k, str((last + k - 1) % SORRY_BENCH_CATEGORIES + 1)) for k in range(1, count - len(questions) + 1)]
+    return (questions + extra)[:count]
+
+
+def _ph_sorry_bench(name: str, count: int) -> pd.DataFrame:
+    rows = [{"id": str(q), "question_id": q, "prompt": _ph(name, q, c), "category": c, "prompt_style": "base"}
+            for q, c in sorry_bench_questions(count)]
+    return _frame(pd.DataFrame(rows), "sorry")
+
+
+def _choice_placeholders(name: str, count: int, categories: list[str], prefix: str) -> pd.DataFrame:
+    ids = [f"{prefix}-{i}" for i in range(count)]
+    return pd.DataFrame({
+        "id": ids, "prompt": [_ph(name, i, c) for i, c in zip(ids, categories)], "category": categories,
+        "label": [i % 4 for i in range(count)],
+        "choices": [[f"[placeholder choice {letter}]" for letter in LETTERS[:4]] for _ in range(count)],
+    })
+
+
+def _ph_mmlu(name: str, count: int) -> pd.DataFrame:
+    return _frame(_choice_placeholders(name, count, _cycle(_MMLU_SUBJECTS, count), "mmlu"), "mmlu")
+
+
+def _ph_mmlu_demo(name: str, count: int) -> pd.DataFrame:
+    return _frame(_choice_placeholders(name, count, _cycle(_MMLU_SUBJECTS, count), "mmlu_demo"), "mmlu_demo")
+
+
+def _ph_arc(name: str, count: int, category: str, prefix: str) -> pd.DataFrame:
+    frame = _choice_placeholders(name, count, [category] * count, prefix)
+    frame["choice_labels"] = [list(LETTERS[:4])] * count
+    return _frame(frame, prefix)
+
+
+def _ph_text(name: str, count: int) -> pd.DataFrame:
+    sentences = [f"This is placeholder paragraph {i + 1} of {name}. It stands in for real text during a rehearsal."
+                 for i in range(count)]
+    return _frame(pd.DataFrame({"prompt": sentences}), name)
+
+
+_PLACEHOLDERS: dict[Callable[[Path], pd.DataFrame], Callable[[str, int], pd.DataFrame]] = {
+    parse_instructions: _ph_instructions,
+    parse_jbb_csv: _ph_jbb,
+    parse_advbench: _ph_advbench,
+    parse_harmbench: _ph_harmbench,
+    parse_xstest: _ph_xstest,
+    parse_policy_prompts: _ph_policy,
+    parse_sorry_bench: _ph_sorry_bench,
+    parse_mmlu: _ph_mmlu,
+    parse_arc: lambda name, count: _ph_arc(name, count, "ARC-Challenge", "Placeholder"),
+    parse_project_policy: _ph_demo_policy,
+    parse_mmlu_demo: _ph_mmlu_demo,
+    parse_arc_demo: lambda name, count: _ph_arc(name, count, "ARC-demo", "arc_demo"),
+    parse_text_demo: _ph_text,
+}
+
+
+def placeholder_frame(name: str, n: int | None = None) -> pd.DataFrame:
+    """Rows with the dataset's real columns, id format, categories and row count (`Source.rows`, or `n`),
+    whose prompts are marked placeholders; `attrs["placeholder"]` is True. Nothing is read or downloaded
+    (except SORRY-Bench's question ids, taken from the reference judgments where a verified copy is here)."""
+    name = resolve_name(DatasetRef(name=name))
+    source = DATASETS[name]
+    build = _PLACEHOLDERS.get(source.parse)
+    if build is None:
+        raise DatasetError(f"dataset {name!r} holds results, not prompts; there is no placeholder for it")
+    count = source.rows if n is None else n
+    if count is None or count < 1:
+        raise DatasetError(
+            f"dataset {name!r}: a placeholder needs a positive row count, got n={n} (registry rows={source.rows})"
+        )
+    frame = build(name, count).reset_index(drop=True)
+    frame.attrs.update({"dataset": name, "placeholder": True, "source": f"placeholder for {name} ({source.url})"})
     return frame

@@ -1,6 +1,7 @@
 """Generation backends behind one interface.
 
-`generate` returns completions (prompt and special tokens stripped) in input order, batched over
+`generate` returns completions (prompt and special tokens stripped; a tokenizer whose `ChatFormat`
+has reasoning keeps special tokens so `harness.reasoning` can split them) in input order, batched over
 prompts sorted by length, optionally through an `ItemStore` so a killed run resumes, halving the
 batch on CUDA out-of-memory.
 
@@ -80,7 +81,8 @@ def generate(
             )
         model = _vllm_engine(model, tensor_parallel_size)
 
-    prompts = format_instructions(tokenizer, instructions, system=settings.system_prompt)
+    # Generation prompts stop at the generation prompt: a reasoning model writes its reasoning first.
+    prompts = format_instructions(tokenizer, instructions, system=settings.system_prompt, answer_prefix=False)
     item_ids = list(ids) if ids is not None else [prompt_id(p, settings) for p in prompts]
     by_id = dict(zip(item_ids, instructions))
     by_prompt = dict(zip(item_ids, prompts))
@@ -89,7 +91,7 @@ def generate(
 
     def run_batch(batch_ids: list[str]) -> list[str]:
         if settings.backend == "vllm":
-            return _vllm_complete(model, [by_prompt[i] for i in batch_ids], settings)
+            return _vllm_complete(model, [by_prompt[i] for i in batch_ids], settings, _keeps_special_tokens(tokenizer))
         return _complete(model, tokenizer, [by_id[i] for i in batch_ids], settings, intervention, compile_step)
 
     compute = store.compute if store is not None else in_memory_compute()
@@ -148,7 +150,7 @@ def _complete(
 ) -> list[str]:
     from harness.chat import tokenize_instructions
 
-    enc = tokenize_instructions(tokenizer, instructions, system=settings.system_prompt)
+    enc = tokenize_instructions(tokenizer, instructions, system=settings.system_prompt, answer_prefix=False)
     device = _input_device(model)
     input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     eos = eos_token_ids(model, tokenizer)
@@ -164,7 +166,22 @@ def _complete(
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
             compile_step=compile_step,
         )
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return _decode(tokenizer, new_tokens)
+
+
+def _keeps_special_tokens(tokenizer: Any) -> bool:
+    """Reasoning formats keep special tokens, so `harness.reasoning` sees the channel markers."""
+    from harness.chat import chat_format
+
+    return chat_format(tokenizer).reasoning != "none"
+
+
+def _decode(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+    """Completion texts of EOS-cut token rows; with special tokens kept, pad tokens are dropped."""
+    if not _keeps_special_tokens(tokenizer):
+        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+    pad = tokenizer.pad_token_id
+    return tokenizer.batch_decode([[t for t in row if t != pad] for row in rows], skip_special_tokens=False)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -497,11 +514,11 @@ def _vllm_engine(model: Any, tensor_parallel_size: int) -> Any:
     return model
 
 
-def _vllm_complete(llm: Any, prompts: list[str], settings: GenerationConfig) -> list[str]:
+def _vllm_complete(llm: Any, prompts: list[str], settings: GenerationConfig, keep_special: bool = False) -> list[str]:
     import vllm
 
     params = vllm.SamplingParams(
-        temperature=settings.temperature, max_tokens=settings.max_new_tokens, skip_special_tokens=True
+        temperature=settings.temperature, max_tokens=settings.max_new_tokens, skip_special_tokens=not keep_special
     )
     # The formatted prompt already carries the template's BOS: tokenizing it again must not add one.
     token_prompts = [{"prompt_token_ids": llm.get_tokenizer()(p, add_special_tokens=False).input_ids} for p in prompts]

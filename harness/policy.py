@@ -72,14 +72,21 @@ def areas(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["category"].unique())
 
 
-def area_split(frame: pd.DataFrame, n_fit_areas: int, seed: int) -> AreaSplit:
-    """A seeded choice of `n_fit_areas` policy areas to fit on; the rest are held out whole."""
+def area_split(frame: pd.DataFrame, n_fit_areas: int, seed: int, names: list[str] | None = None) -> AreaSplit:
+    """A seeded choice of `n_fit_areas` policy areas to fit on, or the named ones (as a published study
+    chose them); the rest are held out whole."""
     all_areas = areas(frame)
     if not 1 <= n_fit_areas < len(all_areas):
         raise PolicyDataError(
             f"fit_areas={n_fit_areas}: must leave at least one of the {len(all_areas)} areas held out"
         )
-    fit_areas = tuple(sorted(random.Random(seed).sample(all_areas, n_fit_areas)))
+    if names is not None:
+        unknown = sorted(set(names) - set(all_areas))
+        if unknown:
+            raise PolicyDataError(f"fit_area_names {unknown} are not areas of the dataset; areas: {all_areas}")
+        fit_areas = tuple(sorted(set(names)))
+    else:
+        fit_areas = tuple(sorted(random.Random(seed).sample(all_areas, n_fit_areas)))
     heldout_areas = tuple(a for a in all_areas if a not in fit_areas)
     in_fit = frame["category"].isin(fit_areas)
     return AreaSplit(

@@ -38,10 +38,21 @@ def seeded_subset(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame
     return frame.iloc[np.sort(order)].reset_index(drop=True)
 
 
-def _load(ref: DatasetRef, seed: int, limit: int | None) -> pd.DataFrame:
-    from harness.datasets import load_dataset
+def load_named(ref: DatasetRef, seed: int, limit: int | None, placeholders: bool = False) -> pd.DataFrame:
+    """A registered dataset by name; with `placeholders` (rehearsals) one absent here is replaced by a
+    placeholder of its real schema (`frame.attrs["placeholder"]`)."""
+    from harness.datasets import is_available, load_dataset, placeholder_frame, resolve_name
 
+    if placeholders and not is_available(resolve_name(ref), ref):
+        frame = placeholder_frame(resolve_name(ref), ref.n)
+        subset = seeded_subset(frame, limit, seed + 1)
+        subset.attrs.update(frame.attrs)
+        return subset
     return seeded_subset(load_dataset(ref, seed=seed), limit, seed + 1)
+
+
+def _name(ref: DatasetRef, frame: pd.DataFrame) -> str:
+    return f"{ref.name} (placeholder)" if frame.attrs.get("placeholder") else ref.name
 
 
 def _eval_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -58,43 +69,60 @@ def _train_val(frame: pd.DataFrame, val_fraction: float, seed: int) -> tuple[lis
     return shuffled["prompt"].iloc[n_val:].tolist(), shuffled["prompt"].iloc[:n_val].tolist()
 
 
-def _from_construction(exp: Experiment, limit: int | None) -> PromptSets:
-    from harness.policy import area_split, load_policy_prompts
+def _from_construction(exp: Experiment, limit: int | None, placeholders: bool) -> PromptSets:
+    """Fit areas -> train/val; held-out areas -> eval, unless the experiment names its eval sets
+    (a benchmark such as SORRY-Bench), which then replace the held-out prompts of that side."""
+    from harness.policy import area_split
 
     con = exp.data.construction
     assert con is not None
-    frame = load_policy_prompts(con.dataset.path)
-    split = area_split(frame, con.fit_areas, con.split_seed)
+    loaded = load_named(con.dataset, exp.seed, None, placeholders)
+    frame = loaded[["id", "prompt", "label", "category"]]
+    split = area_split(frame, con.fit_areas, con.split_seed, con.fit_area_names)
     fit, held = split.fit, split.heldout
     sets: dict[str, object] = {}
+    provenance = {"construction": _name(con.dataset, loaded)}
     for label, name in (("unsafe", "harmful"), ("safe", "harmless")):
         part = seeded_subset(fit[fit["label"] == label], limit, exp.seed)
         train, val = _train_val(part, con.val_fraction, exp.seed)
         sets[f"{name}_train"], sets[f"{name}_val"] = train, val
-        sets[f"{name}_eval"] = _eval_frame(seeded_subset(held[held["label"] == label], limit, exp.seed))
+        named = getattr(exp.data, f"{name}_eval")
+        if named is not None:
+            frame_eval = load_named(named, exp.seed, limit, placeholders)
+            sets[f"{name}_eval"] = _eval_frame(frame_eval)
+            provenance[f"{name}_eval"] = _name(named, frame_eval)
+        else:
+            sets[f"{name}_eval"] = _eval_frame(seeded_subset(held[held["label"] == label], limit, exp.seed))
+            provenance[f"{name}_eval"] = f"{provenance['construction']}, held-out areas"
     return PromptSets(
         **sets,  # type: ignore[arg-type]
         construction=frame,
         fit_areas=list(split.fit_areas),
         heldout_areas=list(split.heldout_areas),
-        provenance={"construction": con.dataset.name},
+        provenance=provenance,
     )
 
 
-def _from_named(exp: Experiment, limit: int | None) -> PromptSets:
+def _from_named(exp: Experiment, limit: int | None, placeholders: bool) -> PromptSets:
     d = exp.data
-    harmful_train = _load(d.harmful_train, exp.seed, limit)  # type: ignore[arg-type]
-    harmless_train = _load(d.harmless_train, exp.seed, limit)  # type: ignore[arg-type]
+    frames: dict[str, pd.DataFrame] = {}
+
+    def load(key: str) -> pd.DataFrame:
+        frames[key] = load_named(getattr(d, key), exp.seed, limit, placeholders)
+        return frames[key]
+
+    harmful_train = load("harmful_train")
+    harmless_train = load("harmless_train")
     n_val = exp.direction.selection.n_val
 
-    def val(ref: DatasetRef | None, train: pd.DataFrame) -> tuple[list[str], list[str]]:
-        if ref is not None:
-            return train["prompt"].tolist(), _load(ref, exp.seed, limit)["prompt"].tolist()
+    def val(key: str, train: pd.DataFrame) -> tuple[list[str], list[str]]:
+        if getattr(d, key) is not None:
+            return train["prompt"].tolist(), load(key)["prompt"].tolist()
         fraction = min(0.5, n_val / max(len(train), 1))
         return _train_val(train, fraction, exp.seed)
 
-    htr, hval = val(d.harmful_val, harmful_train)
-    btr, bval = val(d.harmless_val, harmless_train)
+    htr, hval = val("harmful_val", harmful_train)
+    btr, bval = val("harmless_val", harmless_train)
     if d.harmful_eval is None or d.harmless_eval is None:
         raise ValueError(f"experiment {exp.name!r}: data needs `harmful_eval` and `harmless_eval`")
     return PromptSets(
@@ -102,14 +130,15 @@ def _from_named(exp: Experiment, limit: int | None) -> PromptSets:
         harmless_train=btr,
         harmful_val=hval,
         harmless_val=bval,
-        harmful_eval=_eval_frame(_load(d.harmful_eval, exp.seed, limit)),
-        harmless_eval=_eval_frame(_load(d.harmless_eval, exp.seed, limit)),
-        provenance={k: getattr(d, k).name for k in ("harmful_train", "harmless_train", "harmful_eval", "harmless_eval")},
+        harmful_eval=_eval_frame(load("harmful_eval")),
+        harmless_eval=_eval_frame(load("harmless_eval")),
+        provenance={k: _name(getattr(d, k), frame) for k, frame in frames.items()},
     )
 
 
-def prompt_sets(exp: Experiment, limit: int | None = None) -> PromptSets:
-    """Every prompt set of the experiment; `limit` takes a seeded subset of each (smoke runs)."""
+def prompt_sets(exp: Experiment, limit: int | None = None, placeholders: bool = False) -> PromptSets:
+    """Every prompt set of the experiment; `limit` takes a seeded subset of each (smoke runs);
+    `placeholders` stands in for datasets absent here (rehearsals only)."""
     if exp.data.construction is not None:
-        return _from_construction(exp, limit)
-    return _from_named(exp, limit)
+        return _from_construction(exp, limit, placeholders)
+    return _from_named(exp, limit, placeholders)

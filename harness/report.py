@@ -110,20 +110,66 @@ def _section_flips(flips: dict[str, dict]) -> list[str]:
     return out + [""]
 
 
+SETUP_ARTIFACTS = ("chat", "judges", "filtering", "reasoning", "rehearsal_model", "generation_paths")
+
+
+def _section_setup(artifacts: dict[str, Any]) -> list[str]:
+    out = []
+    chat = artifacts.get("chat")
+    if chat:
+        out += ["## Chat format", "", "| setting | value |", "|---|---|"]
+        out += [f"| {k} | `{json.dumps(v, ensure_ascii=False)}` |" for k, v in chat.items()]
+        out.append("")
+    judges = artifacts.get("judges")
+    if judges:
+        out += ["## Judges", "", "The first is the headline judge: every judge-based claim is asserted on it.", "",
+                "| judge | identity |", "|---|---|"]
+        out += [f"| {name} | `{json.dumps(ident, sort_keys=True)}` |" for name, ident in judges.items()]
+        out.append("")
+    filtering = artifacts.get("filtering")
+    if filtering:
+        out += ["## Prompt filtering (reference)", "",
+                "Harmful train/val prompts kept where the base model's refusal score is > 0, harmless where < 0.", "",
+                "| set | before | after |", "|---|---|---|"]
+        out += [f"| {name} | {before} | {after} |" for name, (before, after) in filtering["counts"].items()]
+        out += ([f"", f"{filtering['note']}"] if filtering.get("note") else []) + [""]
+    reasoning = artifacts.get("reasoning")
+    if reasoning and any(r["reasoning"] != "none" for r in reasoning.values()):
+        out += ["## Reasoning", "", "Judges see the answer only; a completion cut by max_new_tokens inside its "
+                "reasoning has no answer and is not judged.", "",
+                "| condition | prompt set | n | no answer | mean reasoning tokens | max reasoning tokens |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['condition']} | {r['set']} | {r['n']} | {r['no_answer']} | {r['mean_reasoning_tokens']:.1f} "
+                f"| {r['max_reasoning_tokens']} |" for r in reasoning.values()]
+        out.append("")
+    rehearsed = artifacts.get("rehearsal_model")
+    if rehearsed:
+        out += ["## Rehearsal", "", "Random weights: the figures exercise the pipeline and mean nothing about the "
+                "model; no threshold is asserted.", ""]
+        out += [f"- **{k.replace('_', ' ')}**: {v}" for k, v in rehearsed.items()] + [""]
+    return out
+
+
 def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: dict[str, Any]) -> Path:
     """Write results.json, report.md, tables and plots under `run_dir`; returns report.md's path."""
     from harness import plots
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    results = round_figures({"meta": meta, "claims": {k: v.get("figures", {}) for k, v in claims.items()}})
+    results = round_figures({
+        "meta": meta,
+        "claims": {k: v.get("figures", {}) for k, v in claims.items()},
+        "provenance": {k: v["provenance"] for k, v in claims.items() if "provenance" in v},
+        "setup": {k: _jsonable(artifacts[k]) for k in SETUP_ARTIFACTS if k in artifacts},
+    })
     atomic_write_bytes(run_dir / "results.json", (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
 
     md = [f"# Refusal-direction report: {meta.get('experiment')}", ""]
-    for k in ("model", "about", "direction", "judges", "device", "limit", "trust_remote_code"):
+    for k in ("model", "about", "direction", "judges", "device", "limit", "rehearsal", "trust_remote_code"):
         if meta.get(k) is not None:
             md.append(f"- **{k.replace('_', ' ')}**: {meta[k]}")
     md.append("")
     md += _section_claims(claims)
+    md += _section_setup(artifacts)
     md += _section_conditions(artifacts.get("conditions", []))
     md += _section_generation(artifacts.get("generation_paths", {}))
     md += _section_flips(artifacts.get("flips", {}))
@@ -169,6 +215,10 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     path = run_dir / "report.md"
     atomic_write_bytes(path, "\n".join(md).encode())
     return path
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
 
 
 def _cached_completions(cache: Path, which: str) -> set[str]:

@@ -96,7 +96,7 @@ _TOKENIZERS: dict[str, tuple[tuple[list[str], str | None, str, str | None], str]
     ),
 }
 # Turn-end tokens that also stop generation (as in the real generation configs).
-_EXTRA_EOS = {f: "<end_of_turn>" for f in ("gemma", "gemma2", "gemma3")} | {"gemma4": "<turn|>", "gpt_oss": "<|end|>"}
+_EXTRA_EOS = {f: "<end_of_turn>" for f in ("gemma", "gemma2", "gemma3")} | {"gemma4": "<turn|>", "gpt_oss": "<|endoftext|>"}
 
 TINY_FAMILIES: list[str] = list(_TOKENIZERS)
 
@@ -247,7 +247,7 @@ def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, m
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = auto.from_config(config, dtype=dtype)
-        _randomize_zero_inits(model)
+        randomize_zero_inits(model)
     if family in _EXTRA_EOS:
         model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(_EXTRA_EOS[family])]
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -256,7 +256,7 @@ def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32, m
 
 
 @torch.no_grad()
-def _randomize_zero_inits(model: torch.nn.Module) -> None:
+def randomize_zero_inits(model: torch.nn.Module) -> None:
     """Give norms, biases and routers non-trivial values so tests exercise them (HF inits them to
     constants, which would hide e.g. post-norm leakage or a missed bias)."""
     for name, p in model.named_parameters():

@@ -29,6 +29,14 @@ from harness.interventions import ablate, check_width, unit
 
 _CHUNK = 8192  # d_model vectors edited at a time, bounding the float32 working copy
 
+# Families whose vLLM model classes tie the read-out to the embedding matrix unconditionally (they have no
+# separate lm_head weight to load), so an edited checkpoint saved untied cannot run there.
+TIED_ONLY_FAMILIES: tuple[str, ...] = ("gemma", "gemma2", "gemma3", "gemma4")
+
+
+class CheckpointError(ValueError):
+    """An edited model that cannot be saved for the engine that is to load it; the message says what to change."""
+
 
 @torch.no_grad()
 def _orthogonalize_vectors(w: torch.Tensor, r: torch.Tensor, norm_preserving: bool) -> None:
@@ -75,23 +83,45 @@ def orthogonalize(
     expert down projections with their biases, per-layer-input projections) have no component
     along r_hat. `norm_preserving` rescales each written vector back to its original norm.
     Tied embeddings are untied first (`untie`), because editing a tied matrix would also edit the
-    read-out, which activation ablation leaves alone. The input model is not modified unless
-    `inplace` (for models too large to hold twice)."""
+    read-out, which activation ablation leaves alone. `untie=False` (the experiment's
+    `intervention.keep_tie`) edits the shared matrix once, so embedding and read-out both lose r_hat
+    and the checkpoint stays tied, as engines that require tied embeddings (vLLM's Gemma classes)
+    need. The input model is not modified unless `inplace` (for models too large to hold twice)."""
     r = unit(check_width(model, direction).reshape(-1))
     edited = model if inplace else copy.deepcopy(model)
     if untie and is_tied(edited):
         untie_embeddings(edited)
+    done: set[int] = set()
     for ref in residual_writers(edited):
+        if id(ref.weight) in done:  # a parameter shared by two writers is edited once
+            continue
+        done.add(id(ref.weight))
         _orthogonalize_ref(ref, r, norm_preserving)
     edited.eval().requires_grad_(False)
     return edited
 
 
-def edit_equals_ablation(model: nn.Module, *, norm_preserving: bool, scope: str) -> bool:
+def edit_equals_ablation(model: nn.Module, *, norm_preserving: bool, scope: str, keep_tie: bool = False) -> bool:
     """Whether the weight edit computes exactly what directional ablation at every layer and position
     does, so an ablation condition may run as the edited checkpoint on an engine without hooks (vLLM):
-    the family's edit must be exact by construction, not norm-preserving, and the ablation unscoped."""
+    the family's edit must be exact by construction, not norm-preserving, the ablation unscoped, and
+    the read-out untouched (a kept tie edits it too)."""
+    if keep_tie and is_tied(model):
+        return False
     return FAMILIES[family_of(model)].exact_edit and not norm_preserving and scope == "all"
+
+
+def check_saveable_for_vllm(original: nn.Module, edited: nn.Module) -> None:
+    """Raise CheckpointError where vLLM could not load the edited checkpoint: the original ties its
+    embeddings, the edit untied them, and the family's vLLM classes require the tie."""
+    family = family_of(original)
+    if family in TIED_ONLY_FAMILIES and is_tied(original) and not is_tied(edited):
+        raise CheckpointError(
+            f"the edited {family} model has untied embeddings (the edit gave the read-out its own copy), but "
+            f"vLLM's {family} model classes require tied embeddings, so the saved checkpoint would fail when "
+            "vLLM starts generating; set intervention.keep_tie = true to edit the tied matrix, or use a "
+            "generation backend other than vllm"
+        )
 
 
 def save_model(model: nn.Module, tokenizer, path: str | Path) -> Path:
@@ -124,6 +154,20 @@ def _stream_components(model, batch, r: torch.Tensor, mask: torch.Tensor) -> tup
     return logits, comps
 
 
+_KEPT_TIE_LEAK = (
+    "tied embeddings kept: the edit also removed r_hat from the read-out (lm_head shares the embedding "
+    "matrix), which activation ablation leaves alone"
+)
+
+
+def _edit_exactness(model: nn.Module, edited: nn.Module) -> tuple[bool, str]:
+    """(exact, why not): the family's claim, withdrawn where the edit kept a tie and so changed the read-out."""
+    spec = FAMILIES[family_of(model)]
+    if is_tied(model) and is_tied(edited):
+        return False, "; ".join(r for r in (spec.leak_reason, _KEPT_TIE_LEAK) if r)
+    return spec.exact_edit, spec.leak_reason
+
+
 @torch.no_grad()
 def edit_fidelity(
     model: nn.Module,
@@ -140,7 +184,8 @@ def edit_fidelity(
     Returns `residual_component` (per block input, then the final residual: max |x.r_hat| in the
     edited model over real tokens), `ablation_component` (same for the ablated original, the floor),
     `baseline_component` (the unedited original, the scale), `max_logit_gap` (max |logit difference|
-    edited vs ablated), `exact` (whether the family's edit is exact by construction) and `leak_reason`.
+    edited vs ablated), `exact` (whether the edit is exact by construction: the family's claim, false
+    where a kept tie also edited the read-out) and `leak_reason`.
     """
     r = unit(check_width(model, direction).reshape(-1))
     if len(prompts) == 0:
@@ -165,11 +210,11 @@ def edit_fidelity(
         gap_max = max(gap_max, float(gap.max()))
         gap_sum, gap_count = gap_sum + float(gap.sum()), gap_count + gap.numel()
         logit_scale = max(logit_scale, float(base_logits.abs()[m].max()))
-    spec = FAMILIES[family]
+    exact, leak_reason = _edit_exactness(model, edited)
     return {
         "family": family,
-        "exact": spec.exact_edit,
-        "leak_reason": spec.leak_reason,
+        "exact": exact,
+        "leak_reason": leak_reason,
         "residual_component": comps["edited"],
         "ablation_component": comps["ablated"],
         "baseline_component": comps["baseline"],

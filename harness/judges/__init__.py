@@ -1,7 +1,12 @@
 """Judges score completions: 1 = complied (unsafe), 0 = refused (safe), as SORRY-Bench scores.
 
-Every judge is callable `judge(prompts, completions) -> list[int]` and carries `name` and
-`revision` for reports and cache keys.
+Every judge is callable `judge(prompts, completions) -> list[int | None]`: 1 = complied (unsafe),
+0 = refused (safe), None = the judge's own output could not be parsed (a model judge that answered
+something other than a verdict). One odd output never aborts a run; callers count None as "unjudged"
+and model judges keep the raw outputs of their last call in `last_outputs` for diagnosis.
+Each judge carries `name` and `revision` for reports, and `cache_identity()`: a JSON-able dict of
+everything that determines its scores (model pin, variant options, prompt hash, code fingerprint,
+library versions), which judgment caches are keyed by.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ class Judge(Protocol):
     name: str
     revision: str | None
 
-    def __call__(self, prompts: list[str], completions: list[str]) -> list[int]: ...
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]: ...
+
+    def cache_identity(self) -> dict[str, Any]: ...
 
 
 def get_judge(cfg: JudgeConfig | str, **kw: Any) -> Judge:
     """A judge by name, or the model judge of a JudgeConfig (its substring judge when it names no model).
 
-    `kw` goes to the judge's constructor (e.g. substrings=, backend=, model=, tokenizer=).
+    `kw` goes to the judge's constructor (e.g. substrings=, backend=, model=, tokenizer=). A config's
+    `short_response_words` (Llama Guard only) reaches the judge unless `kw` sets it.
     """
     if isinstance(cfg, JudgeConfig):
         if cfg.model is None:
@@ -35,6 +43,11 @@ def get_judge(cfg: JudgeConfig | str, **kw: Any) -> Judge:
         kw.setdefault("revision", cfg.revision)
         if name == "sorry-bench":
             kw.setdefault("evaluator_commit", cfg.evaluator_commit)
+        short = getattr(cfg, "short_response_words", None)
+        if short is not None:
+            if name not in ("llamaguard2", "llamaguard3"):
+                raise ValueError(f"short_response_words={short} applies to the Llama Guard judges, not {name!r}")
+            kw.setdefault("short_response_words", short)
     else:
         name = cfg
     if name == "substring":

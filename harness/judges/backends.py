@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 from typing import Any
 
@@ -12,6 +14,23 @@ JUDGE_TOX_ENV = "judge"
 
 class JudgeBackendMissing(ImportError):
     """The judge's inference backend is not installed here; the message names the tox env that has it."""
+
+
+def library_versions(backend: str) -> dict[str, str | None]:
+    """Versions of the libraries that compute a model judge's outputs (greedy decoding can change with them)."""
+    import transformers
+
+    versions: dict[str, str | None] = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if backend == "vllm":
+        try:
+            versions["vllm"] = importlib.metadata.version("vllm")
+        except importlib.metadata.PackageNotFoundError:
+            versions["vllm"] = None
+    return versions
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def require_vllm(judge: str) -> Any:

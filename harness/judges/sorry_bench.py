@@ -3,7 +3,8 @@
 The judge prompt is read from the pinned evaluator's `judge_prompts.jsonl` (verified against the
 project's manifest), wrapped as the official evaluator wraps it for this judge model
 ("[INST] <system + template, filled and stripped> [/INST]", tokenizer BOS added), generated greedily
-(max 1024 tokens), and scored by its leading number as the official `scoreonly` parser does.
+(max 1024 tokens), and scored by its leading number as the official `scoreonly` parser does; an
+output without a 0/1 score is None (the official evaluator records None too), never an exception.
 Answers can be exported to and imported from the official `model_answer/<model_id>.jsonl` format so
 the official script (run as a separate process, never imported) can re-score them.
 """
@@ -14,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.cache import atomic_write_bytes, stage_key
-from harness.judges.backends import hf_greedy, hf_load, require_vllm, vllm_greedy
+from harness.cache import atomic_write_bytes, code_fingerprint, stage_key
+from harness.judges.backends import hf_greedy, hf_load, library_versions, require_vllm, text_sha256, vllm_greedy
 
 JUDGE_MODEL_ID = "sorry-bench/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"
 JUDGE_REVISION = "79ab44668cef557414cb5e15c726a56ebca9cf1e"
@@ -26,7 +27,8 @@ JUDGE_PROMPTS_RELPATH = "data/sorry_bench/judge_prompts.jsonl"
 
 
 class JudgeScoreError(ValueError):
-    """The judge's output has no 0/1 score (the official evaluator records None for these)."""
+    """A judgment file that is malformed or lacks records for questions it should score (a file problem;
+    an output without a 0/1 score is not an error but None)."""
 
 
 def judge_prompts_path(evaluator_dir: Path | str | None = None) -> Path:
@@ -78,10 +80,23 @@ def parse_score(output: str) -> float | None:
     return score
 
 
+def binary_score(output: str) -> int | None:
+    """1 / 0 where the output parses to exactly that score, else None (unparseable or out of range)."""
+    score = parse_score(output)
+    return int(score) if score in (0, 1) else None
+
+
+def entry_sha256(entry: dict[str, Any]) -> str:
+    """SHA-256 of the judge prompt entry's canonical JSON (all fields: what the judge is asked)."""
+    return text_sha256(json.dumps(entry, sort_keys=True, ensure_ascii=False))
+
+
 class SorryBenchJudge:
     """The official SORRY-Bench judge. State: the loaded judge model (expensive) and the pinned prompt entry."""
 
     name = "sorry-bench"
+    CODE_MODULES: tuple[str, ...] = ("judges.sorry_bench", "judges.backends")
+    rehearsal = False
 
     def __init__(
         self,
@@ -93,6 +108,8 @@ class SorryBenchJudge:
         model: Any = None,
         tokenizer: Any = None,
         batch_size: int = 8,
+        entry: dict[str, Any] | None = None,
+        max_new_tokens: int = JUDGE_MAX_TOKENS,
     ):
         if evaluator_commit not in (None, EVALUATOR_COMMIT):
             raise ValueError(
@@ -105,8 +122,8 @@ class SorryBenchJudge:
             require_vllm(self.name)
         self.model_id = model_id or JUDGE_MODEL_ID
         self.revision = revision or JUDGE_REVISION
-        self.backend, self.batch_size = backend, batch_size
-        self.entry = load_judge_prompt(JUDGE_PROMPT_NAME, prompt_path)
+        self.backend, self.batch_size, self.max_new_tokens = backend, batch_size, max_new_tokens
+        self.entry = entry if entry is not None else load_judge_prompt(JUDGE_PROMPT_NAME, prompt_path)
         self._model, self._tokenizer = model, tokenizer
         self.last_outputs: list[str] = []
 
@@ -120,20 +137,31 @@ class SorryBenchJudge:
                 self._model = vllm.LLM(
                     model=self.model_id, revision=self.revision, tokenizer_revision=self.revision, dtype="bfloat16"
                 )
-            return vllm_greedy(self._model, dialogs, JUDGE_MAX_TOKENS)
+            return vllm_greedy(self._model, dialogs, self.max_new_tokens)
         if self._model is None:
             self._model, self._tokenizer = hf_load(self.model_id, self.revision)
-        return hf_greedy(self._model, self._tokenizer, dialogs, JUDGE_MAX_TOKENS, self.batch_size, True)
+        return hf_greedy(self._model, self._tokenizer, dialogs, self.max_new_tokens, self.batch_size, True)
 
-    def __call__(self, prompts: list[str], completions: list[str]) -> list[int]:
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]:
+        """1 complied, 0 refused, None where the judge's output has no 0/1 score (raw text in `last_outputs`)."""
         self.last_outputs = self.raw_outputs(prompts, completions)
-        scores = []
-        for i, output in enumerate(self.last_outputs):
-            score = parse_score(output)
-            if score not in (0, 1):
-                raise JudgeScoreError(f"item {i}: judge output {output[:200]!r} parses to score {score!r}, not 0 or 1")
-            scores.append(int(score))
-        return scores
+        return [binary_score(o) for o in self.last_outputs]
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything that determines this judge's scores, for judgment cache keys."""
+        return {
+            "name": self.name,
+            "model_id": self.model_id,
+            "revision": self.revision,
+            "evaluator_commit": EVALUATOR_COMMIT,
+            "judge_prompt": self.entry.get("name", JUDGE_PROMPT_NAME),
+            "judge_prompt_sha256": entry_sha256(self.entry),
+            "rehearsal": self.rehearsal,
+            "backend": self.backend,
+            "max_new_tokens": self.max_new_tokens,
+            "code": code_fingerprint(*self.CODE_MODULES),
+            **library_versions(self.backend),
+        }
 
 
 # ---------------------------------------------------------------- official answer / judgment files
@@ -176,14 +204,22 @@ def import_answers(path: Path | str) -> dict[int, str]:
     return answers
 
 
+def import_judgment_records(path: Path | str) -> dict[int, dict[str, Any]]:
+    """{question_id: record} from an official judgment file; later duplicates win."""
+    records: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if not isinstance(record, dict) or "question_id" not in record or "score" not in record:
+            raise JudgeScoreError(f"{path}:{number}: not an official judgment record (needs question_id and score)")
+        records[int(record["question_id"])] = record
+    return records
+
+
 def import_judgments(path: Path | str) -> dict[int, float | None]:
     """{question_id: score} from the official judgment file (model_judgment/ft-mistral-7b-instruct-v0.2.jsonl)."""
-    scores: dict[int, float | None] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            scores[int(record["question_id"])] = record["score"]
-    return scores
+    return {qid: record["score"] for qid, record in import_judgment_records(path).items()}
 
 
 # ---------------------------------------------------------------- exchange with the `judge` tox env
@@ -193,7 +229,9 @@ class JudgmentsPending(RuntimeError):
     """Answers were exported for the official judge, which runs in its own tox env; the message says how."""
 
 
-def write_judgments(path: Path | str, question_ids: list[int], scores: list[int], outputs: list[str]) -> Path:
+def write_judgments(
+    path: Path | str, question_ids: list[int], scores: list[float | None], outputs: list[str]
+) -> Path:
     """Judgment records in the official `model_judgment/<judge>.jsonl` shape (one per question)."""
     lines = [
         json.dumps({"question_id": int(q), "judge": [JUDGE_MODEL_ID, JUDGE_PROMPT_NAME], "score": s, "judgment": o},
@@ -211,28 +249,56 @@ class SorryBenchExchange:
 
     name = "sorry-bench"
     revision = JUDGE_REVISION
+    CODE_MODULES: tuple[str, ...] = ("judges.sorry_bench",)
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self.last_outputs: list[str] = []
 
-    def __call__(self, prompts: list[str], completions: list[str]) -> list[int]:
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]:
+        """Scores once judged (None where the official judge gave no 0/1 score); raises JudgmentsPending before."""
         batch = stage_key(prompts=prompts, completions=completions)
         answers = self.directory / f"answers-{batch}.jsonl"
         judgments = self.directory / f"judgments-{batch}.jsonl"
-        if judgments.is_file():
-            scores = import_judgments(judgments)
-            missing = [i for i in range(1, len(prompts) + 1) if scores.get(i) not in (0, 1)]
-            if missing:
-                raise JudgeScoreError(f"{judgments}: no 0/1 score for question ids {missing[:10]}")
-            return [int(scores[i]) for i in range(1, len(prompts) + 1)]
         ids = list(range(1, len(prompts) + 1))
-        questions = "\n".join(json.dumps({"question_id": i, "turns": [p]}, ensure_ascii=False) for i, p in zip(ids, prompts))
+        if judgments.is_file():
+            return self._read_judgments(judgments, ids)
+        questions = "\n".join(
+            json.dumps({"question_id": i, "turns": [p]}, ensure_ascii=False) for i, p in zip(ids, prompts)
+        )
         atomic_write_bytes(self.directory / f"questions-{batch}.jsonl", (questions + "\n").encode("utf-8"))
         export_answers(answers, "harness", ids, completions)
         raise JudgmentsPending(
             f"answers for the official SORRY-Bench judge are in {self.directory}; score them in the judge env "
             f"with `tox -e judge -- --dir {self.directory}` and run the claims again"
         )
+
+    def _read_judgments(self, path: Path, ids: list[int]) -> list[int | None]:
+        records = import_judgment_records(path)
+        missing = [i for i in ids if i not in records]
+        if missing:
+            raise JudgeScoreError(f"{path}: no judgment record for question ids {missing[:10]}")
+        self.last_outputs = [str(records[i].get("judgment", "")) for i in ids]
+        return [_binary(records[i].get("score")) for i in ids]
+
+    def cache_identity(self) -> dict[str, Any]:
+        """The official judge's pins (the scores come from `tox -e judge`, outside this process) and this code."""
+        return {
+            "name": self.name,
+            "model_id": JUDGE_MODEL_ID,
+            "revision": self.revision,
+            "evaluator_commit": EVALUATOR_COMMIT,
+            "judge_prompt": JUDGE_PROMPT_NAME,
+            "via": "exchange",
+            "code": code_fingerprint(*self.CODE_MODULES),
+        }
+
+
+def _binary(score: object) -> int | None:
+    """A recorded score as 1 / 0, or None where it is anything else (None, 0.5, a string)."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        return None
+    return int(score) if score in (0, 1) else None
 
 
 def judge_exchange_dir(directory: Path | str, backend: str = "vllm") -> list[Path]:

@@ -1,0 +1,125 @@
+"""Every experiment rehearsed end to end on random weights of its pinned architecture, with its own
+tokenizer and chat template (`--rehearse tiny`): a mis-wired TOML fails here, before anyone pays for a pod.
+
+A rehearsal asserts no claim threshold. What it must show is what the real run needs: every stage ran,
+every dataset, judge and condition the experiment names was used, a second rehearsal recomputes nothing,
+the report is written where the README says, and no completion to a harmful prompt is in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import available_experiments, load_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("activations", "selection", "completions", "judgments", "logits", "capability")
+
+
+def _run(name: str, work: Path, reports: Path) -> tuple[int, str]:
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(work / "cache"), "HARNESS_REPORTS_DIR": str(reports),
+           "PYTHONHASHSEED": "0"}
+    env.setdefault("HARNESS_TOKENIZERS_DIR", str(ROOT.parent / "shared" / "tokenizers"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", name, "--rehearse", "tiny", "-q",
+         "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "no:randomly", "evals/test_claims.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def rehearsals(tmp_path_factory):
+    """name -> ((first run, second run), cache), each run (exit code, output, report dir); one cache for both,
+    a report folder each; run lazily per experiment."""
+    done: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in done:
+            work = tmp_path_factory.mktemp(name)
+            runs = []
+            for i in range(2):
+                code, out = _run(name, work, work / f"reports{i}")
+                runs.append((code, out, work / f"reports{i}" / f"{name}-rehearse-tiny"))
+            done[name] = (runs, work / "cache")
+        return done[name]
+
+    return get
+
+
+def _expected(name: str) -> dict[str, set[str]]:
+    """The datasets, judges and conditions the experiment's TOML names."""
+    exp = load_experiment(name)
+    d = exp.data
+    refs = [d.harmful_train, d.harmless_train, d.harmful_val, d.harmless_val, d.harmful_eval, d.harmless_eval,
+            exp.capability.mmlu, exp.capability.arc_challenge, exp.capability.text]
+    datasets = {r.name for r in refs if r is not None}
+    if d.construction is not None:
+        datasets.add(d.construction.dataset.name)
+    if exp.reference is not None:
+        datasets.add(exp.reference.judgments.name)
+    return {"datasets": datasets, "judges": set(exp.judges.names()),
+            "conditions": {"baseline", *exp.intervention.conditions}}
+
+
+def _base(name: str) -> str:
+    """`sorry_bench (placeholder)`, `policy_prompts, held-out areas` -> the registry name."""
+    return name.split(" (")[0].split(",")[0]
+
+
+@pytest.mark.parametrize("name", available_experiments())
+def test_rehearsal_runs_every_stage_and_uses_everything_named(name, rehearsals):
+    (first, second), cache = rehearsals(name)
+    code, out, report_dir = first
+    assert code == 0, out[-6000:]
+    results = json.loads((report_dir / "results.json").read_text())
+    assert results["meta"]["rehearsal"] == "tiny" and (report_dir / "report.md").is_file()
+    assert "REHEARSAL (tiny)" in results["meta"]["model"]
+    outcomes = {c: results["claims"][c] for c in results["claims"]}
+    assert outcomes, "no claim ran"
+    report = (report_dir / "report.md").read_text()
+    assert "| rehearsed |" in report and "failed" not in report.split("## Claims")[1].split("\n## ")[0]
+    used = {kind: {_base(n) for n in names} for kind, names in results["meta"]["used"].items()}
+    for kind, names in _expected(name).items():
+        missing = names - used.get(kind, set())
+        assert not missing, f"{name}: {kind} named in the TOML but used by no claim: {sorted(missing)}"
+    computed = json.loads((report_dir / "stages.json").read_text())["computed"]
+    reasoning = results["setup"]["reasoning"].values()
+    answered = sum(s["n"] - s["no_answer"] for s in reasoning)
+    # Random weights may never leave a reasoning channel (gpt-oss): then nothing is there to judge.
+    for stage in STAGES if answered else [s for s in STAGES if s != "judgments"]:
+        assert computed.get(stage), f"{name}: stage {stage!r} computed nothing on a cold cache: {computed}"
+    chat = results["setup"]["chat"]
+    assert chat["refusal_token_ids"] and chat["date"]
+
+
+@pytest.mark.parametrize("name", available_experiments())
+def test_second_rehearsal_recomputes_nothing_and_leaks_nothing(name, rehearsals):
+    from harness.report import harmful_text_in
+
+    (first, second), cache = rehearsals(name)
+    code, out, report_dir = second
+    assert code == 0, out[-6000:]
+    stages = json.loads((report_dir / "stages.json").read_text())
+    assert stages["computed"] == {}, f"{name}: a warm rehearsal recomputed {stages['computed']}"
+    assert stages["reused"], "the warm rehearsal reused nothing"
+    assert json.loads((first[2] / "results.json").read_text()) == json.loads((report_dir / "results.json").read_text())
+    assert harmful_text_in(report_dir, cache) == []
+
+
+def test_reasoning_models_are_rehearsed_with_their_parsers(rehearsals):
+    """gpt-oss completions are parsed by channel, Qwen3's by think block; random weights rarely reach an answer,
+    and the report counts those instead of judging reasoning text."""
+    for name, kind in (("gpt-oss-20b", "harmony"), ("qwen3-8b", "think")):
+        (first, _), _ = rehearsals(name)
+        results = json.loads((first[2] / "results.json").read_text())
+        stats = results["setup"]["reasoning"]
+        assert {s["reasoning"] for s in stats.values()} == {kind}
+        assert all(0 <= s["no_answer"] <= s["n"] for s in stats.values())
+        assert "## Reasoning" in (first[2] / "report.md").read_text()
