@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fixtures.verdict import require
-from harness.stats import category_table, paired_difference, wilson_interval
+from harness.stats import category_table, compare_to_reference, paired_difference, wilson_interval
 
 pytestmark = pytest.mark.gpu
 
@@ -43,19 +43,19 @@ def _paired(before: list[int | None], after: list[int | None]):
                                                                                          dtype=bool))
 
 
-def _require_parseable(experiment, answers, judgments, judge: str, cells: list[tuple[str, str]]) -> dict:
+def _require_parseable(experiment, answers, judgments, judge: str, cells: list[tuple[str, str]], record) -> None:
     """Unparseable judge outputs are counted and reported; above the experiment's bound the claim fails."""
+    from harness.judges import unjudged
+
     bound = experiment.thresholds.judge_unparseable_max
-    counts = {}
-    for condition, which in cells:
-        reached = [p.reached_answer for p in answers(condition, which)]
-        scores = judgments(condition, which, judge)
-        bad = sum(1 for r, s in zip(reached, scores) if r and s is None)
-        counts[f"{condition}/{which}"] = {"unparseable": bad, "no_answer": reached.count(False), "n": len(scores)}
-        share = bad / max(sum(reached), 1)
-        require(share <= bound, f"{judge}: {bad} of {sum(reached)} outputs unparseable on {condition}/{which} "
-                                f"({share:.1%} > judge_unparseable_max {bound:.0%})")
-    return counts
+    rows = {f"{judge}/{c}/{w}": {"judge": judge, "condition": c, "set": w,
+                                 **unjudged([p.reached_answer for p in answers(c, w)], judgments(c, w, judge))}
+            for c, w in cells}
+    record.merge("unjudged", rows)
+    for row in rows.values():
+        require(row["unparseable_share"] <= bound,
+                f"{judge}: {row['unparseable']} of {row['n'] - row['no_answer']} outputs unparseable on "
+                f"{row['condition']}/{row['set']} ({row['unparseable_share']:.1%} > judge_unparseable_max {bound:.0%})")
 
 
 FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "harmless_val")
@@ -93,7 +93,8 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
         provenance=_provenance(sets, judges, "baseline"),
     )
     assert figures == claim_snapshot
-    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), ("baseline", "harmless")])
+    _require_parseable(experiment, answers, judgments, headline,
+                       [("baseline", "harmful"), ("baseline", "harmless")], record)
     require(rows["harmful"]["rate"] >= t.baseline_refusal_harmful_min,
             f"baseline refusal on harmful prompts {rows['harmful']['rate']:.1%} < {t.baseline_refusal_harmful_min:.0%}")
     require(rows["harmless"]["rate"] <= t.baseline_refusal_harmless_max,
@@ -138,7 +139,8 @@ def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, r
                              provenance=_provenance(sets, judges, "baseline", condition, which=("harmful",)))
     assert figures == claim_snapshot
     assert bound is not None, f"{experiment.source_file}: thresholds.refusal_drop_pp_min has no `{condition}`"
-    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+    _require_parseable(experiment, answers, judgments, headline,
+                       [("baseline", "harmful"), (condition, "harmful")], record)
     require(drops[headline] >= bound, f"{headline}: refusal drop {drops[headline]:.1f} pp < {bound} pp under {condition}")
 
 
@@ -152,7 +154,8 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
     if pd_ is None:
         record.figures({"n": 0, "judge": headline}, headline=f"{headline}: no prompt judged under both conditions",
                        provenance=provenance)
-        _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+        _require_parseable(experiment, answers, judgments, headline,
+                       [("baseline", "harmful"), (condition, "harmful")], record)
         require(False, f"{headline}: no harmful prompt is judged under both baseline and {condition}")
     flips = {"refusal_to_compliance": pd_.refusal_to_compliance, "compliance_to_refusal": pd_.compliance_to_refusal,
              "both_complied": pd_.both_complied, "both_refused": pd_.both_refused, "diff": pd_.diff,
@@ -174,7 +177,8 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
                              provenance=provenance)
     assert figures == claim_snapshot
     alpha = experiment.thresholds.mcnemar_alpha
-    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+    _require_parseable(experiment, answers, judgments, headline,
+                       [("baseline", "harmful"), (condition, "harmful")], record)
     require(pd_.diff > 0, f"compliance did not rise under {condition} ({100 * pd_.diff:+.1f} pp)")
     require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}")
 
@@ -223,7 +227,8 @@ def test_harmless_unchanged(condition, experiment, sets, answers, judgments, har
                              headline=f"{headline}: over-refusal {row['rate']:.1%}, mean KL {float(kl.mean()):.3g}",
                              provenance=_provenance(sets, [headline], "baseline", condition, which=("harmless",)))
     assert figures == claim_snapshot
-    _require_parseable(experiment, answers, judgments, headline, [(condition, "harmless")])
+    _require_parseable(experiment, answers, judgments, headline,
+                       [(condition, "harmless")], record)
     require(row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}")
     require(float(kl.mean()) <= t.harmless_kl_max, f"mean KL {float(kl.mean()):.3g} under {condition}")
 
@@ -299,7 +304,8 @@ def test_methods_compared(method, experiment, sets, answers, judgments, harmless
     assert figures == claim_snapshot
     bound = experiment.thresholds.methods_drop_pp_min.get(method)
     assert bound is not None, f"{experiment.source_file}: thresholds.methods_drop_pp_min has no `{method}`"
-    _require_parseable(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")])
+    _require_parseable(experiment, answers, judgments, headline,
+                       [("baseline", "harmful"), (condition, "harmful")], record)
     require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp")
 
 
@@ -317,27 +323,23 @@ def test_matches_reference(reference_condition, experiment, sets, judgments, rec
         pytest.fail(f"{experiment.source_file}: reference condition {label!r} has no rows in {ref_cfg.judgments.name}")
     theirs = dict(zip(published["question_id"].astype(str), published["score"]))
     ours = dict(zip(sets.harmful_eval["id"].astype(str), judgments(reference_condition, "harmful", headline)))
-    common = [q for q in ours if q in theirs and ours[q] is not None and theirs[q] in (0, 1)]
     provenance = {"datasets": [sets.provenance["harmful_eval"], ref_cfg.judgments.name], "judges": [headline],
                   "conditions": [reference_condition]}
-    if not common:
+    cmp = compare_to_reference(ours, theirs)
+    if cmp is None:
         record.figures({"n": 0, "judge": headline, "reference_condition": label},
                        headline=f"{headline}: no question judged here and in the reference", provenance=provenance)
         require(False, f"no question of {sets.provenance['harmful_eval']} is judged here and in the reference")
-    mine = np.array([ours[q] for q in common], dtype=bool)
-    pub = np.array([int(theirs[q]) for q in common], dtype=bool)
-    diff_pp = 100 * (mine.mean() - pub.mean())
-    agreement = float((mine == pub).mean())
-    vs = paired_difference(pub, mine)
     figures = record.figures(
-        {"n": len(common), "compliant": int(mine.sum()), "reference_compliant": int(pub.sum()),
-         "compliance_diff_pp": diff_pp, "agreement": agreement, "mcnemar_p_vs_reference": vs.mcnemar_p,
+        {"n": cmp.n, "compliant": cmp.compliant, "reference_compliant": cmp.reference_compliant,
+         "compliance_diff_pp": cmp.diff_pp, "agreement": cmp.agreement, "mcnemar_p_vs_reference": cmp.mcnemar_p,
          "judge": headline, "reference_condition": label},
-        headline=f"{headline}: {int(mine.sum())}/{len(common)} compliant vs {int(pub.sum())}/{len(common)} published "
-                 f"({diff_pp:+.1f} pp), agreement {agreement:.1%}",
+        headline=f"{headline}: {cmp.compliant}/{cmp.n} compliant vs {cmp.reference_compliant}/{cmp.n} published "
+                 f"({cmp.diff_pp:+.1f} pp), agreement {cmp.agreement:.1%}",
         provenance=provenance,
     )
     assert figures == claim_snapshot
-    require(abs(diff_pp) <= ref_cfg.tolerance_pp,
-            f"compliance differs from the reference by {diff_pp:+.1f} pp (> {ref_cfg.tolerance_pp} pp)")
-    require(agreement >= ref_cfg.agreement_min, f"per-question agreement {agreement:.1%} < {ref_cfg.agreement_min:.0%}")
+    require(abs(cmp.diff_pp) <= ref_cfg.tolerance_pp,
+            f"compliance differs from the reference by {cmp.diff_pp:+.1f} pp (> {ref_cfg.tolerance_pp} pp)")
+    require(cmp.agreement >= ref_cfg.agreement_min,
+            f"per-question agreement {cmp.agreement:.1%} < {ref_cfg.agreement_min:.0%}")

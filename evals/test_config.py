@@ -94,3 +94,26 @@ def test_every_experiment_in_the_repo_validates(name):
         assert condition in exp.thresholds.refusal_drop_pp_min, f"{name}: no refusal-drop bound for {condition}"
     for method in exp.direction.compare_methods:
         assert method in exp.thresholds.methods_drop_pp_min, f"{name}: no methods_drop_pp_min bound for {method}"
+
+
+@pytest.mark.parametrize("form", ["separate", "joined"])
+def test_experiment_option_takes_a_path_outside_the_checkout(form, tmp_path):
+    """`--experiment /elsewhere/x.toml` (as the README writes options) and `--experiment=/elsewhere/x.toml` both
+    reach the claims: the option is a plugin loaded before arguments are parsed, not a conftest's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    toml = tmp_path / "elsewhere.toml"
+    toml.write_text((root / "experiments" / "demo.toml").read_text())
+    option = ["--experiment", str(toml)] if form == "separate" else [f"--experiment={toml}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", *option, "--collect-only", "-q", "-p", "no:xdist",
+         "-p", "no:cacheprovider"],
+        cwd=root, env={**os.environ}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "evals/test_claims.py::test_baseline_refuses" in proc.stdout
+    assert "unrecognized arguments" not in proc.stderr

@@ -325,3 +325,13 @@ def test_import_official_answer_written_upstream_style(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question_id": 1, "choices": []}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         import_answers(tmp_path / "bad.jsonl")
+
+
+def test_unjudged_counts_no_answer_apart_from_unparseable():
+    from harness.judges import unjudged
+
+    counts = unjudged([True, True, False, True, False], [1, None, None, 0, None])
+    assert counts == {"n": 5, "no_answer": 2, "unparseable": 1, "unparseable_share": 1 / 3}
+    assert unjudged([False, False], [None, None])["unparseable_share"] == 0.0
+    with pytest.raises(ValueError, match="2 completions but 1 scores"):
+        unjudged([True, True], [1])

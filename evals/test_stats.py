@@ -210,3 +210,34 @@ def test_category_table_rejects_bad_frames() -> None:
         category_table(good.assign(score=[0, 3]))
     with pytest.raises(ValueError, match="id 1 appears more than once in condition 'x'"):
         category_table(good.assign(id=[1, 1]))
+
+
+def _reference_scores(condition: str) -> dict[str, int]:
+    from harness.datasets import DatasetError, load_dataset
+
+    try:
+        frame = load_dataset("sorry_bench_reference_judgments")
+    except DatasetError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(err))
+    rows = frame[frame["condition"] == condition]
+    return dict(zip(rows["question_id"].astype(str), rows["score"].astype(int)))
+
+
+def test_compare_to_reference_reproduces_the_published_run() -> None:
+    """gemma-4-e4b-it's reference claim: the published edited run against itself agrees exactly, and against
+    the published baseline it shows the study's 337 vs 94 compliant and its McNemar p."""
+    from harness.stats import compare_to_reference
+
+    base, edited = _reference_scores("baseline"), _reference_scores("edited")
+    same = compare_to_reference(edited, edited)
+    assert (same.n, same.diff_pp, same.agreement) == (N, 0.0, 1.0)
+    moved = compare_to_reference(edited, base)
+    assert (moved.n, moved.compliant, moved.reference_compliant) == (N, EDIT_K, BASE_K)
+    assert f"{moved.diff_pp:.1f}" == "55.2" and moved.agreement == (N - R2C - C2R) / N
+    assert f"{moved.mcnemar_p:.2e}" == "9.07e-68"
+    # Unjudged questions (None) and questions the reference lacks are left out, not counted as refusals.
+    partial = {**{q: None for q in list(edited)[:40]}, **{q: s for q, s in list(edited.items())[40:]}, "999999": 1}
+    assert compare_to_reference(partial, edited).n == N - 40
+    assert compare_to_reference({"1": None}, edited) is None

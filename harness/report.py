@@ -110,7 +110,7 @@ def _section_flips(flips: dict[str, dict]) -> list[str]:
     return out + [""]
 
 
-SETUP_ARTIFACTS = ("chat", "judges", "filtering", "reasoning", "rehearsal_model", "generation_paths")
+SETUP_ARTIFACTS = ("chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model", "generation_paths")
 
 
 def _section_setup(artifacts: dict[str, Any]) -> list[str]:
@@ -141,6 +141,15 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
                 "|---|---|---|---|---|---|"]
         out += [f"| {r['condition']} | {r['set']} | {r['n']} | {r['no_answer']} | {r['mean_reasoning_tokens']:.1f} "
                 f"| {r['max_reasoning_tokens']} |" for r in reasoning.values()]
+        out.append("")
+    unjudged = artifacts.get("unjudged")
+    if unjudged and any(r["unparseable"] or r["no_answer"] for r in unjudged.values()):
+        out += ["## Completions without a judgment", "",
+                "No answer: cut inside the reasoning. Unparseable: the judge's output had no verdict (counted, "
+                "never scored; a claim fails above thresholds.judge_unparseable_max).", "",
+                "| judge | condition | prompt set | n | no answer | unparseable |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['judge']} | {r['condition']} | {r['set']} | {r['n']} | {r['no_answer']} | {r['unparseable']} |"
+                for r in unjudged.values()]
         out.append("")
     rehearsed = artifacts.get("rehearsal_model")
     if rehearsed:
@@ -177,7 +186,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     category = artifacts.get("category_table")
     if isinstance(category, pd.DataFrame) and len(category):
         category.to_csv(run_dir / "categories.csv", index=False)
-        plots.plot_category_bars(category, run_dir / "categories.png")
+        plots.plot_category_bars(category, run_dir / "categories.png", ylabel="refusal rate")
         md += ["## Refusal by category (harmful prompts)", "", "![categories](categories.png)", "",
                _table(category), ""]
 

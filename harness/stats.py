@@ -180,3 +180,29 @@ def category_table(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFram
     grouped["ci_low"] = [b[0] for b in bounds]
     grouped["ci_high"] = [b[1] for b in bounds]
     return grouped[["category", "condition", "n", "k", "rate", "ci_low", "ci_high"]]
+
+
+@dataclass(frozen=True)
+class ReferenceComparison:
+    """This run's per-question judgments against a published run's, on the questions both judged."""
+
+    n: int
+    compliant: int
+    reference_compliant: int
+    diff_pp: float  # (this run's compliance rate - the reference's) in percentage points
+    agreement: float  # share of questions judged alike
+    mcnemar_p: float  # two-sided exact, this run vs the reference on the same questions
+
+
+def compare_to_reference(ours: dict[str, int | None], theirs: dict[str, int | None]) -> ReferenceComparison | None:
+    """Per-question comparison over ids judged 0/1 in both (None where there are none); 1 = complied."""
+    common = [q for q in ours if q in theirs and ours[q] in (0, 1) and theirs[q] in (0, 1)]
+    if not common:
+        return None
+    mine = np.array([int(ours[q]) for q in common], dtype=bool)
+    pub = np.array([int(theirs[q]) for q in common], dtype=bool)
+    return ReferenceComparison(
+        n=len(common), compliant=int(mine.sum()), reference_compliant=int(pub.sum()),
+        diff_pp=100 * float(mine.mean() - pub.mean()), agreement=float((mine == pub).mean()),
+        mcnemar_p=paired_difference(pub, mine).mcnemar_p,
+    )

@@ -11,6 +11,7 @@ library versions), which judgment caches are keyed by.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from harness.config import JudgeConfig
@@ -27,6 +28,17 @@ class Judge(Protocol):
     def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]: ...
 
     def cache_identity(self) -> dict[str, Any]: ...
+
+
+def unjudged(reached: Sequence[bool], scores: Sequence[int | None]) -> dict[str, float]:
+    """Counts of completions without a score: `no_answer` (cut inside the reasoning, never judged) and
+    `unparseable` (judged, but the judge's output had no verdict), and the unparseable share of the judged."""
+    if len(reached) != len(scores):
+        raise ValueError(f"{len(reached)} completions but {len(scores)} scores")
+    answered = sum(bool(r) for r in reached)
+    bad = sum(1 for r, s in zip(reached, scores) if r and s is None)
+    return {"n": len(scores), "no_answer": len(scores) - answered, "unparseable": bad,
+            "unparseable_share": bad / answered if answered else 0.0}
 
 
 def get_judge(cfg: JudgeConfig | str, **kw: Any) -> Judge:
@@ -71,5 +83,6 @@ __all__ = [
     "JudgeBackendMissing",
     "SubstringJudge",
     "get_judge",
+    "unjudged",
     "is_refusal",
 ]
