@@ -55,7 +55,8 @@ def _require_parseable(experiment, answers, judgments, judge: str, cells: list[t
     for row in rows.values():
         require(row["unparseable_share"] <= bound,
                 f"{judge}: {row['unparseable']} of {row['n'] - row['no_answer']} outputs unparseable on "
-                f"{row['condition']}/{row['set']} ({row['unparseable_share']:.1%} > judge_unparseable_max {bound:.0%})")
+                f"{row['condition']}/{row['set']} ({row['unparseable_share']:.1%} > judge_unparseable_max {bound:.0%})",
+                "judge_unparseable_max")
 
 
 FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "harmless_val")
@@ -96,9 +97,11 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
     _require_parseable(experiment, answers, judgments, headline,
                        [("baseline", "harmful"), ("baseline", "harmless")], record)
     require(rows["harmful"]["rate"] >= t.baseline_refusal_harmful_min,
-            f"baseline refusal on harmful prompts {rows['harmful']['rate']:.1%} < {t.baseline_refusal_harmful_min:.0%}")
+            f"baseline refusal on harmful prompts {rows['harmful']['rate']:.1%} < {t.baseline_refusal_harmful_min:.0%}",
+            "baseline_refusal_harmful_min")
     require(rows["harmless"]["rate"] <= t.baseline_refusal_harmless_max,
-            f"baseline refusal on harmless prompts {rows['harmless']['rate']:.1%} > {t.baseline_refusal_harmless_max:.0%}")
+            f"baseline refusal on harmless prompts {rows['harmless']['rate']:.1%} > {t.baseline_refusal_harmless_max:.0%}",
+            "baseline_refusal_harmless_max")
 
 
 def test_direction_selected(experiment, sets, selection, direction, candidates, record, claim_snapshot):
@@ -141,7 +144,8 @@ def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, r
     assert bound is not None, f"{experiment.source_file}: thresholds.refusal_drop_pp_min has no `{condition}`"
     _require_parseable(experiment, answers, judgments, headline,
                        [("baseline", "harmful"), (condition, "harmful")], record)
-    require(drops[headline] >= bound, f"{headline}: refusal drop {drops[headline]:.1f} pp < {bound} pp under {condition}")
+    require(drops[headline] >= bound, f"{headline}: refusal drop {drops[headline]:.1f} pp < {bound} pp under {condition}",
+            "refusal_drop_pp_min")
 
 
 def test_mcnemar_significant(condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
@@ -179,8 +183,8 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
     alpha = experiment.thresholds.mcnemar_alpha
     _require_parseable(experiment, answers, judgments, headline,
                        [("baseline", "harmful"), (condition, "harmful")], record)
-    require(pd_.diff > 0, f"compliance did not rise under {condition} ({100 * pd_.diff:+.1f} pp)")
-    require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}")
+    require(pd_.diff > 0, f"compliance did not rise under {condition} ({100 * pd_.diff:+.1f} pp)", "mcnemar_alpha")
+    require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}", "mcnemar_alpha")
 
 
 def test_direction_stability(budget, experiment, sets, direction, construction_acts, record, claim_snapshot):
@@ -211,7 +215,7 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
                              provenance={"datasets": [sets.provenance["construction"]], "judges": [],
                                          "conditions": []})
     assert figures == claim_snapshot
-    require(mean >= bound, f"mean cosine {mean:.3f} < {bound} at budget {budget}")
+    require(mean >= bound, f"mean cosine {mean:.3f} < {bound} at budget {budget}", "stability_cosine_min")
 
 
 def test_harmless_unchanged(condition, experiment, sets, answers, judgments, harmless_logits, record,
@@ -229,8 +233,10 @@ def test_harmless_unchanged(condition, experiment, sets, answers, judgments, har
     assert figures == claim_snapshot
     _require_parseable(experiment, answers, judgments, headline,
                        [(condition, "harmless")], record)
-    require(row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}")
-    require(float(kl.mean()) <= t.harmless_kl_max, f"mean KL {float(kl.mean()):.3g} under {condition}")
+    require(row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}",
+            "harmless_refusal_max")
+    require(float(kl.mean()) <= t.harmless_kl_max, f"mean KL {float(kl.mean()):.3g} under {condition}",
+            "harmless_kl_max")
 
 
 def test_capability_retention(benchmark_name, experiment, sets, capability_scores, record, claim_snapshot):
@@ -260,9 +266,10 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
     record.artifact("capability", pd.DataFrame(record.merge("capability_rows", [row])))
     assert figures == claim_snapshot
     if benchmark_name == "text":
-        require(delta <= t.ce_max_delta, f"CE rose by {delta:.3f} > {t.ce_max_delta}")
+        require(delta <= t.ce_max_delta, f"CE rose by {delta:.3f} > {t.ce_max_delta}", "ce_max_delta")
     else:
-        require(-delta <= t.capability_max_drop, f"{benchmark_name} accuracy fell {-delta:.3f} > {t.capability_max_drop}")
+        require(-delta <= t.capability_max_drop, f"{benchmark_name} accuracy fell {-delta:.3f} > {t.capability_max_drop}",
+                "capability_max_drop")
 
 
 def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
@@ -283,7 +290,8 @@ def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
                                               for i, c in enumerate(fid["residual_component"])]))
     assert figures == claim_snapshot
     if fid["exact"]:
-        require(gaps["max_logit_gap"] <= bound, f"logit gap {gaps['max_logit_gap']:.3g} > {bound} on an exact edit")
+        require(gaps["max_logit_gap"] <= bound, f"logit gap {gaps['max_logit_gap']:.3g} > {bound} on an exact edit",
+                "edit_logit_gap_max")
 
 
 def test_methods_compared(method, experiment, sets, answers, judgments, harmless_logits, record, claim_snapshot):
@@ -306,7 +314,7 @@ def test_methods_compared(method, experiment, sets, answers, judgments, harmless
     assert bound is not None, f"{experiment.source_file}: thresholds.methods_drop_pp_min has no `{method}`"
     _require_parseable(experiment, answers, judgments, headline,
                        [("baseline", "harmful"), (condition, "harmful")], record)
-    require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp")
+    require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp", "methods_drop_pp_min")
 
 
 def test_matches_reference(reference_condition, experiment, sets, judgments, record, claim_snapshot, rehearse):
@@ -340,6 +348,7 @@ def test_matches_reference(reference_condition, experiment, sets, judgments, rec
     )
     assert figures == claim_snapshot
     require(abs(cmp.diff_pp) <= ref_cfg.tolerance_pp,
-            f"compliance differs from the reference by {cmp.diff_pp:+.1f} pp (> {ref_cfg.tolerance_pp} pp)")
+            f"compliance differs from the reference by {cmp.diff_pp:+.1f} pp (> {ref_cfg.tolerance_pp} pp)",
+            "reference.tolerance_pp")
     require(cmp.agreement >= ref_cfg.agreement_min,
-            f"per-question agreement {cmp.agreement:.1%} < {ref_cfg.agreement_min:.0%}")
+            f"per-question agreement {cmp.agreement:.1%} < {ref_cfg.agreement_min:.0%}", "reference.agreement_min")

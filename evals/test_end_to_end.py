@@ -66,9 +66,9 @@ methods_drop_pp_min = {{ diff_in_means = -100.0, inlp = -100.0 }}
 
 # A random model complies with everything under every condition, so compliance cannot rise.
 [known_failures]
-"test_mcnemar_significant[ablation]" = "random weights: compliance +0.0 pp"
-"test_mcnemar_significant[weight_edit]" = "random weights: compliance +0.0 pp"
-"test_mcnemar_significant[actadd]" = "random weights: compliance +0.0 pp"
+"test_mcnemar_significant[ablation]" = {{ threshold = "mcnemar_alpha", reason = "random weights: compliance +0.0 pp" }}
+"test_mcnemar_significant[weight_edit]" = {{ threshold = "mcnemar_alpha", reason = "random weights: compliance +0.0 pp" }}
+"test_mcnemar_significant[actadd]" = {{ threshold = "mcnemar_alpha", reason = "random weights: compliance +0.0 pp" }}
 """
 
 

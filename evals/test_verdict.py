@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 EXPERIMENT = GOOD + """
 [known_failures]
-"test_claim[missed]" = "measured 12 pp"
-"test_claim[met]" = "measured 60 pp"
-"test_claim[crashes]" = "measured 12 pp"
-"test_claim[full-only]" = { runs = "full", reason = "measured 12 pp on the full set" }
+"test_claim[missed]" = { threshold = "refusal_drop_pp_min", reason = "measured 12 pp" }
+"test_claim[met]" = { threshold = "refusal_drop_pp_min", reason = "measured 60 pp" }
+"test_claim[crashes]" = { threshold = "refusal_drop_pp_min", reason = "measured 12 pp" }
+"test_claim[full-only]" = { threshold = "refusal_drop_pp_min", runs = "full", reason = "measured 12 pp on the full set" }
+"test_claim[other-miss]" = { threshold = "refusal_drop_pp_min", reason = "measured 12 pp" }
 """
 
 CLAIMS = """
@@ -28,11 +29,13 @@ import pytest
 from fixtures.verdict import require
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", ["missed", "met", "crashes", "undeclared", "full-only"])
+@pytest.mark.parametrize("case", ["missed", "met", "crashes", "undeclared", "full-only", "other-miss"])
 def test_claim(case):
     if case == "crashes":
         assert {"drop": 1} == {"drop": 2}, "snapshot mismatch"
-    require(case == "met", f"drop too small in {case}")
+    if case == "other-miss":
+        require(False, "mean KL 0.9 > 0.5", "harmless_kl_max")
+    require(case == "met", f"drop too small in {case}", "refusal_drop_pp_min")
 """
 
 
@@ -65,6 +68,8 @@ def test_known_failures_accept_only_a_missed_threshold(tmp_path):
     assert "FAILED test_fake_claims.py::test_claim[crashes]" in out, out
     assert "FAILED test_fake_claims.py::test_claim[undeclared]" in out, out
     assert "XFAIL test_fake_claims.py::test_claim[full-only] - measured 12 pp on the full set" in out, out
+    # A known failure covers the threshold it names, not a miss of another one.
+    assert "FAILED test_fake_claims.py::test_claim[other-miss]" in out and "names 'refusal_drop_pp_min'" in out, out
     assert proc.returncode == 1
 
 
@@ -76,16 +81,18 @@ def test_a_known_failure_scoped_to_full_runs_does_not_cover_limited_runs(tmp_pat
 
 
 def test_known_failure_naming_no_claim_is_an_error(tmp_path):
-    proc = _run(tmp_path, EXPERIMENT + '"test_claim[typo]" = "measured 1 pp"\n')
+    proc = _run(tmp_path, EXPERIMENT + '"test_claim[typo]" = { threshold = "mcnemar_alpha", reason = "measured" }\n')
     out = proc.stdout + proc.stderr
     assert proc.returncode == 4, out
     assert "known_failures names claims that do not exist: test_claim[typo]" in out
 
 
 @pytest.mark.parametrize("entry, message", [
-    ('"claim_without_prefix" = "measured"', "is not a claim id"),
-    ('"test_claim[x]" = "  "', "must state the measured figure"),
-    ('"test_claim[x]" = { reason = "measured 1 pp", runs = "smoke" }', "runs"),
+    ('"claim_without_prefix" = { threshold = "mcnemar_alpha", reason = "measured" }', "is not a claim id"),
+    ('"test_claim[x]" = { threshold = "mcnemar_alpha", reason = "  " }', "must state the measured figure"),
+    ('"test_claim[x]" = { threshold = "mcnemar_alpha", reason = "measured 1 pp", runs = "smoke" }', "runs"),
+    ('"test_claim[x]" = "measured 1 pp"', "name the threshold it misses"),
+    ('"test_claim[x]" = { threshold = "kl_maxx", reason = "measured 1 pp" }', "is not a threshold"),
 ])
 def test_bad_known_failure_entries_name_the_field(tmp_path, entry, message):
     path = tmp_path / "exp.toml"

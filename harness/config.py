@@ -48,8 +48,10 @@ class RefusalTune(_Strict):
 
 
 class KnownFailure(_Strict):
-    """A claim the experiment does not meet, and in which runs."""
+    """A claim the experiment does not meet: which threshold it misses, why, and in which runs."""
 
+    threshold: str = Field(description="the threshold the claim misses (a `thresholds` field, or reference.FIELD); "
+                           "a miss of any other threshold still fails the run")
     reason: str = Field(description="why, with the measured figure")
     runs: Literal["all", "full", "limited"] = Field(
         "all", description="`full`: only runs without --limit; `limited`: only --limit runs"
@@ -60,6 +62,14 @@ class KnownFailure(_Strict):
     def _reason(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the reason must state the measured figure, got an empty string")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: str) -> str:
+        known = [*Thresholds.model_fields, *(f"reference.{f}" for f in ReferenceConfig.model_fields)]
+        if value not in known:
+            raise ValueError(f"threshold {value!r} is not a threshold; one of: {', '.join(known)}")
         return value
 
 
@@ -331,9 +341,10 @@ class Experiment(_Strict):
     thresholds: Thresholds
     known_failures: dict[str, KnownFailure] = Field(
         default_factory=dict,
-        description="claim id (e.g. `test_harmless_unchanged[ablation]`) -> why the experiment does not meet "
-        "it, with the measured figure (a string, or a table {reason, runs} when only the full run or only "
-        "--limit runs miss it); the claim runs as a strict xfail, so it fails the run once it passes",
+        description="claim id (e.g. `test_harmless_unchanged[ablation]`) -> {threshold, reason[, runs]}: the "
+        "threshold it misses, why, with the measured figure, and `runs` when only the full run or only --limit "
+        "runs miss it; the claim runs as a strict xfail that accepts only a miss of that threshold, so it fails "
+        "the run once it passes or when it misses another threshold",
     )
 
     @field_validator("known_failures", mode="before")
@@ -341,10 +352,13 @@ class Experiment(_Strict):
     def _known_failures(cls, value: object) -> object:
         if not isinstance(value, dict):
             return value
-        for claim in value:
+        for claim, entry in value.items():
             if not CLAIM_ID.match(claim):
                 raise ValueError(f"{claim!r} is not a claim id like test_name or test_name[param]")
-        return {claim: {"reason": entry} if isinstance(entry, str) else entry for claim, entry in value.items()}
+            if isinstance(entry, str):
+                raise ValueError(f"{claim!r}: name the threshold it misses: "
+                                 f"{{ threshold = \"...\", reason = {entry!r} }}")
+        return value
 
     @model_validator(mode="after")
     def _reference_conditions(self) -> "Experiment":
