@@ -39,7 +39,8 @@ kl_max = 1e9
 induce_min = -1e9
 
 [generation]
-max_new_tokens = 4
+# Long enough that completions reach the leak check's minimum length (harness.report.MIN_LEAK_CHARS).
+max_new_tokens = 16
 batch_size = 8
 
 [stability]
@@ -119,12 +120,33 @@ def test_same_seed_same_results(two_runs):
     assert (first / "results.json").read_bytes() == (second / "results.json").read_bytes()
 
 
+def _harmful_completions(cache) -> list[str]:
+    texts = []
+    for part in cache.glob("completions/*/harmful/*/part-*.json"):
+        texts += [t.strip() for t in json.loads(part.read_text()).values()]
+    return texts
+
+
 def test_no_harmful_completion_in_reports(two_runs):
-    from harness.report import harmful_text_in
+    from harness.report import MIN_LEAK_CHARS, harmful_text_in
 
     _, _, report_dir = two_runs[0]
     cache = report_dir.parent.parent / "cache"
     assert harmful_text_in(report_dir, cache) == []
+    long_enough = [t for t in _harmful_completions(cache) if len(t) >= MIN_LEAK_CHARS]
+    assert long_enough, "no cached harmful completion is long enough for the leak check to look for it"
+
+
+def test_a_planted_leak_fails_the_run(tiny_experiment, tmp_path):
+    """A completion to a harmful prompt anywhere under the run's report folder fails the run and is named."""
+    from harness.report import MIN_LEAK_CHARS
+
+    code, out = _run_claims(tiny_experiment, tmp_path)
+    assert code == 0, out[-3000:]
+    leaked = next(t for t in _harmful_completions(tmp_path / "cache") if len(t) >= MIN_LEAK_CHARS)
+    (tmp_path / "reports" / "tiny-limit8" / "notes.md").write_text(f"an example answer: {leaked}\n")
+    code, out = _run_claims(tiny_experiment, tmp_path)
+    assert code != 0 and "ERROR: a completion to a harmful prompt is in" in out and "notes.md" in out, out[-3000:]
 
 
 FAKE_VLLM = '''"""A stand-in for vLLM in tests: the same calls, greedy decoding by transformers from a saved directory."""
