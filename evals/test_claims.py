@@ -105,24 +105,33 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
 
 
 def test_direction_selected(experiment, sets, selection, direction, candidates, record, claim_snapshot):
-    """The sweep finds a candidate that passes every filter; where the experiment fixes the published
-    (layer, pos), the selected direction is reported beside it."""
+    """Ablating the selected candidate lowers the refusal score on harmful validation prompts by the experiment's
+    bound; where the experiment fixes the published (layer, pos), the selected direction agrees with it."""
     from harness.directions import cosine
 
+    t = experiment.thresholds
     table = selection.table
     chosen = table[(table["layer"] == selection.layer) & (table["pos"] == selection.pos)].iloc[0]
+    drop = selection.baseline_harmful - float(chosen["bypass_score"])
     figures = {"layer": int(selection.layer), "pos": int(selection.pos),
-               "bypass_score": float(chosen["bypass_score"]), "induce_score": float(chosen["induce_score"]),
-               "kl": float(chosen["kl"]), "candidates": int(len(table)), "passed_filters": int((~table["filtered"]).sum())}
+               "baseline_harmful_score": selection.baseline_harmful, "bypass_score": float(chosen["bypass_score"]),
+               "score_drop": drop, "induce_score": float(chosen["induce_score"]), "kl": float(chosen["kl"]),
+               "candidates": int(len(table)), "passed_filters": int((~table["filtered"]).sum())}
     if direction.how != "selected":
         figures["cosine_to_fixed"] = float(cosine(candidates[selection.layer, selection.pos], direction.raw))
-    figures = record.figures(figures, headline=f"layer {selection.layer}, pos {selection.pos} of {len(table)} candidates",
+    figures = record.figures(figures, headline=f"layer {selection.layer}, pos {selection.pos} of {len(table)} "
+                                               f"candidates; refusal score {drop:+.2f} lower under ablation",
                              provenance={"datasets": _fit_datasets(sets), "judges": [],
                                          "conditions": ["ablation", "actadd"]})
     assert figures == claim_snapshot
-    require(figures["passed_filters"] >= 1, "no candidate passes the selection filters")
-    require(chosen["kl"] <= experiment.direction.selection.kl_max,
-            f"selected candidate's KL {chosen['kl']:.3g} > kl_max {experiment.direction.selection.kl_max}")
+    require(drop >= t.selection_score_drop_min,
+            f"ablating the selected direction lowers the harmful refusal score by {drop:.2f} < "
+            f"{t.selection_score_drop_min}", "selection_score_drop_min")
+    if "cosine_to_fixed" in figures:
+        require(figures["cosine_to_fixed"] >= t.fixed_direction_cosine_min,
+                f"selected (L{selection.layer}, P{selection.pos}) and fixed (L{direction.layer}, P{direction.pos}) "
+                f"directions: cosine {figures['cosine_to_fixed']:.3f} < {t.fixed_direction_cosine_min}",
+                "fixed_direction_cosine_min")
 
 
 def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):

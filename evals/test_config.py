@@ -31,6 +31,7 @@ harmless_kl_max = 0.1
 capability_max_drop = 0.05
 ce_max_delta = 0.1
 edit_logit_gap_max = 0.001
+selection_score_drop_min = -1e9
 """
 
 

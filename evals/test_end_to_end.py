@@ -63,6 +63,8 @@ harmless_kl_max = 1e9
 capability_max_drop = 1.0
 ce_max_delta = 1e9
 edit_logit_gap_max = 1e-3
+selection_score_drop_min = -1e9
+fixed_direction_cosine_min = -1.0
 methods_drop_pp_min = {{ diff_in_means = -100.0, inlp = -100.0 }}
 
 # A random model complies with everything under every condition, so compliance cannot rise.

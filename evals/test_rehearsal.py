@@ -109,7 +109,8 @@ def test_second_rehearsal_recomputes_nothing_and_leaks_nothing(name, rehearsals)
     stages = json.loads((report_dir / "stages.json").read_text())
     assert stages["computed"] == {}, f"{name}: a warm rehearsal recomputed {stages['computed']}"
     assert stages["reused"], "the warm rehearsal reused nothing"
-    assert json.loads((first[2] / "results.json").read_text()) == json.loads((report_dir / "results.json").read_text())
+    # Compared as text: random weights leave NaN rates, and NaN != NaN as floats.
+    assert (first[2] / "results.json").read_text() == (report_dir / "results.json").read_text()
     assert harmful_text_in(report_dir, cache) == []
 
 

@@ -219,13 +219,14 @@ def test_store_resumes_without_recomputing(planted, tmp_path, monkeypatch):
     kw = dict(layers=[1], positions=[-1, -2], progress=True)
     first_store = ItemStore("selection", "test")
     first = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], store=first_store, **kw)
-    assert first_store.recomputed == 2
-    assert set(first_store.load()) == {"L1_P-1", "L1_P-2"}
+    assert first_store.recomputed == 3  # the two candidates and the unablated baseline they are scored against
+    assert set(first_store.load()) == {"L1_P-1", "L1_P-2", "baseline"}
     again = ItemStore("selection", "test")
     second = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], store=again, **kw)
     assert again.recomputed == 0
     assert (second.layer, second.pos) == (first.layer, first.pos)
     assert second.table.equals(first.table)
+    assert (second.baseline_harmful, second.baseline_harmless) == (first.baseline_harmful, first.baseline_harmless)
 
 
 def test_pruned_layers_are_scored_on_request_but_stay_filtered(planted):

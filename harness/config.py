@@ -312,6 +312,14 @@ class Thresholds(_Strict):
     capability_max_drop: float
     ce_max_delta: float
     edit_logit_gap_max: float
+    selection_score_drop_min: float = Field(
+        description="test_direction_selected: how far (log-odds) ablating the selected direction must lower the "
+        "mean refusal score on harmful validation prompts"
+    )
+    fixed_direction_cosine_min: float | None = Field(
+        None, description="test_direction_selected, where the experiment fixes (layer, pos): smallest cosine "
+        "between the selected and the fixed direction"
+    )
     judge_unparseable_max: float = Field(
         0.0, ge=0, le=1, description="largest share of a judge's outputs that may be unparseable before a "
         "judge-based claim fails (they are counted and reported, never scored)"
@@ -359,6 +367,13 @@ class Experiment(_Strict):
                 raise ValueError(f"{claim!r}: name the threshold it misses: "
                                  f"{{ threshold = \"...\", reason = {entry!r} }}")
         return value
+
+    @model_validator(mode="after")
+    def _fixed_direction_bound(self) -> "Experiment":
+        if self.direction.layer is not None and self.thresholds.fixed_direction_cosine_min is None:
+            raise ValueError("direction.layer is fixed, so thresholds.fixed_direction_cosine_min must bound how far "
+                             "the selected direction may stray from it")
+        return self
 
     @model_validator(mode="after")
     def _reference_conditions(self) -> "Experiment":

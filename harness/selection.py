@@ -221,15 +221,23 @@ def select_direction(
     sweep = [(layer, pos) for layer in _resolve_layers(layers, total) for pos in pos_list]
 
     logits_of = functools.partial(last_position_logits, model, tokenizer, system=system, batch_size=batch_size)
-    base_harmful = scores_from_logits(logits_of(harmful_val), ids)
-    base_harmless_logits = logits_of(harmless_val)  # [n, vocab]
-    base_harmless = scores_from_logits(base_harmless_logits, ids)
+
+    @functools.cache
+    def base_harmless_logits() -> Tensor:  # [n, vocab]; only needed to score a candidate not yet stored
+        return logits_of(harmless_val)
+
+    def baseline(_: list[str]) -> list[dict[str, float]]:
+        return [{"harmful": float(scores_from_logits(logits_of(harmful_val), ids).mean()),
+                 "harmless": float(scores_from_logits(base_harmless_logits(), ids).mean())}]
+
+    # Stored like a candidate, so a resumed sweep reports the same baseline it scored against.
+    base = store.compute(["baseline"], baseline, batch_size=1)[0] if store is not None else baseline([])[0]
 
     def score(layer: int, pos: int) -> dict[str, float]:
         vector = candidates[layer, pos].float()
         with ablate(model, unit(vector)):
             bypass = scores_from_logits(logits_of(harmful_val), ids).mean()
-            kl = next_token_kl(base_harmless_logits, logits_of(harmless_val)).mean()
+            kl = next_token_kl(base_harmless_logits(), logits_of(harmless_val)).mean()
         induce = scores_from_logits(induced_logits(vector, layer), ids).mean()
         return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
 
@@ -287,7 +295,7 @@ def select_direction(
         bypass_score=float(top["bypass_score"]),
         induce_score=float(top["induce_score"]),
         kl=float(top["kl"]),
-        baseline_harmful=float(base_harmful.mean()),
-        baseline_harmless=float(base_harmless.mean()),
+        baseline_harmful=base["harmful"],
+        baseline_harmless=base["harmless"],
         refusal_ids=ids,
     )

@@ -1,0 +1,62 @@
+"""results.json and report.md: rounding that makes a rerun identical, the setup sections (chat format, judges,
+filtering, reasoning, unjudged completions, rehearsal) and per-claim provenance."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from harness.report import round_figures, write_report
+
+
+def test_round_figures_keeps_four_significant_digits_and_types():
+    got = round_figures({"a": 0.123456, "b": 123456.7, "c": [1, True, None, "x"], "d": np.float32(2.0 / 3),
+                         "e": float("nan"), "f": 0.0})
+    assert got["a"] == 0.1235 and got["b"] == 123500.0 and got["c"] == [1, True, None, "x"]
+    assert got["d"] == 0.6667 and math.isnan(got["e"]) and got["f"] == 0.0
+    with pytest.raises(TypeError, match="object"):
+        round_figures({"bad": object()})
+
+
+CLAIMS = {
+    "test_refusal_drop[ablation]": {"figures": {"substring": {"drop_pp": 40.04}}, "outcome": "passed",
+                                    "headline": "substring: -40.0 pp",
+                                    "provenance": {"datasets": ["jailbreakbench"], "judges": ["substring"],
+                                                   "conditions": ["ablation", "baseline"]}},
+    "test_baseline_refuses": {"figures": {}, "outcome": "rehearsed", "headline": ""},
+}
+ARTIFACTS = {
+    "chat": {"family": "gpt_oss", "refusal_tokens": ["I"], "refusal_token_ids": [40], "date": "2026-01-01"},
+    "judges": {"llamaguard3": {"name": "llamaguard3"}, "substring": {"name": "substring"}},
+    "filtering": {"counts": {"harmful_train": [128, 97]}, "note": ""},
+    "reasoning": {"baseline/harmful": {"condition": "baseline", "set": "harmful", "n": 10, "reasoning": "harmony",
+                                       "no_answer": 3, "mean_reasoning_tokens": 212.5, "max_reasoning_tokens": 1024}},
+    "unjudged": {"llamaguard3/baseline/harmful": {"judge": "llamaguard3", "condition": "baseline", "set": "harmful",
+                                                  "n": 10, "no_answer": 3, "unparseable": 1, "unparseable_share": 1 / 7}},
+    "rehearsal_model": {"family": "gpt_oss", "stand_ins": []},
+}
+
+
+def test_report_sections_and_results(tmp_path):
+    path = write_report(tmp_path, {"experiment": "x", "rehearsal": "tiny"}, CLAIMS, ARTIFACTS)
+    md = path.read_text()
+    for section in ("## Claims", "## Chat format", "## Judges", "## Prompt filtering (reference)", "## Reasoning",
+                    "## Completions without a judgment", "## Rehearsal"):
+        assert section in md, section
+    assert "| harmful_train | 128 | 97 |" in md and "| baseline | harmful | 10 | 3 | 212.5 | 1024 |" in md
+    assert "| llamaguard3 | baseline | harmful | 10 | 3 | 1 |" in md
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["claims"]["test_refusal_drop[ablation]"] == {"substring": {"drop_pp": 40.04}}
+    assert results["provenance"]["test_refusal_drop[ablation]"]["datasets"] == ["jailbreakbench"]
+    assert results["setup"]["chat"]["refusal_token_ids"] == [40]
+    assert set(results["setup"]) == set(ARTIFACTS)
+
+
+def test_setup_sections_stay_out_when_nothing_to_show(tmp_path):
+    quiet = {"reasoning": {k: {**v, "reasoning": "none", "no_answer": 0} for k, v in ARTIFACTS["reasoning"].items()},
+             "unjudged": {k: {**v, "no_answer": 0, "unparseable": 0} for k, v in ARTIFACTS["unjudged"].items()}}
+    md = write_report(tmp_path, {"experiment": "x"}, CLAIMS, quiet).read_text()
+    assert "## Reasoning" not in md and "## Completions without a judgment" not in md and "## Rehearsal" not in md
