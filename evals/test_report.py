@@ -60,3 +60,16 @@ def test_setup_sections_stay_out_when_nothing_to_show(tmp_path):
              "unjudged": {k: {**v, "no_answer": 0, "unparseable": 0} for k, v in ARTIFACTS["unjudged"].items()}}
     md = write_report(tmp_path, {"experiment": "x"}, CLAIMS, quiet).read_text()
     assert "## Reasoning" not in md and "## Completions without a judgment" not in md and "## Rehearsal" not in md
+
+
+def test_snapshots_compare_counts_exactly_and_continuous_figures_within_their_tolerance():
+    from harness.report import figures_match
+
+    base = {"n": 80, "refused": 32, "rate": 0.4, "kl_mean": 0.5773, "mcnemar_p": 4.66e-10, "exact": True,
+            "judge": "substring", "cosines": [0.953, 0.961], "nan": float("nan")}
+    assert figures_match(base, dict(base))
+    assert figures_match({**base, "kl_mean": 0.5772, "cosines": [0.9531, 0.9609]}, base), "float noise passes"
+    assert figures_match({**base, "mcnemar_p": 4.7e-10}, base)
+    for changed in ({"n": 81}, {"refused": 33}, {"rate": 0.4125}, {"kl_mean": 0.59}, {"mcnemar_p": 9e-10},
+                    {"exact": 1}, {"judge": "llamaguard2"}, {"cosines": [0.953]}, {"nan": 0.0}, {"extra": 1}):
+        assert not figures_match({**base, **changed}, base), changed

@@ -36,6 +36,38 @@ def round_figures(obj: Any, sig: int = SIG_DIGITS) -> Any:
     raise TypeError(f"cannot put {type(obj).__name__} into results.json")
 
 
+# How far a snapshotted continuous figure may move before the snapshot fails: (relative, absolute). Counts,
+# booleans and strings compare exactly; a rate is a count over n, so one flipped prompt (>= 1/n) always fails.
+# Figures not named here take DEFAULT_TOLERANCE: enough for float noise across BLAS kernels and thread counts
+# (the 4th significant digit of a KL or CE), far below any change a claim is about.
+DEFAULT_TOLERANCE = (2e-3, 1e-6)
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "mcnemar_p": (0.05, 1e-12),
+    "mcnemar_p_vs_reference": (0.05, 1e-12),
+    "kl_max": (0.01, 1e-6),
+    "bypass_score": (0.01, 1e-3),
+    "induce_score": (0.01, 1e-3),
+    "baseline_harmful_score": (0.01, 1e-3),
+    "score_drop": (0.01, 1e-3),
+}
+
+
+def figures_match(new: Any, old: Any, key: str = "") -> bool:
+    """Whether snapshotted figures agree: same structure, equal counts and labels, and each float within its
+    tolerance (TOLERANCES by the figure's name, else DEFAULT_TOLERANCE)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return new.keys() == old.keys() and all(figures_match(new[k], old[k], k) for k in new)
+    if isinstance(new, list) and isinstance(old, list):
+        return len(new) == len(old) and all(figures_match(a, b, key) for a, b in zip(new, old))
+    if isinstance(new, float) and isinstance(old, (int, float)) and not isinstance(old, bool) \
+            or isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
+        if math.isnan(new) or math.isnan(old):
+            return math.isnan(new) and math.isnan(old)
+        rel, abs_ = TOLERANCES.get(key, DEFAULT_TOLERANCE)
+        return math.isclose(new, old, rel_tol=rel, abs_tol=abs_)
+    return type(new) is type(old) and new == old
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
