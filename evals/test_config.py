@@ -118,3 +118,34 @@ def test_experiment_option_takes_a_path_outside_the_checkout(form, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "evals/test_claims.py::test_baseline_refuses" in proc.stdout
     assert "unrecognized arguments" not in proc.stderr
+
+
+@pytest.mark.parametrize("edit, option, message", [
+    (("\nkl_max = 1.0\n", "\nkl_maxx = 1.0\n"), [], "field `direction.selection.kl_maxx`: Extra inputs are not permitted"),
+    (("", ""), ["--limit", "2"], "--limit must be at least 4, got 2"),
+    (('sha256 = "b179', 'sha256 = "a179'), [], "the model cannot be loaded"),
+])
+def test_a_run_that_cannot_start_says_so_once_and_writes_no_report(edit, option, message, tmp_path):
+    """A bad experiment file, option or pinned model stops the run with one message naming what is wrong, before
+    any claim runs, and leaves no report behind."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    toml = tmp_path / "bad.toml"
+    text = (root / "experiments" / "demo.toml").read_text()
+    assert edit[0] in text
+    toml.write_text(text.replace(*edit, 1))
+    reports = tmp_path / "reports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", f"--experiment={toml}", *option, "-q", "-p", "no:xdist",
+         "-p", "no:cacheprovider", "evals/test_claims.py"],
+        cwd=root, env={**os.environ, "HARNESS_REPORTS_DIR": str(reports)}, capture_output=True, text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out[-3000:]
+    assert out.count(message) == 1 or (message == "the model cannot be loaded" and out.count(message) <= 2), out
+    assert "passed" not in out and not any(reports.glob("*/report.md")), out[-3000:]
