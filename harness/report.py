@@ -164,7 +164,7 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
                 "Harmful train/val prompts kept where the base model's refusal score is > 0, harmless where < 0.", "",
                 "| set | before | after |", "|---|---|---|"]
         out += [f"| {name} | {before} | {after} |" for name, (before, after) in filtering["counts"].items()]
-        out += ([f"", f"{filtering['note']}"] if filtering.get("note") else []) + [""]
+        out += (["", filtering["note"]] if filtering.get("note") else []) + [""]
     reasoning = artifacts.get("reasoning")
     if reasoning and any(r["reasoning"] != "none" for r in reasoning.values()):
         out += ["## Reasoning", "", "Judges see the answer only; a completion cut by max_new_tokens inside its "
