@@ -51,7 +51,8 @@ def load_named(ref: DatasetRef, seed: int, limit: int | None, placeholders: bool
     return seeded_subset(load_dataset(ref, seed=seed), limit, seed + 1)
 
 
-def _name(ref: DatasetRef, frame: pd.DataFrame) -> str:
+def dataset_label(ref: DatasetRef, frame: pd.DataFrame) -> str:
+    """The dataset's registry name as reports show it, marked where a rehearsal used a placeholder."""
     return f"{ref.name} (placeholder)" if frame.attrs.get("placeholder") else ref.name
 
 
@@ -81,7 +82,7 @@ def _from_construction(exp: Experiment, limit: int | None, placeholders: bool) -
     split = area_split(frame, con.fit_areas, con.split_seed, con.fit_area_names)
     fit, held = split.fit, split.heldout
     sets: dict[str, object] = {}
-    provenance = {"construction": _name(con.dataset, loaded)}
+    provenance = {"construction": dataset_label(con.dataset, loaded)}
     for label, name in (("unsafe", "harmful"), ("safe", "harmless")):
         part = seeded_subset(fit[fit["label"] == label], limit, exp.seed)
         train, val = _train_val(part, con.val_fraction, exp.seed)
@@ -90,7 +91,7 @@ def _from_construction(exp: Experiment, limit: int | None, placeholders: bool) -
         if named is not None:
             frame_eval = load_named(named, exp.seed, limit, placeholders)
             sets[f"{name}_eval"] = _eval_frame(frame_eval)
-            provenance[f"{name}_eval"] = _name(named, frame_eval)
+            provenance[f"{name}_eval"] = dataset_label(named, frame_eval)
         else:
             sets[f"{name}_eval"] = _eval_frame(seeded_subset(held[held["label"] == label], limit, exp.seed))
             provenance[f"{name}_eval"] = f"{provenance['construction']}, held-out areas"
@@ -132,7 +133,7 @@ def _from_named(exp: Experiment, limit: int | None, placeholders: bool) -> Promp
         harmless_val=bval,
         harmful_eval=_eval_frame(load("harmful_eval")),
         harmless_eval=_eval_frame(load("harmless_eval")),
-        provenance={k: _name(getattr(d, k), frame) for k, frame in frames.items()},
+        provenance={k: dataset_label(getattr(d, k), frame) for k, frame in frames.items()},
     )
 
 

@@ -150,9 +150,8 @@ def shrink_config(config) -> None:
         n = max(n, min(TINY_LAYERS, len(types)))
         text.layer_types = list(types[:n])
     text.num_hidden_layers = n
-    for name in ("max_window_layers",):
-        if getattr(text, name, None) is not None:
-            setattr(text, name, n)
+    if getattr(text, "max_window_layers", None) is not None:
+        text.max_window_layers = n
 
 
 def _template_only(folder: Path | None) -> str | None:
@@ -169,26 +168,51 @@ def _template_only(folder: Path | None) -> str | None:
     return None
 
 
-def pinned_tokenizer(cfg: ModelConfig) -> tuple[Any, str, str | None, list[str]]:
-    """(tokenizer, where it came from, family or None, stand-ins): the model's own tokenizer and template
-    where they are at hand; else the family's tiny tokenizer, with the real template where that exists."""
+@dataclass
+class _Pinned:
+    """Where the pinned model's small files are, and its config (None where none is at hand)."""
+
+    folder: Path | None
+    kwargs: dict
+    where: str
+    config: Any
+    config_source: str
+    family: str
+
+
+def _pinned(cfg: ModelConfig) -> _Pinned:
     from harness.arch import family_of
-    from harness.tiny import tiny_tokenizer
 
     folder, kwargs, where = _sources(cfg)
-    config, _ = _load_config(cfg, folder, kwargs, where)
+    config, config_source = _load_config(cfg, folder, kwargs, where)
     family = cfg.family or (family_of(config) if config is not None else family_from_id(cfg.id))
-    tokenizer, source = _load_tokenizer(cfg, folder, kwargs, where)
+    return _Pinned(folder, kwargs, where, config, config_source, family)
+
+
+def _tokenizer(cfg: ModelConfig, pinned: _Pinned) -> tuple[Any, str, list[str]]:
+    """(tokenizer, where it came from, stand-ins) for the pinned files."""
+    from harness.tiny import tiny_tokenizer
+
+    family, where = pinned.family, pinned.where
+    tokenizer, source = _load_tokenizer(cfg, pinned.folder, pinned.kwargs, where)
     if tokenizer is not None:
-        return tokenizer, source, family, []
+        return tokenizer, source, []
     tokenizer = tiny_tokenizer(family)
-    template = _template_only(folder)
+    template = _template_only(pinned.folder)
     if template is not None:
         tokenizer.chat_template = template
-        return tokenizer, f"tiny {family} tokenizer with the real chat template of {where}", family, [
+        return tokenizer, f"tiny {family} tokenizer with the real chat template of {where}", [
             f"no tokenizer for {cfg.id} offline: the tiny {family} tokenizer stands in under the real chat template"]
-    return tokenizer, f"tiny {family} tokenizer and template (stand-in)", family, [
+    return tokenizer, f"tiny {family} tokenizer and template (stand-in)", [
         f"no tokenizer or template for {cfg.id} offline: the tiny {family} tokenizer and template stand in"]
+
+
+def pinned_tokenizer(cfg: ModelConfig) -> tuple[Any, str, str, list[str]]:
+    """(tokenizer, where it came from, family, stand-ins): the model's own tokenizer and template where they
+    are at hand; else the family's tiny tokenizer, with the real template where that exists."""
+    pinned = _pinned(cfg)
+    tokenizer, source, stand_ins = _tokenizer(cfg, pinned)
+    return tokenizer, source, pinned.family, stand_ins
 
 
 def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int = 0) -> RehearsalModel:
@@ -200,9 +224,9 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
 
     if mode not in MODES:
         raise RehearsalError(f"--rehearse takes one of {MODES}, got {mode!r}")
-    folder, kwargs, where = _sources(cfg)
-    config, config_source = _load_config(cfg, folder, kwargs, where)
-    tokenizer, tokenizer_source, family, stand_ins = pinned_tokenizer(cfg)
+    pinned = _pinned(cfg)
+    config, config_source, family = pinned.config, pinned.config_source, pinned.family
+    tokenizer, tokenizer_source, stand_ins = _tokenizer(cfg, pinned)
     if config is None:
         if mode == "full":
             raise RehearsalError(
@@ -216,17 +240,17 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
         real_layers = None
     else:
         config = _clean(config)
-        real_layers = (config.get_text_config() if hasattr(config, "get_text_config") else config).num_hidden_layers
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        real_layers = text.num_hidden_layers
         if mode == "tiny":
             shrink_config(config)
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
         text.vocab_size = max(int(text.vocab_size), len(tokenizer))
         dtype = torch.float32 if mode == "tiny" else DTYPES[cfg.dtype]
         with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
             randomize_zero_inits(model)
-    _generation_config(model, folder, tokenizer)
+    _generation_config(model, pinned.folder, tokenizer)
     model.config.harness_real_layers = real_layers
     if cfg.family is not None:
         model.config.harness_family = cfg.family
