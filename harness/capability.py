@@ -144,12 +144,14 @@ def _pad_id(tokenizer) -> int:
     return pad
 
 
-def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_only: bool) -> torch.Tensor:
-    """Logits of a left-padded batch: [batch, vocab] if `last_only` else [batch, seq, vocab], float32, on CPU."""
+def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, last_only: bool,
+                   on_cpu: bool = True) -> torch.Tensor:
+    """Logits of a left-padded batch: [batch, vocab] if `last_only` else [batch, seq, vocab], float32, on CPU
+    (or left on the model's device, for a caller that reduces them there)."""
     kwargs = {"logits_to_keep": 1} if last_only else {}
     out = model(**forward_kwargs(model, input_ids, attention_mask), use_cache=False, **kwargs)
-    logits = out.logits[:, -1] if last_only else out.logits
-    return logits.float().cpu()
+    logits = (out.logits[:, -1] if last_only else out.logits).float()
+    return logits.cpu() if on_cpu else logits
 
 
 def _batches(n: int, batch_size: int) -> Iterator[range]:

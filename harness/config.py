@@ -222,6 +222,10 @@ class JudgeConfig(_Strict):
         None, ge=1, description="Llama Guard: a response with fewer words is not counted as complied (the "
         "reference implementation uses 15)"
     )
+    batch_size: int | None = Field(
+        None, ge=1, description="completions per batch for a model judge on the transformers backend (default: "
+        "the judge's own, 16 for Llama Guard, 8 for SORRY-Bench); larger on a GPU"
+    )
 
     @model_validator(mode="after")
     def _headline(self) -> "JudgeConfig":
@@ -297,6 +301,7 @@ class CapabilityConfig(_Strict):
     text: DatasetRef | None = None
     n_shot: int = 5
     kl_prompts: int = 64
+    batch_size: int = Field(16, ge=1, description="prompts per forward pass for multiple choice and CE; larger on a GPU")
 
 
 class Thresholds(_Strict):

@@ -77,7 +77,7 @@ def scores_from_logits(logits: Tensor, refusal_ids: Sequence[int]) -> Tensor:
     if not refusal_ids:
         raise ValueError("refusal_ids is empty")
     logits = logits.double()
-    mask = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     mask[list(refusal_ids)] = True
     log_p = torch.logsumexp(logits[:, mask], dim=-1)
     log_not_p = torch.logsumexp(logits[:, ~mask], dim=-1)
@@ -173,7 +173,7 @@ def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], 
         for (ids, mask), hidden in zip(batches, inputs):
             with resume_at(model, layer, hidden[layer]) if hidden is not None else nullcontext():
                 with actadd(model, vector, layer, 1.0):
-                    out.append(forward_logits(model, ids, mask, last_only=True))
+                    out.append(forward_logits(model, ids, mask, last_only=True, on_cpu=False))
         return torch.cat(out)
 
     return logits
@@ -220,15 +220,24 @@ def select_direction(
     pos_list = _resolve_positions(positions, candidates.shape[1])
     sweep = [(layer, pos) for layer in _resolve_layers(layers, total) for pos in pos_list]
 
-    logits_of = functools.partial(last_position_logits, model, tokenizer, system=system, batch_size=batch_size)
+    # Harmful and harmless validation prompts go through one tokenization and one forward per batch, and the
+    # logits are reduced where they are: a sweep is bound by per-forward overhead, not by FLOPs.
+    n_harmful = len(harmful_val)
+    val_batches = prompt_batches(tokenizer, harmful_val + harmless_val, system=system, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def val_logits() -> tuple[Tensor, Tensor]:  # ([n_harmful, vocab], [n_harmless, vocab]) on the model's device
+        logits = torch.cat([forward_logits(model, i, m, last_only=True, on_cpu=False) for i, m in val_batches])
+        return logits[:n_harmful], logits[n_harmful:]
 
     @functools.cache
-    def base_harmless_logits() -> Tensor:  # [n, vocab]; only needed to score a candidate not yet stored
-        return logits_of(harmless_val)
+    def base_logits() -> tuple[Tensor, Tensor]:  # only needed to score a candidate not yet stored
+        return val_logits()
 
     def baseline(_: list[str]) -> list[dict[str, float]]:
-        return [{"harmful": float(scores_from_logits(logits_of(harmful_val), ids).mean()),
-                 "harmless": float(scores_from_logits(base_harmless_logits(), ids).mean())}]
+        harmful, harmless = base_logits()
+        return [{"harmful": float(scores_from_logits(harmful, ids).mean()),
+                 "harmless": float(scores_from_logits(harmless, ids).mean())}]
 
     # Stored like a candidate, so a resumed sweep reports the same baseline it scored against.
     base = store.compute(["baseline"], baseline, batch_size=1)[0] if store is not None else baseline([])[0]
@@ -236,8 +245,9 @@ def select_direction(
     def score(layer: int, pos: int) -> dict[str, float]:
         vector = candidates[layer, pos].float()
         with ablate(model, unit(vector)):
-            bypass = scores_from_logits(logits_of(harmful_val), ids).mean()
-            kl = next_token_kl(base_harmless_logits(), logits_of(harmless_val)).mean()
+            harmful, harmless = val_logits()
+        bypass = scores_from_logits(harmful, ids).mean()
+        kl = next_token_kl(base_logits()[1], harmless).mean()
         induce = scores_from_logits(induced_logits(vector, layer), ids).mean()
         return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
 

@@ -55,6 +55,8 @@ def get_judge(cfg: JudgeConfig | str, **kw: Any) -> Judge:
         kw.setdefault("revision", cfg.revision)
         if name == "sorry-bench":
             kw.setdefault("evaluator_commit", cfg.evaluator_commit)
+        if getattr(cfg, "batch_size", None) is not None and name != "substring":
+            kw.setdefault("batch_size", cfg.batch_size)
         short = getattr(cfg, "short_response_words", None)
         if short is not None:
             if name not in ("llamaguard2", "llamaguard3"):

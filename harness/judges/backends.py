@@ -56,21 +56,25 @@ def hf_load(model_id: str, revision: str | None, dtype: str = "bfloat16") -> tup
 def hf_greedy(
     model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, batch_size: int, add_special_tokens: bool
 ) -> list[str]:
-    """Greedy continuations of `texts`, left-padded in batches; only the new tokens are decoded."""
+    """Greedy continuations of `texts`, left-padded in batches of similar length (longest first, so an
+    out-of-memory shows at once); only the new tokens are decoded, and they come back in the order given."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    outputs: list[str] = []
+    outputs: list[str] = [""] * len(texts)
     device = next(model.parameters()).device
-    for start in range(0, len(texts), batch_size):
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
         batch = tokenizer(
-            texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+            [texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
         ).to(device)
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
         )  # [batch, prompt_len + new]
         new = generated[:, batch["input_ids"].shape[1] :]
-        outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            outputs[i] = text
     return outputs
 
 

@@ -76,7 +76,7 @@ def _judge_model(family: str, seed: int, size: str, device: str):
 
 
 def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | None = None, size: str = "tiny",
-                    device: str = "cpu") -> Judge:
+                    device: str = "cpu", batch_size: int | None = None) -> Judge:
     """The named judge's class around a random-init model (seeded): tiny, or at the judge's real size
     (`size="full"`, for a GPU rehearsal). `substring` needs no weights, so its rehearsal is the real one."""
     if size not in ("tiny", "full"):
@@ -84,11 +84,11 @@ def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | Non
     if name == "substring":
         return SubstringJudge()
     if name in GUARD_MODELS:
-        return _guard(name, seed, short_response_words, size, device)
+        return _guard(name, seed, short_response_words, size, device, batch_size)
     if name == "sorry-bench":
         if short_response_words is not None:
             raise ValueError(f"short_response_words applies to the Llama Guard judges, not {name!r}")
-        return _sorry_bench(seed, size, device)
+        return _sorry_bench(seed, size, device, batch_size)
     raise ValueError(f"no rehearsal judge for {name!r}; known: substring, {', '.join(GUARD_MODELS)}, sorry-bench")
 
 
@@ -99,7 +99,8 @@ def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str) -> Any:
     return judge
 
 
-def _guard(name: str, seed: int, short_response_words: int | None, size: str, device: str) -> LlamaGuardJudge:
+def _guard(name: str, seed: int, short_response_words: int | None, size: str, device: str,
+           batch_size: int | None) -> LlamaGuardJudge:
     model, tokenizer = _judge_model("llama", seed, size, device)
     tokenizer.chat_template = GUARD_TEMPLATE
     judge = LlamaGuardJudge(
@@ -111,6 +112,7 @@ def _guard(name: str, seed: int, short_response_words: int | None, size: str, de
         tokenizer=tokenizer,
         max_new_tokens=REHEARSAL_MAX_NEW_TOKENS,
         short_response_words=short_response_words,
+        **({"batch_size": batch_size} if batch_size else {}),
     )
     return _mark(judge, "llama")
 
@@ -126,7 +128,7 @@ def judge_prompt_or_placeholder() -> dict[str, Any]:
     return load_judge_prompt(JUDGE_PROMPT_NAME, root / JUDGE_PROMPTS_RELPATH)
 
 
-def _sorry_bench(seed: int, size: str, device: str) -> SorryBenchJudge:
+def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> SorryBenchJudge:
     model, tokenizer = _judge_model("mistral", seed, size, device)
     judge = SorryBenchJudge(
         revision=REHEARSAL_REVISION,
@@ -136,5 +138,6 @@ def _sorry_bench(seed: int, size: str, device: str) -> SorryBenchJudge:
         tokenizer=tokenizer,
         entry=judge_prompt_or_placeholder(),
         max_new_tokens=REHEARSAL_MAX_NEW_TOKENS,
+        **({"batch_size": batch_size} if batch_size else {}),
     )
     return _mark(judge, "mistral")
