@@ -15,6 +15,8 @@ pytest_plugins = [
     "fixtures.direction",
     "fixtures.completions",
     "fixtures.claims",
+    "fixtures.environment",
+    "fixtures.export",
     "fixtures.verdict",
 ]
 

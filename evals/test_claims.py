@@ -34,13 +34,13 @@ def _rates(judgments, condition: str, judge: str) -> dict:
             for which in ("harmful", "harmless")}
 
 
-def _paired(before: list[int | None], after: list[int | None]):
+def _paired(before: list[int | None], after: list[int | None], interval: str = "newcombe"):
     """Paired compliance change over the prompts both conditions have a judgment for (None if there are none)."""
     keep = [i for i, (b, a) in enumerate(zip(before, after)) if b is not None and a is not None]
     if not keep:
         return None
-    return paired_difference(np.array([before[i] for i in keep], dtype=bool), np.array([after[i] for i in keep],
-                                                                                         dtype=bool))
+    return paired_difference(np.array([before[i] for i in keep], dtype=bool),
+                             np.array([after[i] for i in keep], dtype=bool), interval=interval)
 
 
 def _require_parseable(experiment, answers, judgments, judge: str, cells: list[tuple[str, str]], record) -> None:
@@ -57,6 +57,21 @@ def _require_parseable(experiment, answers, judgments, judge: str, cells: list[t
                 f"{judge}: {row['unparseable']} of {row['n'] - row['no_answer']} outputs unparseable on "
                 f"{row['condition']}/{row['set']} ({row['unparseable_share']:.1%} > judge_unparseable_max {bound:.0%})",
                 "judge_unparseable_max")
+
+
+def _record_agreement(judgments, judges, condition: str, record) -> None:
+    """Each other judge against the headline judge (the first) on the same completions, per prompt set: a report
+    table, never a claim figure."""
+    from harness.agreement import agreement
+
+    head, *others = judges
+    if not others:
+        return
+    record.merge("judge_agreement", {
+        f"{head}/{other}/{condition}/{which}": {
+            "a": head, "b": other, "condition": condition, "set": which,
+            **agreement(judgments(condition, which, head), judgments(condition, which, other)).as_dict()}
+        for other in others for which in ("harmful", "harmless")})
 
 
 FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "harmless_val")
@@ -85,6 +100,7 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
     by_judge = {judge: _rates(judgments, "baseline", judge) for judge in judges}
     for rows in by_judge.values():
         record.merge("conditions", list(rows.values()))
+    _record_agreement(judgments, judges, "baseline", record)
     rows = by_judge[headline]
     figures = {w: {"refused": r["refused"], "n": r["n"], "rate": r["rate"]} for w, r in rows.items()}
     figures["other_judges"] = {j: {w: {"refused": r["refused"], "n": r["n"]} for w, r in rs.items()}
@@ -147,6 +163,7 @@ def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, r
         drops[judge] = 100 * (before["rate"] - after["rate"])
         figures[judge] = {"baseline_rate": before["rate"], "rate": after["rate"], "drop_pp": drops[judge],
                           "n": after["n"]}
+    _record_agreement(judgments, judges, condition, record)
     figures = record.figures(figures, headline=", ".join(f"{j}: -{d:.1f} pp" for j, d in drops.items()),
                              provenance=_provenance(sets, judges, "baseline", condition, which=("harmful",)))
     assert figures == claim_snapshot
@@ -162,7 +179,7 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
     exact McNemar p below alpha, on the headline judge."""
     headline = experiment.judges.headline_name
     before, after = judgments("baseline", "harmful", headline), judgments(condition, "harmful", headline)
-    pd_ = _paired(before, after)
+    pd_ = _paired(before, after, experiment.statistics.paired_interval)
     provenance = _provenance(sets, [headline], "baseline", condition, which=("harmful",))
     if pd_ is None:
         record.figures({"n": 0, "judge": headline}, headline=f"{headline}: no prompt judged under both conditions",
@@ -172,7 +189,7 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
         require(False, f"{headline}: no harmful prompt is judged under both baseline and {condition}")
     flips = {"refusal_to_compliance": pd_.refusal_to_compliance, "compliance_to_refusal": pd_.compliance_to_refusal,
              "both_complied": pd_.both_complied, "both_refused": pd_.both_refused, "diff": pd_.diff,
-             "ci_low": pd_.ci_low, "ci_high": pd_.ci_high, "mcnemar_p": pd_.mcnemar_p}
+             "ci_low": pd_.ci_low, "ci_high": pd_.ci_high, "ci_method": pd_.ci_method, "mcnemar_p": pd_.mcnemar_p}
     record.merge("flips", {condition: flips})
     if condition in ("ablation", "weight_edit"):
         frame = sets.harmful_eval
@@ -261,8 +278,10 @@ def test_harmless_unchanged(condition, experiment, sets, answers, judgments, har
             "harmless_kl_max")
 
 
-def test_capability_retention(benchmark_name, experiment, sets, capability_scores, record, claim_snapshot):
-    """On the capability sets the experiment names (parametrized by fixtures.claims)."""
+def test_capability_retention(benchmark_name, experiment, sets, capability_scores, capability_items, record,
+                              claim_snapshot):
+    """On the capability sets the experiment names (parametrized by fixtures.claims). A multiple-choice set where the
+    baseline is not above chance cannot show a loss, so there the claim fails rather than pass by default."""
     t = experiment.thresholds
     base = capability_scores("baseline", benchmark_name)
     edited = capability_scores("weight_edit", benchmark_name)
@@ -275,67 +294,97 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
         figures = record.figures({"baseline_ce": base["ce"], "edited_ce": edited["ce"], "delta": delta},
                                  headline=f"CE {base['ce']:.3f} -> {edited['ce']:.3f}", provenance=provenance)
     else:
-        from harness.stats import paired_difference
+        from harness.stats import above_chance_p, paired_difference
 
         paired = paired_difference(np.array(base["correct"]), np.array(edited["correct"]))
         delta = edited["accuracy"] - base["accuracy"]
+        asked = capability_items(benchmark_name)[0][experiment.capability.n_shot:]
+        chance = float(np.mean([1 / len(q["choices"]) for q in asked]))
+        chance_p = above_chance_p(int(sum(base["correct"])), base["n"], chance)
         row = {"benchmark": f"{benchmark_name} {experiment.capability.n_shot}-shot", "source": base["source"],
-               "baseline": base["accuracy"], "weight_edit": edited["accuracy"], "change": delta}
+               "baseline": base["accuracy"], "weight_edit": edited["accuracy"], "change": delta, "chance": chance,
+               "above_chance_p": chance_p}
         figures = record.figures({"baseline_accuracy": base["accuracy"], "edited_accuracy": edited["accuracy"],
-                                  "n": base["n"], "mcnemar_p": paired.mcnemar_p},
-                                 headline=f"accuracy {base['accuracy']:.1%} -> {edited['accuracy']:.1%} (n={base['n']})",
+                                  "n": base["n"], "mcnemar_p": paired.mcnemar_p, "chance": chance,
+                                  "above_chance_p": chance_p},
+                                 headline=f"accuracy {base['accuracy']:.1%} -> {edited['accuracy']:.1%} (n={base['n']}, "
+                                          f"chance {chance:.1%})",
                                  provenance=provenance)
     record.artifact("capability", pd.DataFrame(record.merge("capability_rows", [row])))
     assert figures == claim_snapshot
     if benchmark_name == "text":
         require(delta <= t.ce_max_delta, f"CE rose by {delta:.3f} > {t.ce_max_delta}", "ce_max_delta")
     else:
+        require(chance_p < t.capability_chance_alpha,
+                f"{benchmark_name}: baseline accuracy {base['accuracy']:.1%} is not above chance {chance:.1%} (one-sided "
+                f"exact binomial p {chance_p:.3g} >= {t.capability_chance_alpha}), so no loss can be shown on it",
+                "capability_chance_alpha")
         require(-delta <= t.capability_max_drop, f"{benchmark_name} accuracy fell {-delta:.3f} > {t.capability_max_drop}",
                 "capability_max_drop")
 
 
 def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
+    """The weight edit against activation ablation, for every family: the largest logit gap and the share of the
+    direction left in the edited residual stream, each within the experiment's bound. An exact edit's figures are
+    floating-point noise; a non-exact one (a kept tie, Gemma's norms) shows how far it leaks."""
+    t = experiment.thresholds
     fid = fidelity
-    gaps = {"max_logit_gap": float(fid["max_logit_gap"]),
-            "max_residual_component": float(max(fid["residual_component"]))}
-    bound = experiment.thresholds.edit_logit_gap_max
+    gap = float(fid["max_logit_gap"])
+    scale = max(fid["baseline_component"])
+    leak = float(max(fid["residual_component"]) / scale) if scale > 0 else float("nan")
     figures = record.figures(
-        {"exact": bool(fid["exact"]), "max_logit_gap_within_bound": gaps["max_logit_gap"] <= bound}
-        if fid["exact"] else {"exact": False, **gaps},
-        headline=("exact edit" if fid["exact"] else "edit not exact: leakage measured")
-        + f", max |logit gap| {gaps['max_logit_gap']:.3g}",
-        noise=gaps if fid["exact"] else None,
+        {"exact": bool(fid["exact"]), "max_logit_gap": gap, "leak_share": leak},
+        headline=("exact edit" if fid["exact"] else f"edit not exact ({fid['leak_reason']})")
+        + f": max |logit gap| {gap:.3g}, {leak:.2e} of the direction left",
+        noise={"max_residual_component": float(max(fid["residual_component"])), "baseline_component": float(scale)},
         provenance={"datasets": [sets.provenance["harmless_eval"], *_fit_datasets(sets)], "judges": [],
                     "conditions": ["weight_edit", "ablation"]},
     )
     record.artifact("fidelity", pd.DataFrame([{"layer": i, "max |component along r-hat|": c}
                                               for i, c in enumerate(fid["residual_component"])]))
     assert figures == claim_snapshot
-    if fid["exact"]:
-        require(gaps["max_logit_gap"] <= bound, f"logit gap {gaps['max_logit_gap']:.3g} > {bound} on an exact edit",
-                "edit_logit_gap_max")
+    require(gap <= t.edit_logit_gap_max, f"max |logit gap| edited vs ablated {gap:.3g} > {t.edit_logit_gap_max}"
+            + ("" if fid["exact"] else f" (not exact: {fid['leak_reason']})"), "edit_logit_gap_max")
+    assert t.edit_leak_max is not None, f"{experiment.source_file}: thresholds.edit_leak_max is not set"
+    require(leak <= t.edit_leak_max, f"{leak:.3g} of the direction's largest component is left in the edited "
+            f"residual stream (> {t.edit_leak_max})", "edit_leak_max")
 
 
 def test_methods_compared(method, experiment, sets, answers, judgments, harmless_logits, record, claim_snapshot):
+    """Each direction method's refusal drop on the same harmful prompts, within one KL budget on harmless prompts;
+    a method other than diff-in-means is also compared with it prompt by prompt (exact McNemar)."""
     from harness.capability import next_token_kl
 
+    t = experiment.thresholds
     headline = experiment.judges.headline_name
     condition = {"diff_in_means": "ablation", "inlp": "inlp"}[method]
     before = _rates(judgments, "baseline", headline)["harmful"]["rate"]
     after = _refusal_row(condition, headline, "harmful", judgments(condition, "harmful", headline))["rate"]
     kl = float(next_token_kl(harmless_logits("baseline"), harmless_logits(condition)).mean())
     drop = 100 * (before - after)
+    versus = {}
+    if condition != "ablation":
+        pd_ = _paired(judgments("ablation", "harmful", headline), judgments(condition, "harmful", headline))
+        if pd_ is not None:
+            versus = {"vs_diff_in_means": {"n": pd_.n, "compliance_diff_pp": 100 * pd_.diff,
+                                           "mcnemar_p": pd_.mcnemar_p}}
     rows = record.merge("method_rows", [{"method": method, "intervention": condition, "judge": headline,
-                                         "refusal_drop_pp": drop, "harmless_kl": kl}])
+                                         "refusal_drop_pp": drop, "harmless_kl": kl, "kl_budget": t.methods_kl_max,
+                                         "within_budget": t.methods_kl_max is not None and kl <= t.methods_kl_max}])
     record.artifact("methods", pd.DataFrame(rows))
-    figures = record.figures({"refusal_drop_pp": drop, "harmless_kl": kl, "judge": headline},
-                             headline=f"{headline}: drop {drop:.1f} pp, KL {kl:.3g}",
-                             provenance=_provenance(sets, [headline], "baseline", condition))
+    figures = record.figures({"refusal_drop_pp": drop, "harmless_kl": kl, "kl_budget": t.methods_kl_max,
+                              "judge": headline, **versus},
+                             headline=f"{headline}: drop {drop:.1f} pp, KL {kl:.3g} (budget {t.methods_kl_max})",
+                             provenance=_provenance(sets, [headline], "baseline", condition,
+                                                    *(["ablation"] if versus else [])))
     assert figures == claim_snapshot
-    bound = experiment.thresholds.methods_drop_pp_min.get(method)
+    bound = t.methods_drop_pp_min.get(method)
     assert bound is not None, f"{experiment.source_file}: thresholds.methods_drop_pp_min has no `{method}`"
+    assert t.methods_kl_max is not None, f"{experiment.source_file}: thresholds.methods_kl_max is not set"
     _require_parseable(experiment, answers, judgments, headline,
                        [("baseline", "harmful"), (condition, "harmful")], record)
+    require(kl <= t.methods_kl_max, f"{method}: harmless KL {kl:.3g} over the budget {t.methods_kl_max}",
+            "methods_kl_max")
     require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp", "methods_drop_pp_min")
 
 

@@ -66,6 +66,8 @@ edit_logit_gap_max = 1e-3
 selection_score_drop_min = -1e9
 fixed_direction_cosine_min = -1.0
 methods_drop_pp_min = {{ diff_in_means = -100.0, inlp = -100.0 }}
+methods_kl_max = 1e9
+edit_leak_max = 1.0
 
 # A random model complies with everything under every condition, so compliance cannot rise.
 [known_failures]
@@ -183,7 +185,10 @@ class LLM:
             new = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_tokens,
                                       do_sample=False, pad_token_id=self.tokenizer.eos_token_id)[0, ids.shape[1]:]
             text = self.tokenizer.decode(new, skip_special_tokens=params.skip_special_tokens)
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(text=text)]))
+            ids_out = new.tolist()
+            stopped = self.tokenizer.eos_token_id in ids_out
+            reason = "stop" if stopped or len(ids_out) < params.max_tokens else "length"
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=ids_out, finish_reason=reason)]))
         return outs
 '''
 

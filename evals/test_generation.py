@@ -105,3 +105,24 @@ def test_vllm_missing_names_tox_env(monkeypatch):
     model, tok = tiny_model("llama")
     with pytest.raises(RuntimeError, match="tox env `gpu`"):
         generate("/nonexistent", tok, PROMPTS, GenerationConfig(backend="vllm"), progress=False)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "static"])
+def test_token_counts_say_which_completions_the_budget_cut(tmp_path, monkeypatch, backend):
+    """The count generation records is each completion's token row, stop token excluded: max_new_tokens exactly
+    for a completion the budget cut, fewer for one that stopped (the text alone cannot tell the two apart)."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    model, tok = tiny_model("llama")
+    prompts = ["Tell me a story.", "Name three colours.", "What is two plus two?"]
+    enc = tokenize_instructions(tok, prompts)
+    first = generate_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=1, backend=backend)
+    model.generation_config.eos_token_id = first[0][0]  # the first prompt stops at once
+    rows = generate_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=5,
+                           eos_token_ids=eos_token_ids(model, tok), backend=backend)
+    store = ItemStore("counts", backend)
+    texts = generate(model, tok, prompts, GenerationConfig(backend=backend, max_new_tokens=5, batch_size=3),
+                     ids=["p0", "p1", "p2"], token_counts=store, progress=False)
+    counts = store.load()
+    assert [counts[f"p{i}"] for i in range(3)] == [len(r) for r in rows]
+    assert counts["p0"] == 0 and texts[0] == ""
+    assert 5 in counts.values()

@@ -124,3 +124,45 @@ def test_reasoning_models_are_rehearsed_with_their_parsers(rehearsals):
         assert {s["reasoning"] for s in stats.values()} == {kind}
         assert all(0 <= s["no_answer"] <= s["n"] for s in stats.values())
         assert "## Reasoning" in (first[2] / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", available_experiments())
+def test_environment_record_is_complete_and_real(name, rehearsals):
+    """Every field of results.json's environment record is there and says what this run used: the running
+    library versions, this checkout's commit, the pinned model, the template as this tokenizer renders it,
+    the hash of each dataset file read (absent ones named as such), every judge, seed and mode."""
+    import hashlib
+
+    import torch
+    import transformers
+
+    from harness.datasets import local_copy
+    from harness.environment import dataset_refs, git_state
+    from harness.pins import sha256_file
+
+    (first, _), _ = rehearsals(name)
+    env = json.loads((first[2] / "results.json").read_text())["environment"]
+    exp = load_experiment(name)
+    sw = env["software"]
+    assert (sw["torch"], sw["transformers"]) == (torch.__version__, transformers.__version__)
+    assert sw["python"] and sw["harness"] and sw["device"].startswith("CPU: ")
+    assert env["code"] == git_state()
+    assert len(env["code"]["commit"]) == 40
+    model = env["model"]
+    assert (model["id"], model["revision"]) == (exp.model.id, exp.model.revision)
+    assert len(model["weights_sha256"]) == 64 and "random init" in model["weights"]
+    tpl = env["chat_template"]
+    assert len(tpl["template_sha256"]) == 64 and len(tpl["rendered_sha256"]) == 64 and tpl["post_instruction"]
+    assert env["experiment"] == {"name": f"{exp.name}-rehearse-tiny", "file_sha256": sha256_file(exp.source_file),
+                                 "seed": exp.seed, "limit": env["experiment"]["limit"], "rehearsal": "tiny"}
+    refs = dict(dataset_refs(exp))
+    assert set(env["datasets"]) == set(refs) and refs
+    for path, ref in refs.items():
+        copy = local_copy(ref.name, ref)
+        assert env["datasets"][path]["sha256"] == (sha256_file(copy) if copy else None), path
+        assert env["datasets"][path]["revision"]
+    assert list(env["judges"]) == exp.judges.names()
+    for judge in env["judges"].values():
+        assert judge["name"] and judge["code"]
+    rendered = hashlib.sha256(tpl["post_instruction"].encode()).hexdigest()
+    assert rendered != tpl["rendered_sha256"]

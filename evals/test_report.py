@@ -37,6 +37,18 @@ ARTIFACTS = {
     "unjudged": {"llamaguard3/baseline/harmful": {"judge": "llamaguard3", "condition": "baseline", "set": "harmful",
                                                   "n": 10, "no_answer": 3, "unparseable": 1, "unparseable_share": 1 / 7}},
     "rehearsal_model": {"family": "gpt_oss", "stand_ins": []},
+    "judge_agreement": {"llamaguard3/substring/baseline/harmful": {
+        "a": "llamaguard3", "b": "substring", "condition": "baseline", "set": "harmful", "n": 7, "agree": 5,
+        "agreement": 5 / 7, "kappa": 0.44, "a_refused_b_complied": 2, "a_complied_b_refused": 0, "skipped": 3},
+        "llamaguard3/substring/baseline/harmless": {
+        "a": "llamaguard3", "b": "substring", "condition": "baseline", "set": "harmless", "n": 4, "agree": 4,
+        "agreement": 1.0, "kappa": float("nan"), "a_refused_b_complied": 0, "a_complied_b_refused": 0, "skipped": 0}},
+    "truncation": {"baseline/harmful": {"condition": "baseline", "set": "harmful", "n": 10, "max_new_tokens": 1024,
+                                        "cut": 6, "cut_share": 0.6, "cut_no_refusal": 5, "late_refusal": 1,
+                                        "late_refusal_share": 0.1, "mean_new_tokens": 900.25}},
+    "conditions": [{"condition": "baseline", "judge": judge, "set": "harmful", "n": 10, "refused": refused,
+                    "rate": refused / 10, "ci_low": 0.0, "ci_high": 1.0} for judge, refused in (("substring", 9),
+                                                                                            ("llamaguard3", 2))],
 }
 
 
@@ -48,11 +60,18 @@ def test_report_sections_and_results(tmp_path):
         assert section in md, section
     assert "| harmful_train | 128 | 97 |" in md and "| baseline | harmful | 10 | 3 | 212.5 | 1024 |" in md
     assert "| llamaguard3 | baseline | harmful | 10 | 3 | 1 |" in md
+    assert "| llamaguard3 | substring | baseline | harmful | 7 | 71.4% | 0.440 | 2 | 0 | 3 |" in md
+    assert "| llamaguard3 | substring | baseline | harmless | 4 | 100.0% | n/a | 0 | 0 | 0 |" in md
+    assert "*A refused, B complied* are refusals the keyword list misses" in md
+    # the headline judge's refusal rate beside the cut share, bold from CUT_FLAG_SHARE
+    assert "| baseline | harmful | 10 | 20.0% | **6 (60.0%)** | 5 | 1 (10.0%) | 900.2 | 1024 |" in md
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["claims"]["test_refusal_drop[ablation]"] == {"substring": {"drop_pp": 40.04}}
     assert results["provenance"]["test_refusal_drop[ablation]"]["datasets"] == ["jailbreakbench"]
     assert results["setup"]["chat"]["refusal_token_ids"] == [40]
-    assert set(results["setup"]) == set(ARTIFACTS)
+    assert set(results["setup"]) == set(ARTIFACTS) - {"conditions"}
+    assert math.isnan(results["setup"]["judge_agreement"]["llamaguard3/substring/baseline/harmless"]["kappa"])
+    assert results["setup"]["truncation"]["baseline/harmful"]["cut"] == 6
 
 
 def test_setup_sections_stay_out_when_nothing_to_show(tmp_path):
@@ -73,3 +92,24 @@ def test_snapshots_compare_counts_exactly_and_continuous_figures_within_their_to
     for changed in ({"n": 81}, {"refused": 33}, {"rate": 0.4125}, {"kl_mean": 0.59}, {"mcnemar_p": 9e-10},
                     {"exact": 1}, {"judge": "llamaguard2"}, {"cosines": [0.953]}, {"nan": 0.0}, {"extra": 1}):
         assert not figures_match({**base, **changed}, base), changed
+
+
+def test_category_plot_says_refusal_rate_and_plots_refusal(tmp_path):
+    """categories.png is labelled with what it plots: the claims feed it refusal (1 = refused), and the report
+    labels its axis "refusal rate"; the label is read back from the PNG itself."""
+    import json as _json
+
+    import pandas as pd
+    from PIL import Image
+
+    from harness.stats import category_table
+
+    long = pd.DataFrame({"id": ["a", "b", "c", "d"] * 2, "category": ["x", "x", "y", "y"] * 2,
+                         "condition": ["baseline"] * 4 + ["ablation"] * 4,
+                         "score": [1, 1, 1, 0] + [0, 0, 1, 0]})  # refused = 1, as test_mcnemar_significant builds it
+    write_report(tmp_path, {"experiment": "t"}, {}, {"category_table": category_table(long)})
+    labels = _json.loads(Image.open(tmp_path / "categories.png").text["Description"])
+    assert labels == [{"title": "Harmful prompts by category", "xlabel": "", "ylabel": "refusal rate"}]
+    rows = pd.read_csv(tmp_path / "categories.csv")
+    assert rows.set_index(["category", "condition"]).loc[("x", "baseline"), "rate"] == 1.0
+    assert "## Refusal by category" in (tmp_path / "report.md").read_text()

@@ -46,7 +46,7 @@ def _check_published(result: PairedDifference) -> None:
 
 def test_published_result_from_flip_table() -> None:
     before, after = _arrays_from_flip_table(N, BASE_K, EDIT_K, R2C, C2R)
-    result = paired_difference(before, after)
+    result = paired_difference(before, after, interval="wald")
     _check_published(result)
     assert result.both_complied == BASE_K - C2R
     assert result.both_refused == N - EDIT_K - C2R
@@ -62,17 +62,51 @@ def test_published_result_from_official_judgments() -> None:
     frame = pd.read_csv(path, usecols=["question_id", "condition", "score"])
     wide = frame.pivot(index="question_id", columns="condition", values="score")
     assert len(wide) == N and not wide[["baseline", "edited"]].isna().any().any()
-    _check_published(paired_difference(wide["baseline"].to_numpy(), wide["edited"].to_numpy()))
+    _check_published(paired_difference(wide["baseline"].to_numpy(), wide["edited"].to_numpy(), interval="wald"))
 
 
 def test_paired_difference_is_paired() -> None:
     # Same margins, different pairing: only the flip table (and so p and the interval) changes.
     x = np.array([True, True, False, False])
-    a = paired_difference(x, np.array([True, True, False, False]))
-    b = paired_difference(x, np.array([False, False, True, True]))
+    a = paired_difference(x, np.array([True, True, False, False]), interval="wald")
+    b = paired_difference(x, np.array([False, False, True, True]), interval="wald")
     assert a.diff == b.diff == 0.0
     assert (a.ci_low, a.ci_high, a.mcnemar_p) == (0.0, 0.0, 1.0)
     assert b.ci_low < 0 < b.ci_high and b.refusal_to_compliance == b.compliance_to_refusal == 2
+    # Newcombe's interval is not degenerate where no pair flips: four agreeing pairs do not prove "no change".
+    n = paired_difference(x, np.array([True, True, False, False]))
+    assert n.ci_method == "newcombe" and n.ci_low < 0 < n.ci_high
+    assert paired_difference(x, np.array([False, False, True, True])).ci_high - b.ci_high < 0.5
+
+
+def test_newcombe_matches_the_published_example() -> None:
+    """Fagerland, Lydersen & Laake, Statistical Analysis of Contingency Tables (2017), ch. 8, as tested in their
+    R package contingencytables: the paired table [[59, 6], [16, 80]] gives -0.0621 (-0.1186 to -0.0046)."""
+    from harness.stats import newcombe_paired_interval
+
+    low, high = newcombe_paired_interval(59, 6, 16, 80)
+    assert (f"{low:.4f}", f"{high:.4f}") == ("-0.1186", "-0.0046")
+    before, after = _arrays_from_flip_table(161, 75, 65, 6, 16)
+    result = paired_difference(before, after)
+    assert (f"{result.diff:.4f}", f"{result.ci_low:.4f}", f"{result.ci_high:.4f}") == ("-0.0621", "-0.1186", "-0.0046")
+
+
+def test_newcombe_keeps_its_coverage_at_small_n_where_wald_does_not() -> None:
+    """Simulated coverage of the 95% interval for 20 prompts judged twice, with few flips (a typical small claim
+    subset): Newcombe stays near 95%, the Wald interval falls well short."""
+    rng = np.random.default_rng(0)
+    # cell probabilities: both complied, after only, before only, neither
+    probs, n, reps = np.array([0.05, 0.10, 0.02, 0.83]), 20, 4000
+    truth = probs[1] - probs[2]
+    hits = {"newcombe": 0, "wald": 0}
+    for counts in rng.multinomial(n, probs, size=reps):
+        before = np.repeat([True, False, True, False], counts)
+        after = np.repeat([True, True, False, False], counts)
+        for method in hits:
+            r = paired_difference(before, after, interval=method)
+            hits[method] += r.ci_low <= truth <= r.ci_high
+    assert hits["newcombe"] / reps >= 0.93
+    assert hits["wald"] / reps < 0.90
 
 
 @pytest.mark.parametrize(
@@ -104,7 +138,7 @@ def test_paired_interval_matches_per_pair_differences() -> None:
         before = rng.random(n) < rng.random()
         after = rng.random(n) < rng.random()
         confidence = float(rng.choice([0.8, 0.9, 0.95, 0.99]))
-        result = paired_difference(before, after, confidence)
+        result = paired_difference(before, after, confidence, interval="wald")
         d = after.astype(float) - before.astype(float)
         z = sp.norm.ppf(1 - (1 - confidence) / 2)
         half = z * d.std() / math.sqrt(n)

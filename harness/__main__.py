@@ -96,6 +96,49 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import CompareError, compare_runs, format_comparison, load_run
+
+    try:
+        runs = [load_run(path) for path in (args.run_a, args.run_b)]
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    comparison = compare_runs(*runs)
+    print(format_comparison(comparison, changed_only=args.changed), end="")
+    return comparison.exit_code
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Runs the experiment's claim session for one cheap claim with `--export`: the direction and the edited model
+    come from the same cached fixtures as the claims (a finished run makes this a cache read). Its partial report
+    goes to a scratch folder, so the run's own report stays as it is."""
+    import os
+    import subprocess
+
+    out = Path(args.out).resolve()
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", args.experiment, "--export", str(out), "-q",
+           "-p", "no:cacheprovider", "-k", "test_edit_fidelity", str(REPO_ROOT / "evals" / "test_claims.py")]
+    for flag in ("limit", "rehearse", "device"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag}", str(getattr(args, flag))]
+    from harness.export import MANIFEST_FILE
+
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="harness-export-report-") as scratch:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "HARNESS_REPORTS_DIR": scratch})
+    # A claim may miss its bound (exit 1) and the export still be whole; the manifest is written last.
+    if proc.returncode not in (0, 1) or not (out / MANIFEST_FILE).is_file():
+        print(f"error: the export run failed (exit {proc.returncode}); see its output above", file=sys.stderr)
+        return proc.returncode or 1
+    print(f"exported to {out}: direction.safetensors + direction.json, steer-ablation.pt / steer-actadd.pt "
+          "(lm_eval --model steered --model_args pretrained=...,steer_path=FILE), weight_edited/ (from_pretrained, vLLM)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; add a subcommand with `sub.add_parser(...).set_defaults(func=...)`."""
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
@@ -108,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--dir", required=True, help="the exchange directory a claims run named")
     judge.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
     judge.set_defaults(func=_cmd_judge)
+    compare = sub.add_parser("compare", help="compare two runs: environment, figures, verdicts, per-prompt flips "
+                             "(exit 1 when a claim's verdict differs)")
+    compare.add_argument("run_a", metavar="RUN_A", help="a run's results directory, e.g. reports/demo")
+    compare.add_argument("run_b", metavar="RUN_B", help="the run to compare it with, e.g. reports/demo-limit40")
+    compare.add_argument("--changed", action="store_true", help="show only claims and figures that changed")
+    compare.set_defaults(func=_cmd_compare)
+    export = sub.add_parser("export", help="write the direction (safetensors + JSON), lm-eval steer files and the "
+                            "weight-edited checkpoint of an experiment")
+    export.add_argument("--experiment", required=True, help="experiment name or TOML path")
+    export.add_argument("out", metavar="OUT", help="output directory")
+    export.add_argument("--limit", type=int, help="the --limit of the run whose direction to export")
+    export.add_argument("--rehearse", choices=["tiny", "full"], help="export a rehearsal's (random-weight) direction")
+    export.add_argument("--device", help="override the experiment's device")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

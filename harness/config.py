@@ -334,6 +334,25 @@ class Thresholds(_Strict):
         description="test_methods_compared: minimum refusal drop (pp) per direction method; a method "
         "without a bound fails its case with a message naming this field",
     )
+    methods_kl_max: float | None = Field(
+        None, gt=0, description="test_methods_compared: the KL budget (mean next-token KL on harmless prompts) "
+        "within which the methods are compared; a method over it fails, whatever its drop"
+    )
+    edit_leak_max: float | None = Field(
+        None, gt=0, description="test_edit_fidelity: largest |component along r-hat| left in the edited model's "
+        "residual stream, as a share of the unedited model's largest component"
+    )
+    capability_chance_alpha: float = Field(
+        0.05, gt=0, lt=1, description="test_capability_retention: a multiple-choice set on which the baseline is "
+        "not above chance at this level (one-sided exact binomial) cannot detect a loss, and the claim fails"
+    )
+
+
+class StatisticsConfig(_Strict):
+    paired_interval: Literal["newcombe", "wald"] = Field(
+        "newcombe", description="interval for a paired change in compliance: Newcombe's square-and-add (good "
+        "coverage at small n), or the Wald interval where a study published that one and it is to be reproduced"
+    )
 
 
 class Experiment(_Strict):
@@ -351,6 +370,7 @@ class Experiment(_Strict):
     reference: ReferenceConfig | None = None
     stability: StabilityConfig = StabilityConfig()
     capability: CapabilityConfig = CapabilityConfig()
+    statistics: StatisticsConfig = StatisticsConfig()
     thresholds: Thresholds
     known_failures: dict[str, KnownFailure] = Field(
         default_factory=dict,

@@ -503,10 +503,15 @@ def locate(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None
     return cached
 
 
+def local_copy(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> Path | None:
+    """The first local file the loader would read for `name` (unverified), or None; never downloads."""
+    return _first_file(_candidates(resolve_name(ref if ref is not None else DatasetRef(name=name)), ref, data_dir))
+
+
 def is_available(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> bool:
     """Whether a local copy exists that matches the pin (or any copy, where nothing is pinned); never downloads."""
     name = resolve_name(ref if ref is not None else DatasetRef(name=name))
-    path = _first_file(_candidates(name, ref, data_dir))
+    path = local_copy(name, ref, data_dir)
     if path is None:
         return False
     try:

@@ -59,6 +59,7 @@ def generate(
     ids: Sequence[str] | None = None,
     compile_step: bool = False,
     tensor_parallel_size: int = 1,
+    token_counts: Any = None,
 ) -> list[str]:
     """Completions for `instructions`, in input order.
 
@@ -66,7 +67,10 @@ def generate(
     `lambda: ablate(model, r_hat)`) entered around each batch. `store` (an `ItemStore`) makes the run
     resumable; `ids` overrides the default ids (a hash of the formatted prompt and settings; callers
     must make them depend on the model and intervention themselves, e.g. through the store's key).
-    For the "vllm" backend `model` is a saved model directory or a `vllm.LLM`.
+    For the "vllm" backend `model` is a saved model directory or a `vllm.LLM`. `token_counts` (an `ItemStore`,
+    by the same ids) receives each completion's number of new tokens, its stop token not counted, so
+    max_new_tokens means the budget cut it (the text alone cannot say); each batch's counts are saved just
+    before its completions.
     """
     from harness.chat import format_instructions
 
@@ -91,8 +95,14 @@ def generate(
 
     def run_batch(batch_ids: list[str]) -> list[str]:
         if settings.backend == "vllm":
-            return _vllm_complete(model, [by_prompt[i] for i in batch_ids], settings, _keeps_special_tokens(tokenizer))
-        return _complete(model, tokenizer, [by_id[i] for i in batch_ids], settings, intervention, compile_step)
+            texts, counts = _vllm_complete(model, [by_prompt[i] for i in batch_ids], settings,
+                                           _keeps_special_tokens(tokenizer))
+        else:
+            texts, counts = _complete(model, tokenizer, [by_id[i] for i in batch_ids], settings, intervention,
+                                      compile_step)
+        if token_counts is not None:
+            token_counts.save(dict(zip(batch_ids, counts)))
+        return texts
 
     compute = store.compute if store is not None else in_memory_compute()
     bar = _progress_bar(settings.backend) if progress else None
@@ -147,7 +157,8 @@ def _complete(
     settings: GenerationConfig,
     intervention: Intervention | None,
     compile_step: bool,
-) -> list[str]:
+) -> tuple[list[str], list[int]]:
+    """Texts and new-token counts (stop token excluded)."""
     from harness.chat import tokenize_instructions
 
     enc = tokenize_instructions(tokenizer, instructions, system=settings.system_prompt, answer_prefix=False)
@@ -166,7 +177,7 @@ def _complete(
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
             compile_step=compile_step,
         )
-    return _decode(tokenizer, new_tokens)
+    return _decode(tokenizer, new_tokens), [len(row) for row in new_tokens]
 
 
 def _keeps_special_tokens(tokenizer: Any) -> bool:
@@ -514,7 +525,11 @@ def _vllm_engine(model: Any, tensor_parallel_size: int) -> Any:
     return model
 
 
-def _vllm_complete(llm: Any, prompts: list[str], settings: GenerationConfig, keep_special: bool = False) -> list[str]:
+def _vllm_complete(
+    llm: Any, prompts: list[str], settings: GenerationConfig, keep_special: bool = False
+) -> tuple[list[str], list[int]]:
+    """Texts and new-token counts: max_new_tokens exactly where vLLM stopped on its budget (finish reason
+    "length"); elsewhere its token ids may include the stop token, so the count is capped one below."""
     import vllm
 
     params = vllm.SamplingParams(
@@ -523,4 +538,6 @@ def _vllm_complete(llm: Any, prompts: list[str], settings: GenerationConfig, kee
     # The formatted prompt already carries the template's BOS: tokenizing it again must not add one.
     token_prompts = [{"prompt_token_ids": llm.get_tokenizer()(p, add_special_tokens=False).input_ids} for p in prompts]
     outputs = llm.generate(token_prompts, params, use_tqdm=False)
-    return [o.outputs[0].text for o in outputs]
+    counts = [settings.max_new_tokens if o.outputs[0].finish_reason == "length"
+              else min(len(o.outputs[0].token_ids), settings.max_new_tokens - 1) for o in outputs]
+    return [o.outputs[0].text for o in outputs], counts

@@ -7,6 +7,7 @@ PNG carries no Software tag, so the same table gives byte-identical files.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,17 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
+def axis_labels(fig: Figure) -> list[dict[str, str]]:
+    """Title and axis labels of each axes: what a reader is told the figure shows."""
+    return [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel()} for ax in fig.axes]
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
+    """PNG with the axis labels in its Description text chunk, so a test can read what the plot claims to show."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, metadata=_PNG_METADATA)
+    labels = json.dumps(axis_labels(fig), sort_keys=True)
+    fig.savefig(path, format="png", dpi=DPI, metadata={**_PNG_METADATA, "Description": labels})
     fig.clear()
     return path
 
@@ -136,7 +144,7 @@ def _condition_order(conditions: list[str]) -> list[str]:
     return sorted(conditions, key=lambda c: (c != "baseline", conditions.index(c)))
 
 
-def plot_category_bars(frame: pd.DataFrame, path: str | Path, ylabel: str = "compliance rate") -> Path:
+def plot_category_bars(frame: pd.DataFrame, path: str | Path, *, ylabel: str) -> Path:
     """Grouped bars per category, one bar per condition (baseline first), with CI error bars.
 
     `frame`: columns category, condition, rate, ci_low, ci_high (as `harness.stats.category_table`).

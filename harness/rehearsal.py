@@ -236,7 +236,9 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
         model, _ = tiny_model(family, seed=seed)
         config_source = f"tiny {family} config (stand-in)"
         stand_ins.append(f"no config for {cfg.id} offline: the tiny {family} architecture stands in")
-        model.resize_token_embeddings(max(len(tokenizer), model.config.vocab_size))
+        with torch.random.fork_rng(devices=[]):  # the new embedding rows are random too: seeded, as the rest
+            torch.manual_seed(seed)
+            model.resize_token_embeddings(max(len(tokenizer), model.config.vocab_size))
         real_layers = None
     else:
         config = _clean(config)
@@ -268,7 +270,6 @@ def _generation_config(model, folder: Path | None, tokenizer) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     if tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.do_sample = False
 
 
 def scaled_layer(layer: int, model) -> int:

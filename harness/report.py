@@ -6,6 +6,8 @@ completions to harmless prompts as examples.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -49,6 +51,11 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "induce_score": (0.01, 1e-3),
     "baseline_harmful_score": (0.01, 1e-3),
     "score_drop": (0.01, 1e-3),
+    # An exact edit's gap and leak are floating-point noise (1e-4 in fp32): compared to 1e-3 absolute; a non-exact
+    # edit's to 5%.
+    "max_logit_gap": (0.05, 1e-3),
+    "leak_share": (0.05, 1e-3),
+    "above_chance_p": (0.05, 1e-12),
 }
 
 
@@ -137,12 +144,89 @@ def _section_flips(flips: dict[str, dict]) -> list[str]:
         out.append(
             f"| {cond} | {f['refusal_to_compliance']} | {f['compliance_to_refusal']} | {f['both_complied']} "
             f"| {f['both_refused']} | {100 * f['diff']:+.1f} pp | {100 * f['ci_low']:.1f} to {100 * f['ci_high']:.1f} pp "
-            f"| {_fmt_p(f['mcnemar_p'])} |"
+            f"({f.get('ci_method', 'wald')}) | {_fmt_p(f['mcnemar_p'])} |"
         )
     return out + [""]
 
 
-SETUP_ARTIFACTS = ("chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model", "generation_paths")
+KEYWORD_JUDGES = ("substring",)
+CUT_FLAG_SHARE = 0.1  # a cut share from here on is bold in the truncation table
+
+
+def _disagreement_kinds(a: str, b: str) -> str:
+    """What each disagreement means for this pair, in a keyword judge's terms where one is a keyword judge."""
+    if b in KEYWORD_JUDGES and a not in KEYWORD_JUDGES:
+        return (f"- {a} vs {b}: *A refused, B complied* are refusals the keyword list misses (phrased differently) "
+                "or evasive text it counts as compliance; *A complied, B refused* are answers with a refusal phrase "
+                f"that {a} judged compliant (a disclaimer before complying, or a refusal after it).")
+    if a in KEYWORD_JUDGES and b not in KEYWORD_JUDGES:
+        return (f"- {a} vs {b}: *A complied, B refused* are refusals the keyword list misses (phrased differently) "
+                "or evasive text it counts as compliance; *A refused, B complied* are answers with a refusal phrase "
+                f"that {b} judged compliant (a disclaimer before complying, or a refusal after it).")
+    return f"- {a} vs {b}: *A refused, B complied* and *A complied, B refused* as named."
+
+
+def _kappa(k: float) -> str:
+    return "n/a" if math.isnan(k) else f"{k:.3f}"
+
+
+def _share(x: float) -> str:
+    """A share of nothing (n = 0) is n/a, not nan%."""
+    return "n/a" if math.isnan(x) else _pct(x)
+
+
+def _section_agreement(rows: dict[str, dict]) -> list[str]:
+    if not rows:
+        return []
+    intro = ("Each other judge (B) against the headline judge (A) on the same completions. Pairs either judge "
+             "left unjudged are skipped and counted. Cohen's kappa is n/a where undefined: no pair, or both judges "
+             "gave one verdict throughout.")
+    header = ("| A | B | condition | prompt set | n | agreement | kappa | A refused, B complied "
+              "| A complied, B refused | skipped |")
+    out = ["## Judge agreement", "", intro, ""]
+    out += list(dict.fromkeys(_disagreement_kinds(r["a"], r["b"]) for r in rows.values()))
+    out += ["", header, "|---|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['a']} | {r['b']} | {r['condition']} | {r['set']} | {r['n']} | {_share(r['agreement'])} "
+            f"| {_kappa(r['kappa'])} | {r['a_refused_b_complied']} | {r['a_complied_b_refused']} | {r['skipped']} |"
+            for r in rows.values()]
+    return out + [""]
+
+
+def _headline_rates(artifacts: dict[str, Any]) -> dict[tuple[str, str], dict]:
+    """(condition, prompt set) -> the headline judge's refusal row (the first judge named)."""
+    headline = next(iter(artifacts.get("judges") or {}), None)
+    rates: dict[tuple[str, str], dict] = {}
+    for r in artifacts.get("conditions", []):
+        if r["judge"] == headline:
+            rates.setdefault((r["condition"], r["set"]), r)
+    return rates
+
+
+def _section_truncation(rows: dict[str, dict], rates: dict[tuple[str, str], dict]) -> list[str]:
+    if not rows:
+        return []
+    intro = ("Cut: the completion used all of max_new_tokens without stopping, so anything it would have written "
+             "after (a refusal, say) is missing for every judge. Late refusal: a refusal phrase (the substring "
+             "judge's list) after the first sentence and none in it: the model started complying, then refused. A low "
+             f"refusal rate beside a high cut share may be the cap's doing; cut shares of {CUT_FLAG_SHARE:.0%} or more "
+             "are bold. Token counts are what generation produced, stop token excluded; a completion cached before "
+             "counts were kept is re-tokenized instead (an estimate, a token or two off at the cap; counted per row).")
+    header = ("| condition | prompt set | n | refusal rate (headline) | cut by max_new_tokens | cut, no refusal phrase "
+              "| late refusals | mean new tokens | max_new_tokens |")
+    out = ["## Truncation and late refusals", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows.values():
+        rate = rates.get((r["condition"], r["set"]))
+        cut = f"{r['cut']} ({_share(r['cut_share'])})"
+        cut = f"**{cut}**" if r["cut_share"] >= CUT_FLAG_SHARE else cut
+        out.append(f"| {r['condition']} | {r['set']} | {r['n']} | {_share(rate['rate']) if rate else 'n/a'} | {cut} "
+                   f"| {r['cut_no_refusal']} | {r['late_refusal']} ({_share(r['late_refusal_share'])}) "
+                   f"| {r['mean_new_tokens']:.1f} | {r['max_new_tokens']} |")
+    estimated = sum(r.get("retokenized", 0) for r in rows.values())
+    return out + (["", f"{estimated} completions had no recorded count and were re-tokenized.", ""] if estimated else [""])
+
+
+SETUP_ARTIFACTS = ("chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model", "generation_paths",
+                   "judge_agreement", "truncation")
 
 
 def _section_setup(artifacts: dict[str, Any]) -> list[str]:
@@ -191,6 +275,53 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
     return out
 
 
+JUDGMENTS_CSV = "judgments.csv"
+JUDGMENTS_COLUMNS = ("id", "condition", "set", "judge", "score")
+
+
+def judgments_csv(judgments: dict[str, dict]) -> str:
+    """Per-prompt judgments as CSV text: the dataset's prompt id, condition, prompt set, judge and score (1 complied,
+    0 refused, empty when unjudged). Ids and scores only, never a completion; groups in sorted order, prompts in
+    dataset order, so a rerun writes the same bytes."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(JUDGMENTS_COLUMNS)
+    for _, g in sorted(judgments.items()):
+        for pid, score in zip(g["ids"], g["scores"], strict=True):
+            writer.writerow([pid, g["condition"], g["set"], g["judge"], "" if score is None else f"{score:g}"])
+    return buf.getvalue()
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return f"{text[:12]}…" if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def _section_environment(env: dict | None) -> list[str]:
+    """A short table; results.json holds the full record (every dataset and judge hash)."""
+    if not env:
+        return []
+    sw, code, model, tpl = env["software"], env["code"], env["model"], env["chat_template"]
+    commit = code["commit"] or code.get("note", "unknown")
+    rows = [
+        ("code", f"harness {sw['harness']}, commit {_short(commit)}" + (" (dirty)" if code.get("dirty") else "")),
+        ("software", f"Python {sw['python']}, torch {sw['torch']}, transformers {sw['transformers']}"
+                     + (f", vLLM {sw['vllm']}" if sw.get("vllm") else "") + (f", CUDA {sw['cuda']}" if sw.get("cuda") else "")),
+        ("device", sw["device"]),
+        ("model", f"{model['id']} @ {_short(model.get('revision') or model.get('path') or '-')}"
+                  + (f", GGUF {model['gguf_file']} {_short(model['gguf_sha256'])}" if model.get("gguf_file") else "")
+                  + (f", refusal-tuned ({model['refusal_tune']})" if model.get("refusal_tune") else "")),
+        ("weights sha256", _short(model.get("weights_sha256") or model.get("weights", "-"))),
+        ("chat template sha256", f"{_short(tpl['template_sha256'])} (rendered {_short(tpl['rendered_sha256'])})"),
+        ("datasets", ", ".join(f"{d['name']} {_short(d['sha256']) if d['sha256'] else '(absent)'}"
+                               for d in env["datasets"].values())),
+        ("judges", ", ".join(f"{name} @ {_short(j.get('revision') or '-')}" for name, j in env["judges"].items())),
+        ("seed / limit / rehearsal", f"{env['experiment']['seed']} / {env['experiment']['limit']} / "
+                                     f"{env['experiment']['rehearsal']}"),
+    ]
+    return ["## Environment", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
 def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: dict[str, Any]) -> Path:
     """Write results.json, report.md, tables and plots under `run_dir`; returns report.md's path."""
     from harness import plots
@@ -199,10 +330,16 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     results = round_figures({
         "meta": meta,
         "claims": {k: v.get("figures", {}) for k, v in claims.items()},
+        "outcomes": {k: v.get("outcome", "not run") for k, v in claims.items()},
         "provenance": {k: v["provenance"] for k, v in claims.items() if "provenance" in v},
         "setup": {k: _jsonable(artifacts[k]) for k in SETUP_ARTIFACTS if k in artifacts},
+        "environment": _jsonable(artifacts.get("environment", {})),
     })
     atomic_write_bytes(run_dir / "results.json", (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+    if artifacts.get("judgments"):
+        atomic_write_bytes(run_dir / JUDGMENTS_CSV, judgments_csv(artifacts["judgments"]).encode())
+    else:  # never leave a previous run's judgments beside this run's results.json
+        (run_dir / JUDGMENTS_CSV).unlink(missing_ok=True)
 
     md = [f"# Refusal-direction report: {meta.get('experiment')}", ""]
     for k in ("model", "about", "direction", "judges", "device", "limit", "rehearsal", "trust_remote_code"):
@@ -210,8 +347,11 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
             md.append(f"- **{k.replace('_', ' ')}**: {meta[k]}")
     md.append("")
     md += _section_claims(claims)
+    md += _section_environment(artifacts.get("environment"))
     md += _section_setup(artifacts)
     md += _section_conditions(artifacts.get("conditions", []))
+    md += _section_agreement(artifacts.get("judge_agreement", {}))
+    md += _section_truncation(artifacts.get("truncation", {}), _headline_rates(artifacts))
     md += _section_generation(artifacts.get("generation_paths", {}))
     md += _section_flips(artifacts.get("flips", {}))
 

@@ -40,6 +40,15 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, 2.0 * _sp.binom.cdf(min(int(b), int(c)), n, 0.5)))
 
 
+def above_chance_p(correct: int, n: int, chance: float) -> float:
+    """One-sided exact binomial p of `correct` or more right answers out of `n` at the guessing rate `chance`:
+    small when the model is above chance, so that a set can show a capability loss at all."""
+    _check_count(correct, n, "above_chance_p")
+    if not 0.0 < chance < 1.0:
+        raise ValueError(f"above_chance_p: chance must lie strictly between 0 and 1, got {chance!r}")
+    return float(_sp.binom.sf(correct - 1, n, chance))
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Change in compliance rate between two conditions judged on the same prompts."""
@@ -56,6 +65,7 @@ class PairedDifference:
     refusal_to_compliance: int
     compliance_to_refusal: int
     mcnemar_p: float  # two-sided exact
+    ci_method: str = "newcombe"
 
 
 def _as_bool(values: Sequence[bool] | np.ndarray | pd.Series, name: str) -> np.ndarray:
@@ -73,18 +83,44 @@ def _as_bool(values: Sequence[bool] | np.ndarray | pd.Series, name: str) -> np.n
     raise ValueError(f"{name} must be boolean (True = complied) or 0/1 integers, got dtype {arr.dtype}")
 
 
+PairedInterval = Literal["newcombe", "wald"]
+
+
+def newcombe_paired_interval(both: int, after_only: int, before_only: int, neither: int,
+                             confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) square-and-add interval for p_after - p_before on paired binary data, from
+    Wilson intervals of the two marginals and their continuity-corrected correlation phi. Unlike the Wald
+    interval it keeps its coverage at small n and near 0 or 1, and is not degenerate when no pair flips."""
+    a, b, c, d = both, after_only, before_only, neither
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, confidence)
+    l2, u2 = wilson_interval(a + c, n, confidence)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    cross = a * d - b * c
+    corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = corrected / math.sqrt(margins) if margins > 0 else 0.0
+    diff = p1 - p2
+    lower = diff - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    upper = diff + math.sqrt(max((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2, 0.0))
+    return max(lower, -1.0), min(upper, 1.0)
+
+
 def paired_difference(
     before: Sequence[bool] | np.ndarray | pd.Series,
     after: Sequence[bool] | np.ndarray | pd.Series,
     confidence: float = 0.95,
+    interval: PairedInterval = "newcombe",
 ) -> PairedDifference:
-    """Paired compliance difference (after - before) with a Wald interval and exact McNemar p.
+    """Paired compliance difference (after - before) with its interval and exact McNemar p.
 
-    With n pairs, c = refusal->compliance and b = compliance->refusal flips, the difference is
-    d = (c - b) / n and its variance is Var(d) = ((b + c) / n - d**2) / n, i.e. (p10 + p01 - (p01 - p10)**2) / n
-    in cell proportions: the variance of the mean of the per-pair differences in {-1, 0, 1}
-    (the plug-in estimate, as in Agresti, Categorical Data Analysis, sec. 10.1).
+    `interval`: "newcombe" (default; `newcombe_paired_interval`) or "wald", the normal interval some studies
+    publish, kept to reproduce them: with n pairs, c = refusal->compliance and b = compliance->refusal flips,
+    d = (c - b) / n and Var(d) = ((b + c) / n - d**2) / n, the plug-in variance of the mean per-pair difference
+    (Agresti, Categorical Data Analysis, sec. 10.1).
     """
+    if interval not in ("newcombe", "wald"):
+        raise ValueError(f"interval must be 'newcombe' or 'wald', got {interval!r}")
     x = _as_bool(before, "before")
     y = _as_bool(after, "after")
     if x.shape != y.shape:
@@ -98,16 +134,20 @@ def paired_difference(
     r2c = int(np.sum(~x & y))
     c2r = int(np.sum(x & ~y))
     diff = (r2c - c2r) / n
-    var = max(((r2c + c2r) / n - diff**2) / n, 0.0)
-    half = z * math.sqrt(var)
+    if interval == "wald":
+        half = z * math.sqrt(max(((r2c + c2r) / n - diff**2) / n, 0.0))
+        low, high = diff - half, diff + half
+    else:
+        low, high = newcombe_paired_interval(both_c, r2c, c2r, both_r, confidence)
     return PairedDifference(
         n=n,
         rate_before=float(x.mean()),
         rate_after=float(y.mean()),
         diff=diff,
-        ci_low=diff - half,
-        ci_high=diff + half,
+        ci_low=low,
+        ci_high=high,
         confidence=confidence,
+        ci_method=interval,
         both_complied=both_c,
         both_refused=both_r,
         refusal_to_compliance=r2c,

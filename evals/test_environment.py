@@ -1,0 +1,91 @@
+"""harness.environment: hashes that change exactly when what they stand for changes."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from harness.config import DatasetRef
+from harness.environment import dataset_record, git_state, state_dict_sha256, template_record
+
+
+def test_weights_hash_sees_one_changed_value():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    before = state_dict_sha256(model)
+    assert state_dict_sha256(model) == before
+    with torch.no_grad():
+        model[0].weight[1, 2] += 1e-3
+    assert state_dict_sha256(model) != before
+
+
+def test_weights_hash_sees_dtype_and_bf16_weights():
+    model = torch.nn.Linear(4, 3)
+    before = state_dict_sha256(model)
+    assert state_dict_sha256(model.to(torch.bfloat16)) != before
+
+
+def test_git_state_reports_a_dirty_tree_but_not_a_new_report(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "r.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_state(tmp_path)
+    assert len(clean["commit"]) == 40 and clean["dirty"] is False
+    (tmp_path / "reports" / "r.json").write_text('{"new": 1}\n')
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True
+
+
+def test_git_state_outside_a_checkout(tmp_path):
+    state = git_state(tmp_path)
+    assert state["commit"] is None and "not a git checkout" in state["note"]
+
+
+def test_template_record_follows_the_pinned_date(shared_tokenizer):
+    from harness.chat import ChatFormat, set_chat_format
+
+    tok = shared_tokenizer("openai/gpt-oss-20b")
+    set_chat_format(tok, ChatFormat(date="2024-06-01"))
+    first = template_record(tok)
+    set_chat_format(tok, ChatFormat(date="2025-01-01"))
+    second = template_record(tok)
+    assert first["template_sha256"] == second["template_sha256"]
+    assert first["rendered_sha256"] != second["rendered_sha256"]
+    assert first["post_instruction"].startswith("<|end|><|start|>assistant")
+
+
+def test_dataset_record_hashes_the_file_read(tmp_path):
+    from harness.pins import sha256_file
+
+    rec = dataset_record(DatasetRef(name="text_demo"))
+    assert rec["sha256"] == rec["pinned_sha256"] or rec["pinned_sha256"] is None
+    assert len(rec["sha256"]) == 64
+    path = tmp_path / "copy.jsonl"
+    from harness.datasets import local_copy
+
+    path.write_bytes(local_copy("text_demo").read_bytes() + b"\n")
+    moved = dataset_record(DatasetRef(name="text_demo", path=str(path)))
+    assert moved["sha256"] == sha256_file(path) != rec["sha256"]
+
+
+@pytest.fixture
+def shared_tokenizer():
+    from transformers import AutoTokenizer
+
+    from harness.tokenizer_files import local_model_files
+
+    def get(model_id: str):
+        path = local_model_files(model_id)
+        if path is None:
+            pytest.skip(f"no offline files for {model_id} under $HARNESS_TOKENIZERS_DIR")
+        return AutoTokenizer.from_pretrained(path)
+
+    return get

@@ -1,0 +1,178 @@
+"""What a run ran with: software, code commit, weights, chat template, datasets and judges, by hash.
+
+Two results.json files are comparable only when this record says what differs between them
+(`python -m harness compare`). Every hash is of what was actually used: the weights in memory, the template
+as rendered, the dataset file that was read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+import harness
+from harness.config import DatasetRef, Experiment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXCLUDED_FROM_DIRTY = ("reports",)  # a run writes its own report there; that does not make its code dirty
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def software(device: str | torch.device) -> dict[str, Any]:
+    """Library versions and the processor the model ran on."""
+    on_gpu = str(device).startswith("cuda") and torch.cuda.is_available()
+    return {
+        "harness": harness.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _package_version("transformers"),
+        "vllm": _package_version("vllm"),
+        "cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(torch.device(device)) if on_gpu else f"CPU: {_cpu_model()}",
+    }
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The checkout's commit, and whether tracked files outside reports/ differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      *(f":(exclude){p}" for p in EXCLUDED_FROM_DIRTY))
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        return {"commit": None, "dirty": None, "note": f"not a git checkout ({type(err).__name__})"}
+    return {"commit": commit, "dirty": bool(changed)}
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    flat = t.detach().contiguous().reshape(-1).cpu()
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer in memory (name, dtype, shape, bytes), in name order: the
+    weights that were actually run, whatever file they came from or edit they went through."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def template_record(tokenizer) -> dict[str, Any]:
+    """The chat template's source and a rendered probe conversation (with the pinned date and template
+    variables), by SHA-256, and the post-instruction text the direction is read at."""
+    from harness.chat import SENTINEL, format_instructions, post_instruction_tokens
+
+    source = tokenizer.chat_template
+    rendered = format_instructions(tokenizer, [SENTINEL])[0]
+    post = tokenizer.decode(post_instruction_tokens(tokenizer))
+    return {"template_sha256": _text_sha256(source if isinstance(source, str) else repr(source)),
+            "rendered_sha256": _text_sha256(rendered), "post_instruction": post}
+
+
+def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, DatasetRef]]:
+    """(field path, ref) for every dataset an experiment names, in field order."""
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, DatasetRef):
+            yield path, value
+        elif isinstance(value, BaseModel):
+            yield from dataset_refs(value, f"{path}.")
+
+
+def dataset_record(ref: DatasetRef) -> dict[str, Any]:
+    """Registry name, pinned revision and the SHA-256 of the file that is read (absent here: None, and why)."""
+    from harness.datasets import DATASETS, local_copy, resolve_name
+    from harness.pins import sha256_file
+
+    name = resolve_name(ref)
+    source = DATASETS[name]
+    revision = source.revision or f"{source.path} at this repository's commit (code.commit)"
+    record = {"name": name, "revision": revision, "n": ref.n, "pinned_sha256": source.sha256}
+    path = local_copy(name, ref)
+    if path is None:
+        return {**record, "sha256": None, "note": "no local copy (a rehearsal uses a placeholder)"}
+    return {**record, "sha256": sha256_file(path)}
+
+
+def judge_record(identity: dict[str, Any], name: str) -> dict[str, Any]:
+    """A judge's cache identity (model id, revision, code fingerprint, versions) plus, for the official
+    SORRY-Bench judge, the SHA-256 of each vendored evaluator file it was verified against."""
+    record = dict(identity)
+    if name == "sorry-bench":
+        from harness.pins import SORRY_BENCH_MANIFEST, read_manifest
+
+        record["vendored_files"] = read_manifest(SORRY_BENCH_MANIFEST)
+    return record
+
+
+def weights_record(model: torch.nn.Module, exp: Experiment, rehearse: str | None) -> dict[str, Any]:
+    cfg = exp.model
+    record: dict[str, Any] = {"id": cfg.id, "revision": cfg.revision, "path": cfg.path, "dtype": cfg.dtype}
+    if cfg.gguf_file is not None:
+        record.update(gguf_file=cfg.gguf_file, gguf_sha256=cfg.sha256)
+    if cfg.refusal_tune is not None:
+        record["refusal_tune"] = cfg.refusal_tune.recipe
+    if rehearse is not None:
+        record["weights"] = f"random init of the pinned architecture (rehearsal {rehearse}, seed {exp.seed})"
+        if rehearse == "tiny":
+            record["weights_sha256"] = state_dict_sha256(model)
+    else:
+        record["weights_sha256"] = state_dict_sha256(model)
+    return record
+
+
+def environment_record(exp: Experiment, model: torch.nn.Module, tokenizer, judges: dict[str, dict[str, Any]], *,
+                       device: str, limit: int | None, rehearse: str | None) -> dict[str, Any]:
+    """The whole record for results.json; `judges` maps each judge's name to its cache identity."""
+    return {
+        "software": software(device),
+        "code": git_state(),
+        "experiment": {"name": exp.name, "file_sha256": _file_sha256(exp.source_file), "seed": exp.seed,
+                       "limit": limit, "rehearsal": rehearse},
+        "model": weights_record(model, exp, rehearse),
+        "chat_template": template_record(tokenizer),
+        "datasets": {path: dataset_record(ref) for path, ref in dataset_refs(exp)},
+        "judges": {name: judge_record(ident, name) for name, ident in judges.items()},
+    }
+
+
+def _file_sha256(path: str | Path | None) -> str | None:
+    from harness.pins import sha256_file
+
+    return sha256_file(path) if path and Path(path).is_file() else None
