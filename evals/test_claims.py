@@ -372,8 +372,7 @@ def test_methods_compared(method, experiment, sets, answers, judgments, harmless
                                          "refusal_drop_pp": drop, "harmless_kl": kl, "kl_budget": t.methods_kl_max,
                                          "within_budget": t.methods_kl_max is not None and kl <= t.methods_kl_max}])
     record.artifact("methods", pd.DataFrame(rows))
-    figures = record.figures({"refusal_drop_pp": drop, "harmless_kl": kl, "kl_budget": t.methods_kl_max,
-                              "judge": headline, **versus},
+    figures = record.figures({"refusal_drop_pp": drop, "harmless_kl": kl, "judge": headline, **versus},
                              headline=f"{headline}: drop {drop:.1f} pp, KL {kl:.3g} (budget {t.methods_kl_max})",
                              provenance=_provenance(sets, [headline], "baseline", condition,
                                                     *(["ablation"] if versus else [])))
