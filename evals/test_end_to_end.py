@@ -153,6 +153,23 @@ def test_a_planted_leak_fails_the_run(tiny_experiment, tmp_path):
     assert code != 0 and "ERROR: a completion to a harmful prompt is in" in out and "notes.md" in out, out[-3000:]
 
 
+def test_tight_bounds_fail_the_claims_that_guard_them(tiny_experiment, two_runs, tmp_path):
+    """The same run with bounds the tiny model cannot meet: each claim fails on the bound it guards, named in its
+    message (an exact fp32 edit still leaves ~1e-7 of r-hat; ablation still moves harmless next-token KL)."""
+    import shutil
+
+    tight = tmp_path / "tiny.toml"  # same experiment name as the cached runs: only the bounds differ
+    tight.write_text(tiny_experiment.read_text()
+                     .replace("edit_leak_max = 1.0", "edit_leak_max = 1e-12")
+                     .replace("methods_kl_max = 1e9", "methods_kl_max = 1e-12"))
+    work = tmp_path / "work"
+    shutil.copytree(two_runs[0][2].parent.parent / "cache", work / "cache")
+    code, out = _run_claims(tight, work)
+    assert code != 0
+    assert "[edit_leak_max]" in out and "FAILED evals/test_claims.py::test_edit_fidelity" in out, out[-4000:]
+    assert "[methods_kl_max]" in out and "FAILED evals/test_claims.py::test_methods_compared[diff_in_means]" in out
+
+
 FAKE_VLLM = '''"""A stand-in for vLLM in tests: the same calls, greedy decoding by transformers from a saved directory."""
 from types import SimpleNamespace
 
