@@ -194,3 +194,36 @@ def test_recipe_change_rebuilds_but_reuses_distilled_answers(tmp_path, monkeypat
     second = build_refusing_model(_cfg(lr=1e-2, **common), FIT, progress=False)
     assert n_first > 0 and len(generated) == n_first
     assert first != second and (second / DONE_FILE).is_file()
+
+
+def test_fine_tune_never_sees_validation_or_held_out_prompts():
+    """`python -m harness demo-recipes` chooses a recipe on the fit areas' validation split and fine-tunes each
+    candidate on the rest of the fit areas only: no candidate trains on a prompt it is chosen on, or on a held-out
+    (eval) prompt."""
+    import os
+
+    from harness.config import load_experiment
+    from harness.demo_recipes import fine_tune_prompts
+    from harness.prompt_sets import prompt_sets
+
+    if not os.environ.get("HARNESS_DATA_DIR"):
+        pytest.skip("HARNESS_DATA_DIR is not set")
+    sets = prompt_sets(load_experiment("demo"), None)
+    validation = set(sets.harmful_val) | set(sets.harmless_val)
+    fit = fine_tune_prompts(sets.construction, sets.fit_areas, validation)
+    trained = set(fit["prompt"])
+    assert trained and not trained & validation
+    assert not trained & (set(sets.harmful_eval["prompt"]) | set(sets.harmless_eval["prompt"]))
+    assert trained | validation == set(sets.construction[sets.construction["category"].isin(sets.fit_areas)]["prompt"])
+
+
+def test_recipe_rule_takes_the_cheapest_that_qualifies():
+    from harness.demo_recipes import choose_recipe
+
+    rows = [{"recipe": "big", "cost": 100, "unsafe_refusal": 0.99, "safe_refusal": 0.05},
+            {"recipe": "small", "cost": 10, "unsafe_refusal": 0.96, "safe_refusal": 0.10},
+            {"recipe": "tiny", "cost": 1, "unsafe_refusal": 0.99, "safe_refusal": 0.25}]
+    assert choose_recipe(rows)["recipe"] == "small"
+    rows[1]["safe_refusal"] = 0.1001
+    assert choose_recipe(rows)["recipe"] == "big"
+    assert choose_recipe(rows[2:]) is None

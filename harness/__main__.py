@@ -135,8 +135,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"error: the export run failed (exit {proc.returncode}); see its output above", file=sys.stderr)
         return proc.returncode or 1
     print(f"exported to {out}: direction.safetensors + direction.json, steer-ablation.pt / steer-actadd.pt "
-          "(lm_eval --model steered --model_args pretrained=...,steer_path=FILE), weight_edited/ (from_pretrained, vLLM)")
+          "(lm_eval --model steered --model_args pretrained=...,steer_path=FILE), "
+          "weight_edited/ (from_pretrained, vLLM)")
     return 0
+
+
+def _cmd_demo_recipes(args: argparse.Namespace) -> int:
+    """The demo's recipe choice, reproducible: every candidate built and scored on validation prompts only."""
+    import csv
+
+    from harness.config import load_experiment
+    from harness.demo_recipes import RECIPE_RULE, choose_recipe, evaluate_recipes
+
+    rows = evaluate_recipes(load_experiment(args.experiment))
+    chosen = choose_recipe(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) + ["chosen"])
+        writer.writeheader()
+        writer.writerows({**r, "chosen": chosen is not None and r["recipe"] == chosen["recipe"]} for r in rows)
+    print(f"rule: {RECIPE_RULE}")
+    for r in rows:
+        print(f"{r['recipe']}: unsafe {r['unsafe_refusal']:.1%}, safe {r['safe_refusal']:.1%} refused, "
+              f"cost {r['cost']}")
+    print(f"chosen: {chosen['recipe'] if chosen else 'none qualifies'} (table: {out})")
+    return 0 if chosen else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--rehearse", choices=["tiny", "full"], help="export a rehearsal's (random-weight) direction")
     export.add_argument("--device", help="override the experiment's device")
     export.set_defaults(func=_cmd_export)
+    recipes = sub.add_parser("demo-recipes", help="build each candidate demo recipe and choose one on validation "
+                             "prompts only (harness.demo_model.RECIPE_RULE)")
+    recipes.add_argument("--experiment", default="demo")
+    recipes.add_argument("--out", default=str(REPO_ROOT / "reports" / "demo" / "recipes.csv"))
+    recipes.set_defaults(func=_cmd_demo_recipes)
     return parser
 
 
