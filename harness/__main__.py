@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--device", help="override the experiment's device")
     export.set_defaults(func=_cmd_export)
     recipes = sub.add_parser("demo-recipes", help="build each candidate demo recipe and choose one on validation "
-                             "prompts only (harness.demo_model.RECIPE_RULE)")
+                             "prompts only (harness.demo_recipes.RECIPE_RULE)")
     recipes.add_argument("--experiment", default="demo")
     recipes.add_argument("--out", default=str(REPO_ROOT / "reports" / "demo" / "recipes.csv"))
     recipes.set_defaults(func=_cmd_demo_recipes)
