@@ -88,20 +88,17 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def template_record(tokenizer) -> dict[str, Any]:
     """The chat template's source and a rendered probe conversation (with the pinned date and template
     variables), by SHA-256, and the post-instruction text the direction is read at."""
     from harness.chat import SENTINEL, format_instructions, post_instruction_tokens
+    from harness.judges.backends import text_sha256
 
     source = tokenizer.chat_template
     rendered = format_instructions(tokenizer, [SENTINEL])[0]
     post = tokenizer.decode(post_instruction_tokens(tokenizer))
-    return {"template_sha256": _text_sha256(source if isinstance(source, str) else repr(source)),
-            "rendered_sha256": _text_sha256(rendered), "post_instruction": post}
+    return {"template_sha256": text_sha256(source if isinstance(source, str) else repr(source)),
+            "rendered_sha256": text_sha256(rendered), "post_instruction": post}
 
 
 def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, DatasetRef]]:
@@ -150,9 +147,7 @@ def weights_record(model: torch.nn.Module, exp: Experiment, rehearse: str | None
         record["refusal_tune"] = cfg.refusal_tune.recipe
     if rehearse is not None:
         record["weights"] = f"random init of the pinned architecture (rehearsal {rehearse}, seed {exp.seed})"
-        if rehearse == "tiny":
-            record["weights_sha256"] = state_dict_sha256(model)
-    else:
+    if rehearse != "full":  # a full rehearsal's tens of GB of random weights are not worth hashing
         record["weights_sha256"] = state_dict_sha256(model)
     return record
 
