@@ -81,3 +81,31 @@ def test_other_names():
         rehearsal_judge("gpt4")
     with pytest.raises(ValueError, match="short_response_words"):
         rehearsal_judge("sorry-bench", short_response_words=15)
+
+
+def test_full_size_guard_reads_with_the_real_llama3_tokenizer(monkeypatch):
+    """A `full` guard rehearsal reads with Llama 3's own 128k vocabulary where an offline copy exists, so the
+    benchmark times the tokens the real guard would read (the tiny 701-token stand-in makes ~3.6x as many);
+    Mistral (SORRY-Bench) has no offline copy and keeps the stand-in, and the judge says which it used."""
+    import os
+
+    import harness.judges.rehearsal as rehearsal
+
+    if not os.environ.get("HARNESS_TOKENIZERS_DIR"):
+        pytest.skip("HARNESS_TOKENIZERS_DIR is not set")
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16)
+    monkeypatch.setitem(rehearsal.FULL_DIMS, "llama", {**rehearsal.FULL_DIMS["llama"], **small})
+    monkeypatch.setitem(rehearsal.FULL_DIMS, "mistral", {**rehearsal.FULL_DIMS["mistral"], **small})
+    guard = rehearsal_judge("llamaguard3", size="full")
+    assert guard.rehearsal_tokenizer == "meta-llama/Meta-Llama-3-8B-Instruct (offline copy)"
+    assert len(guard._tokenizer) == rehearsal.FULL_DIMS["llama"]["vocab_size"] == 128256
+    ids = guard._tokenizer(guard_prompt(guard._tokenizer, "Hi", "Hello"), add_special_tokens=False)["input_ids"]
+    assert ids[:2] == [128000, 128006] and ids.count(128000) == 1  # one BOS, then the real header token
+    assert guard.model_id.endswith("+real-tokenizer") and guard.cache_identity() != rehearsal_judge(
+        "llamaguard3").cache_identity()
+    assert len(guard(PROMPTS, COMPLETIONS)) == len(PROMPTS)
+    assert rehearsal_judge("llamaguard3").rehearsal_tokenizer == "tiny stand-in"
+    assert rehearsal_judge("sorry-bench", size="full").rehearsal_tokenizer == "tiny stand-in"
+    monkeypatch.setenv("HARNESS_TOKENIZERS_DIR", "/nonexistent")
+    assert rehearsal_judge("llamaguard3", size="full").rehearsal_tokenizer == "tiny stand-in"

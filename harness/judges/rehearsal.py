@@ -10,6 +10,7 @@ the real judge's, so rehearsal judgments never stand in for real ones in a cache
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from harness.judges import Judge
@@ -46,7 +47,7 @@ PLACEHOLDER_JUDGE_PROMPT: dict[str, Any] = {
 
 
 # The judges' real architectures (Llama Guard 2/3: Llama-3-8B; the SORRY-Bench judge: Mistral-7B-Instruct-v0.2),
-# for a `full` rehearsal that measures a judge of the real size; the tokenizer stays the tiny stand-in.
+# for a `full` rehearsal that measures a judge of the real size.
 FULL_DIMS: dict[str, dict[str, Any]] = {
     "llama": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0),
@@ -55,15 +56,37 @@ FULL_DIMS: dict[str, dict[str, Any]] = {
 }
 
 
+# The real tokenizer a full-size judge reads with, when an offline copy exists: Llama Guard 2 and 3 share Llama 3's
+# 128k BPE vocabulary. The tiny stand-in (701 tokens) would turn a 512-token completion into ~3x the tokens the guard
+# reads, and the benchmark would time that. No offline copy of Mistral's tokenizer exists here.
+FULL_TOKENIZERS: dict[str, str] = {"llama": "meta-llama/Meta-Llama-3-8B-Instruct"}
+
+
+def judge_tokenizer(family: str, size: str) -> tuple[Any, str] | None:
+    """(tokenizer, its source) of the real vocabulary for a `full` judge of `family`; None where only the tiny
+    stand-in is available (tiny size, no offline copy in $HARNESS_TOKENIZERS_DIR)."""
+    from harness.tokenizer_files import has_tokenizer, local_model_files
+
+    if size != "full" or family not in FULL_TOKENIZERS:
+        return None
+    folder = local_model_files(FULL_TOKENIZERS[family])
+    if folder is None or not has_tokenizer(folder):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder), f"{FULL_TOKENIZERS[family]} (offline copy)"
+
+
 def _judge_model(family: str, seed: int, size: str, device: str):
-    """(model, tokenizer): the tiny model, or the judge's real-size architecture in bf16 on `device`."""
+    """(model, tokenizer, tokenizer source): the tiny model, or the judge's real-size architecture in bf16 on
+    `device` with the real tokenizer where one is available offline."""
     import torch
 
     from harness.tiny import randomize_zero_inits, tiny_model
 
     model, tokenizer = tiny_model(family, seed=seed)
     if size == "tiny":
-        return model.to(device), tokenizer
+        return model.to(device), tokenizer, "tiny stand-in"
     from transformers import AutoModelForCausalLM
 
     config = model.config.__class__(**{**model.config.to_dict(), **FULL_DIMS[family]})
@@ -71,8 +94,15 @@ def _judge_model(family: str, seed: int, size: str, device: str):
         torch.manual_seed(seed)
         big = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         randomize_zero_inits(big)
-    big.generation_config = model.generation_config
-    return big.eval().requires_grad_(False), tokenizer
+    big.generation_config = copy.deepcopy(model.generation_config)
+    real = judge_tokenizer(family, size)
+    if real is None:
+        return big.eval().requires_grad_(False), tokenizer, "tiny stand-in"
+    tokenizer, source = real
+    ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    big.generation_config.update(eos_token_id=ends, pad_token_id=tokenizer.eos_token_id,
+                                 bos_token_id=tokenizer.bos_token_id)
+    return big.eval().requires_grad_(False), tokenizer, source
 
 
 def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | None = None, size: str = "tiny",
@@ -92,20 +122,21 @@ def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | Non
     raise ValueError(f"no rehearsal judge for {name!r}; known: substring, {', '.join(GUARD_MODELS)}, sorry-bench")
 
 
-def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str) -> Any:
+def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_source: str) -> Any:
     judge.rehearsal = True
     judge.CODE_MODULES = judge.CODE_MODULES + REHEARSAL_CODE
     judge.rehearsal_family = family
+    judge.rehearsal_tokenizer = tokenizer_source
     return judge
 
 
 def _guard(name: str, seed: int, short_response_words: int | None, size: str, device: str,
            batch_size: int | None) -> LlamaGuardJudge:
-    model, tokenizer = _judge_model("llama", seed, size, device)
+    model, tokenizer, source = _judge_model("llama", seed, size, device)
     tokenizer.chat_template = GUARD_TEMPLATE
     judge = LlamaGuardJudge(
         name,
-        model_id=f"harness.tiny/llama-{size}-seed{seed}",
+        model_id=f"harness.tiny/llama-{size}-seed{seed}" + ("" if source == "tiny stand-in" else "+real-tokenizer"),
         revision=REHEARSAL_REVISION,
         backend="transformers",
         model=model,
@@ -114,7 +145,7 @@ def _guard(name: str, seed: int, short_response_words: int | None, size: str, de
         short_response_words=short_response_words,
         **({"batch_size": batch_size} if batch_size else {}),
     )
-    return _mark(judge, "llama")
+    return _mark(judge, "llama", source)
 
 
 def judge_prompt_or_placeholder() -> dict[str, Any]:
@@ -129,7 +160,7 @@ def judge_prompt_or_placeholder() -> dict[str, Any]:
 
 
 def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> SorryBenchJudge:
-    model, tokenizer = _judge_model("mistral", seed, size, device)
+    model, tokenizer, source = _judge_model("mistral", seed, size, device)
     judge = SorryBenchJudge(
         revision=REHEARSAL_REVISION,
         backend="transformers",
@@ -140,4 +171,4 @@ def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> S
         max_new_tokens=REHEARSAL_MAX_NEW_TOKENS,
         **({"batch_size": batch_size} if batch_size else {}),
     )
-    return _mark(judge, "mistral")
+    return _mark(judge, "mistral", source)
