@@ -217,13 +217,43 @@ def test_fine_tune_never_sees_validation_or_held_out_prompts():
     assert trained | validation == set(sets.construction[sets.construction["category"].isin(sets.fit_areas)]["prompt"])
 
 
-def test_recipe_rule_takes_the_cheapest_that_qualifies():
+def test_recipe_rule_takes_the_cheapest_of_the_best_separated():
+    """Mean separation (unsafe minus safe refused) over both seeds; recipes within one prompt in 40 of the best are
+    equal and the cheapest wins; a recipe not scored on every seed does not compete."""
     from harness.demo_recipes import choose_recipe
 
-    rows = [{"recipe": "big", "cost": 100, "unsafe_refusal": 0.99, "safe_refusal": 0.05},
-            {"recipe": "small", "cost": 10, "unsafe_refusal": 0.96, "safe_refusal": 0.10},
-            {"recipe": "tiny", "cost": 1, "unsafe_refusal": 0.99, "safe_refusal": 0.25}]
-    assert choose_recipe(rows)["recipe"] == "small"
-    rows[1]["safe_refusal"] = 0.1001
-    assert choose_recipe(rows)["recipe"] == "big"
-    assert choose_recipe(rows[2:]) is None
+    def rows(name, cost, *pairs):
+        return [{"recipe": name, "seed": seed, "cost": cost, "unsafe_refusal": u, "safe_refusal": s}
+                for seed, (u, s) in enumerate(pairs)]
+
+    best = rows("best", 100, (1.0, 0.05), (0.95, 0.0))  # separation 0.95
+    near = rows("near", 10, (0.95, 0.05), (0.975, 0.05))  # 0.9125: more than one prompt below
+    assert choose_recipe(best + near)["recipe"] == "best"
+    near[1]["safe_refusal"] = 0.0  # 0.9375: within 0.025 of the best, and cheaper
+    assert choose_recipe(best + near)["recipe"] == "near"
+    assert choose_recipe(best + near[:1])["recipe"] == "best"  # one seed only: out
+    twin = rows("twin", 10, (0.975, 0.05), (0.975, 0.0))  # same cost as near, higher separation (0.95)
+    assert choose_recipe(best + near + twin)["recipe"] == "twin"
+    assert choose_recipe(near[:1]) is None
+
+def test_demo_recipe_is_the_recorded_validation_choice():
+    """demo.toml's refusal_tune is the recipe that RECIPE_RULE chooses from the committed validation table
+    (reports/demo/recipes.csv, written by `python -m harness demo-recipes`), with that candidate's parameters."""
+    import csv
+    from pathlib import Path
+
+    from harness.config import load_experiment
+    from harness.demo_recipes import RECIPE_CANDIDATES, RECIPE_SEEDS, choose_recipe
+
+    table = Path(__file__).resolve().parent.parent / "reports" / "demo" / "recipes.csv"
+    with table.open() as fh:
+        rows = [{**r, "seed": int(r["seed"]), "cost": int(r["cost"]), "unsafe_refusal": float(r["unsafe_refusal"]),
+                 "safe_refusal": float(r["safe_refusal"])} for r in csv.DictReader(fh)]
+    assert {r["recipe"] for r in rows} == set(RECIPE_CANDIDATES)
+    assert {(r["recipe"], r["seed"]) for r in rows} == {(n, s) for n in RECIPE_CANDIDATES for s in RECIPE_SEEDS}
+    chosen = choose_recipe(rows)
+    assert {r["recipe"] for r in rows if r["chosen"] == "True"} == {chosen["recipe"]}
+    tune = load_experiment("demo").model.refusal_tune
+    assert tune.recipe == chosen["recipe"]
+    for field, value in RECIPE_CANDIDATES[chosen["recipe"]].items():
+        assert getattr(tune, field) == value, field

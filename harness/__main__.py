@@ -145,21 +145,26 @@ def _cmd_demo_recipes(args: argparse.Namespace) -> int:
     import csv
 
     from harness.config import load_experiment
-    from harness.demo_recipes import RECIPE_RULE, choose_recipe, evaluate_recipes
+    from harness.demo_recipes import FIRST_RULE, RECIPE_RULE, choose_recipe, evaluate_recipes, separation
 
     rows = evaluate_recipes(load_experiment(args.experiment))
     chosen = choose_recipe(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) + ["chosen"])
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) + ["separation", "chosen"])
         writer.writeheader()
-        writer.writerows({**r, "chosen": chosen is not None and r["recipe"] == chosen["recipe"]} for r in rows)
-    print(f"rule: {RECIPE_RULE}")
+        writer.writerows({**r, "separation": round(separation(r), 4),
+                          "chosen": chosen is not None and r["recipe"] == chosen["recipe"]} for r in rows)
+    print(f"rule: {RECIPE_RULE}\nfirst rule: {FIRST_RULE}")
     for r in rows:
-        print(f"{r['recipe']}: unsafe {r['unsafe_refusal']:.1%}, safe {r['safe_refusal']:.1%} refused, "
-              f"cost {r['cost']}")
-    print(f"chosen: {chosen['recipe'] if chosen else 'none qualifies'} (table: {out})")
+        print(f"{r['recipe']} seed {r['seed']}: unsafe {r['unsafe_refusal']:.1%}, "
+              f"safe {r['safe_refusal']:.1%} refused, cost {r['cost']}")
+    if chosen:
+        print(f"chosen: {chosen['recipe']} (mean separation {chosen['separation']:.3f}, cost {chosen['cost']}; "
+              f"table: {out})")
+    else:
+        print(f"no recipe was scored on every seed (table: {out})")
     return 0 if chosen else 1
 
 
