@@ -61,6 +61,17 @@ def demo_key(model_cfg: ModelConfig, fit_prompts: pd.DataFrame) -> str:
     )
 
 
+def load_refusing_model(model_cfg: ModelConfig, fit_prompts: pd.DataFrame, *, device: str | None = None,
+                        progress: bool = True):
+    """(model, tokenizer) of the refusal-tuned model (`build_refusing_model`), loaded as the local checkpoint it is."""
+    from harness.model import load_model
+
+    path = build_refusing_model(model_cfg, fit_prompts, progress=progress)
+    local = model_cfg.model_copy(update={"path": str(path), "gguf_file": None, "gguf_package": None, "sha256": None,
+                                         "refusal_tune": None})
+    return load_model(local, device=device)
+
+
 def _recipe(model_cfg: ModelConfig) -> RefusalTune:
     if model_cfg.refusal_tune is None:
         raise DemoModelError(f"model {model_cfg.id!r}: `model.refusal_tune` is not set")

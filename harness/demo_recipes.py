@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.config import Experiment, RefusalTune
-from harness.demo_model import _recipe, build_refusing_model
+from harness.demo_model import _recipe, load_refusing_model
 
 RECIPE_CANDIDATES: dict[str, dict] = {
     "refusal-sft-v2": {"steps": 90, "batch_size": 16, "lr": 5e-5, "train_layers": (6, 23),
@@ -79,7 +79,6 @@ def evaluate_recipes(exp: Experiment, candidates: dict[str, dict] | None = None,
     seed by seed, so the first seed's table is complete before the next starts."""
     from harness.generation import generate
     from harness.judges.substring import SubstringJudge
-    from harness.model import load_model
     from harness.prompt_sets import prompt_sets
 
     sets = prompt_sets(exp, None)
@@ -91,10 +90,7 @@ def evaluate_recipes(exp: Experiment, candidates: dict[str, dict] | None = None,
         for name, params in (candidates or RECIPE_CANDIDATES).items():
             tune = _recipe(exp.model).model_copy(update={"recipe": name, **params, "seed": seed})
             cfg = exp.model.model_copy(update={"refusal_tune": tune})
-            path = build_refusing_model(cfg, fit, progress=progress)
-            local = cfg.model_copy(update={"path": str(path), "gguf_file": None, "gguf_package": None,
-                                           "sha256": None, "refusal_tune": None})
-            model, tokenizer = load_model(local)
+            model, tokenizer = load_refusing_model(cfg, fit, progress=progress)
             row = {"recipe": name, "seed": seed, "cost": recipe_cost(tune), "steps": tune.steps,
                    "batch_size": tune.batch_size, "lr": tune.lr, "train_layers": str(tuple(tune.train_layers)),
                    "distill_max_new_tokens": tune.distill_max_new_tokens}
