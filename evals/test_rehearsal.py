@@ -25,6 +25,9 @@ STAGES = ("activations", "selection", "completions", "judgments", "logits", "cap
 def _run(name: str, work: Path, reports: Path) -> tuple[int, str]:
     env = {**os.environ, "HARNESS_CACHE_DIR": str(work / "cache"), "HARNESS_REPORTS_DIR": str(reports),
            "PYTHONHASHSEED": "0"}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One thread per rehearsal while xdist runs a worker per core: two threads each oversubscribe the cores.
+        env.setdefault("HARNESS_NUM_THREADS", "1")
     env.setdefault("HARNESS_TOKENIZERS_DIR", str(ROOT.parent / "shared" / "tokenizers"))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", name, "--rehearse", "tiny", "-q",
