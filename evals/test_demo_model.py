@@ -236,6 +236,7 @@ def test_recipe_rule_takes_the_cheapest_of_the_best_separated():
     assert choose_recipe(best + near + twin)["recipe"] == "twin"
     assert choose_recipe(near[:1]) is None
 
+
 def test_demo_recipe_is_the_recorded_validation_choice():
     """demo.toml's refusal_tune is the recipe that RECIPE_RULE chooses from the committed validation table
     (reports/demo/recipes.csv, written by `python -m harness demo-recipes`), with that candidate's parameters."""

@@ -60,14 +60,15 @@ FULL_DIMS: dict[str, dict[str, Any]] = {
 # 128k BPE vocabulary. The tiny stand-in (701 tokens) would turn a 512-token completion into ~3x the tokens the guard
 # reads, and the benchmark would time that. No offline copy of Mistral's tokenizer exists here.
 FULL_TOKENIZERS: dict[str, str] = {"llama": "meta-llama/Meta-Llama-3-8B-Instruct"}
+STAND_IN = "tiny stand-in"
 
 
-def judge_tokenizer(family: str, size: str) -> tuple[Any, str] | None:
+def judge_tokenizer(family: str) -> tuple[Any, str] | None:
     """(tokenizer, its source) of the real vocabulary for a `full` judge of `family`; None where only the tiny
-    stand-in is available (tiny size, no offline copy in $HARNESS_TOKENIZERS_DIR)."""
+    stand-in is available (no offline copy in $HARNESS_TOKENIZERS_DIR)."""
     from harness.tokenizer_files import has_tokenizer, local_model_files
 
-    if size != "full" or family not in FULL_TOKENIZERS:
+    if family not in FULL_TOKENIZERS:
         return None
     folder = local_model_files(FULL_TOKENIZERS[family])
     if folder is None or not has_tokenizer(folder):
@@ -86,7 +87,7 @@ def _judge_model(family: str, seed: int, size: str, device: str):
 
     model, tokenizer = tiny_model(family, seed=seed)
     if size == "tiny":
-        return model.to(device), tokenizer, "tiny stand-in"
+        return model.to(device), tokenizer, STAND_IN
     from transformers import AutoModelForCausalLM
 
     config = model.config.__class__(**{**model.config.to_dict(), **FULL_DIMS[family]})
@@ -95,9 +96,9 @@ def _judge_model(family: str, seed: int, size: str, device: str):
         big = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         randomize_zero_inits(big)
     big.generation_config = copy.deepcopy(model.generation_config)
-    real = judge_tokenizer(family, size)
+    real = judge_tokenizer(family)
     if real is None:
-        return big.eval().requires_grad_(False), tokenizer, "tiny stand-in"
+        return big.eval().requires_grad_(False), tokenizer, STAND_IN
     tokenizer, source = real
     ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
     big.generation_config.update(eos_token_id=ends, pad_token_id=tokenizer.eos_token_id,
@@ -136,7 +137,7 @@ def _guard(name: str, seed: int, short_response_words: int | None, size: str, de
     tokenizer.chat_template = GUARD_TEMPLATE
     judge = LlamaGuardJudge(
         name,
-        model_id=f"harness.tiny/llama-{size}-seed{seed}" + ("" if source == "tiny stand-in" else "+real-tokenizer"),
+        model_id=f"harness.tiny/llama-{size}-seed{seed}" + ("" if source == STAND_IN else "+real-tokenizer"),
         revision=REHEARSAL_REVISION,
         backend="transformers",
         model=model,
