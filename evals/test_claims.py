@@ -350,11 +350,16 @@ def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
             f"residual stream (> {t.edit_leak_max})", "edit_leak_max")
 
 
-def test_methods_compared(method, experiment, sets, answers, judgments, harmless_logits, record, claim_snapshot):
+def test_methods_compared(method, experiment, sets, answers, judgments, judges, harmless_logits, capability_scores,
+                          conditions, record, claim_snapshot):
     """Each direction method's refusal drop on the same harmful prompts, within one KL budget on harmless prompts;
-    a method other than diff-in-means is also compared with it prompt by prompt (exact McNemar)."""
+    a method other than diff-in-means is also compared with it prompt by prompt (exact McNemar). With an
+    `intervention.grid`, each case is one `DIM_CELL~INLP_CELL` comparison of the grid (`_grid_compared`)."""
     from harness.capability import next_token_kl
 
+    if "~" in method:
+        return _grid_compared(method, experiment, sets, answers, judgments, judges, harmless_logits,
+                              capability_scores, conditions, record, claim_snapshot)
     t = experiment.thresholds
     headline = experiment.judges.headline_name
     condition = {"diff_in_means": "ablation", "inlp": "inlp"}[method]
@@ -385,6 +390,79 @@ def test_methods_compared(method, experiment, sets, answers, judgments, harmless
     require(kl <= t.methods_kl_max, f"{method}: harmless KL {kl:.3g} over the budget {t.methods_kl_max}",
             "methods_kl_max")
     require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp", "methods_drop_pp_min")
+
+
+def _grid_cell(cell, experiment, judgments, judges, harmless_logits, capability_scores, conditions) -> dict:
+    """One row of the method x intervention x scope table: refusal drop per judge, harmless refusal (headline
+    judge), mean harmless KL, and the CE rise on the capability text set where the experiment has one."""
+    from harness.capability import next_token_kl
+    from harness.config import GRID_METHOD, parse_cell
+
+    kind, scope = parse_cell(cell)
+    headline = experiment.judges.headline_name
+    row = {"method": GRID_METHOD[kind], "intervention": kind, "scope": scope}
+    for judge in judges:
+        before = _rates(judgments, "baseline", judge)["harmful"]["rate"]
+        row[f"drop_pp[{judge}]"] = 100 * (before - _rates(judgments, cell, judge)["harmful"]["rate"])
+    row["harmless_refusal"] = _rates(judgments, cell, headline)["harmless"]["rate"]
+    row["harmless_kl"] = float(next_token_kl(harmless_logits("baseline"), harmless_logits(cell)).mean())
+    row["ce_delta"] = (capability_scores(cell, "text")["ce"] - capability_scores("baseline", "text")["ce"]
+                       if experiment.capability.text is not None else None)
+    row["where"] = conditions[cell].note
+    return row
+
+
+def _grid_compared(comparison, experiment, sets, answers, judgments, judges, harmless_logits, capability_scores,
+                   conditions, record, claim_snapshot):
+    """A diff-in-means cell against an INLP cell at the same scope, on the same prompts: both must be within the
+    KL (and CE) budget, and the method the experiment names in `methods_winner` must have the larger refusal
+    drop by an exact McNemar test (or, for `neither`, no significant difference)."""
+    from harness.config import parse_cell
+    from harness.grid import compare, paired_scores
+
+    t = experiment.thresholds
+    headline = experiment.judges.headline_name
+    dim_cell, inlp_cell = comparison.split("~")
+    cells = {c: _grid_cell(c, experiment, judgments, judges, harmless_logits, capability_scores, conditions)
+             for c in (dim_cell, inlp_cell)}
+    table = record.merge("grid", cells)
+    record.artifact("grid_table", pd.DataFrame(list(table.values())).sort_values(["method", "intervention", "scope"]))
+    figures = compare(
+        paired_scores(judgments(dim_cell, "harmful", headline), judgments(inlp_cell, "harmful", headline)),
+        paired_scores(judgments(dim_cell, "harmless", headline), judgments(inlp_cell, "harmless", headline)),
+        (cells[dim_cell]["harmless_kl"], cells[inlp_cell]["harmless_kl"]),
+        (cells[dim_cell]["ce_delta"], cells[inlp_cell]["ce_delta"]),
+        alpha=t.mcnemar_alpha, kl_max=t.methods_kl_max, ce_max=t.methods_ce_max)
+    family = f"{parse_cell(dim_cell)[0]}~{parse_cell(inlp_cell)[0]}"
+    expected = t.methods_winner[family]
+    won = figures["winner"]
+    record.merge("grid_comparisons", [{
+        "comparison": comparison, "matched_budget": figures["matched_budget"],
+        "harmful_p": figures.get("harmful_mcnemar_p", float("nan")),
+        **{f"winner[{k}]": v for k, v in won.items()}, "expected[refusal_drop]": expected}])
+    record.artifact("grid_comparisons_table", pd.DataFrame(record.merge("grid_comparisons", [])))
+    figures = record.figures(
+        {**figures, "judge": headline, "expected_winner": expected, "kl_budget": t.methods_kl_max,
+         "ce_budget": t.methods_ce_max, "cells": {c: {k: v for k, v in row.items() if k != "where"}
+                                                  for c, row in cells.items()}},
+        headline=(f"{headline}: refusal drop won by {won['refusal_drop']} (expected {expected}), "
+                  f"p = {figures.get('harmful_mcnemar_p', float('nan')):.3g}; KL {won['kl']}, CE {won['ce']}, "
+                  f"harmless refusal {won['harmless_refusal']}; matched budget: {figures['matched_budget']}"),
+        provenance=_provenance(sets, [headline], "baseline", dim_cell, inlp_cell))
+    assert figures == claim_snapshot
+    _require_parseable(experiment, answers, judgments, headline,
+                       [(c, w) for c in ("baseline", dim_cell, inlp_cell) for w in ("harmful", "harmless")], record)
+    for c, row in cells.items():
+        require(row["harmless_kl"] <= t.methods_kl_max,
+                f"{c}: harmless KL {row['harmless_kl']:.3g} over the budget {t.methods_kl_max}", "methods_kl_max")
+        if row["ce_delta"] is not None and t.methods_ce_max is not None:
+            require(row["ce_delta"] <= t.methods_ce_max,
+                    f"{c}: CE rise {row['ce_delta']:.3g} over the budget {t.methods_ce_max}", "methods_ce_max")
+    require(figures["harmful_n"] > 0, f"{headline}: no harmful prompt judged under both {dim_cell} and {inlp_cell}")
+    require(won["refusal_drop"] == expected,
+            f"{family}: refusal drop won by {won['refusal_drop']} at {comparison}, expected {expected} "
+            f"(exact McNemar p {figures.get('harmful_mcnemar_p', float('nan')):.3g}, alpha {t.mcnemar_alpha})",
+            "methods_winner")
 
 
 def test_matches_reference(reference_condition, experiment, sets, judgments, record, claim_snapshot, rehearse):

@@ -184,7 +184,7 @@ def test_nullspace_removes_every_basis_direction():
 
 def test_actadd_rejects_layer_out_of_range():
     model, _ = tiny_model("llama")
-    with pytest.raises(IndexError, match="layer 3"):
+    with pytest.raises(IndexError, match=r"layers \[3\]"):
         with actadd(model, _direction(model), 3, 1.0):
             pass
 
@@ -201,21 +201,19 @@ def test_wrong_width_is_a_clear_error():
 
 def test_scopes_select_layers():
     assert select_layers(8, "all") == list(range(8))
-    assert select_layers(8, "one", layer=5) == [5]
-    top = select_layers(8, "top_k", layer=5, fraction=0.5)
-    assert len(top) == 4 and 5 in top and top == list(range(top[0], top[0] + 4))
-    assert select_layers(8, "top_k", layer=7, fraction=0.5) == [4, 5, 6, 7]
+    assert select_layers(8, "one", ranked=[5, 2]) == [5]
+    assert select_layers(8, "top_k", ranked=[5, 2, 5, 1], fraction=0.5) == [2, 5]
     assert select_layers(8, "all", layers=[3, 1]) == [1, 3]
-    with pytest.raises(ValueError, match="needs `layer`"):
+    with pytest.raises(ValueError, match="needs `ranked`"):
         select_layers(8, "one")
     with pytest.raises(ValueError, match="unknown scope"):
         select_layers(8, "some")  # type: ignore[arg-type]
     with pytest.raises(IndexError):
         select_layers(8, "all", layers=[9])
-    with pytest.raises(IndexError, match="layer 8"):
-        select_layers(8, "one", layer=8)
+    with pytest.raises(IndexError, match=r"layers \[8\]"):
+        select_layers(8, "one", ranked=[8])
     with pytest.raises(ValueError, match="fraction"):
-        select_layers(8, "top_k", layer=2, fraction=0.0)
+        select_layers(8, "top_k", ranked=[2], fraction=0.0)
 
 
 @torch.no_grad()
@@ -223,6 +221,6 @@ def test_scope_one_hooks_only_that_layer():
     model, tok = tiny_model("mistral")
     before = _n_hooks(model)
     mods = layer_modules(model)
-    with ablate(model, _direction(model), scope="one", layer=1):
+    with ablate(model, _direction(model), scope="one", ranked=[1, 0]):
         assert _n_hooks(model) - before == 1 + len(mods[1].residual_outputs)
         assert len(mods[1].block._forward_pre_hooks) == 1 and not mods[0].block._forward_pre_hooks

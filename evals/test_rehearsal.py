@@ -68,7 +68,8 @@ def _expected(name: str) -> dict[str, set[str]]:
     if exp.reference is not None:
         datasets.add(exp.reference.judgments.name)
     return {"datasets": datasets, "judges": set(exp.judges.names()),
-            "conditions": {"baseline", *exp.intervention.conditions}}
+            "conditions": {"baseline", *exp.intervention.conditions,
+                           *(exp.intervention.grid.cells() if exp.intervention.grid else [])}}
 
 
 def _base(name: str) -> str:

@@ -183,6 +183,73 @@ class DirectionConfig(_Strict):
     compare_methods: list[Literal["diff_in_means", "inlp"]] = ["diff_in_means", "inlp"]
 
 
+Scope = Literal["one", "top_k", "all"]
+GridIntervention = Literal["ablation", "nullspace", "actadd", "actadd_inlp", "reflection"]
+
+GRID_METHOD: dict[str, str] = {"ablation": "diff_in_means", "nullspace": "inlp", "actadd": "diff_in_means",
+                               "actadd_inlp": "inlp", "reflection": "inlp"}
+"""Which direction method each grid intervention uses (the INLP study's families)."""
+
+GRID_COUNTERPART: dict[str, str] = {"nullspace": "ablation", "reflection": "ablation", "actadd_inlp": "actadd"}
+"""Each INLP intervention and the diff-in-means one it is compared with, prompt by prompt, at the same scope."""
+
+SINGLE_LAYER = ("actadd", "actadd_inlp")
+"""Added at the direction's own layer whatever the scope (as in the study's code): only scope `one` exists."""
+
+
+class GridConfig(_Strict):
+    """The INLP study's method x intervention x scope grid: each cell is a condition named `INTERVENTION@SCOPE`."""
+
+    interventions: list[GridIntervention] = Field(
+        min_length=1, description="ablation (diff-in-means), nullspace (INLP basis), actadd (diff-in-means), "
+        "actadd_inlp (first INLP direction at the diff-in-means norm), reflection (INLP basis)")
+    scopes: list[Scope] = Field(
+        ["one", "top_k", "all"], min_length=1, description="one: the top-ranked component's layer; top_k: the "
+        "layers of the top `top_fraction` of ranked (layer, position) components; all: every layer")
+    top_fraction: float = Field(0.5, gt=0, le=1, description="share of ranked components scope top_k keeps")
+    reflect_strength: float = Field(
+        1.0, gt=0, description="reflection x <- x - (1 + strength) P x over the INLP span (the study's alpha = "
+        "1 + strength; 1 reflects, the study's alpha = 2)")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "GridConfig":
+        for name in ("interventions", "scopes"):
+            values = getattr(self, name)
+            dup = sorted({v for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(f"grid.{name} lists {dup} more than once")
+        if set(self.interventions) <= set(SINGLE_LAYER) and "one" not in self.scopes:
+            raise ValueError(f"grid.interventions {self.interventions} add at one layer only (scope `one`), but "
+                             f"grid.scopes is {self.scopes}: no cell would run")
+        return self
+
+    def cells(self) -> list[str]:
+        """Condition names, `INTERVENTION@SCOPE`; a single-layer intervention only at scope `one`."""
+        return [f"{i}@{s}" for i in self.interventions for s in self.scopes if i not in SINGLE_LAYER or s == "one"]
+
+    def comparisons(self) -> list[str]:
+        """`DIM_CELL~INLP_CELL` for every INLP cell whose diff-in-means counterpart is also in the grid."""
+        cells = self.cells()
+        out = []
+        for cell in cells:
+            kind, scope = parse_cell(cell)
+            other = f"{GRID_COUNTERPART[kind]}@{scope}" if kind in GRID_COUNTERPART else None
+            if other in cells:
+                out.append(f"{other}~{cell}")
+        return out
+
+
+def parse_cell(name: str) -> tuple[str, str]:
+    """`nullspace@top_k` -> ("nullspace", "top_k"); anything else is a ValueError naming what is allowed."""
+    kind, sep, scope = name.partition("@")
+    if not sep or kind not in GRID_METHOD or scope not in ("one", "top_k", "all"):
+        raise ValueError(f"{name!r} is not a grid cell INTERVENTION@SCOPE with INTERVENTION in {sorted(GRID_METHOD)} "
+                         "and SCOPE in ['all', 'one', 'top_k']")
+    if kind in SINGLE_LAYER and scope != "one":
+        raise ValueError(f"{name!r}: {kind} adds at the direction's own layer only; its one scope is `one`")
+    return kind, scope
+
+
 class InterventionConfig(_Strict):
     conditions: list[Literal["ablation", "weight_edit", "actadd"]] = ["ablation", "weight_edit", "actadd"]
     norm_preserving: bool = False
@@ -191,7 +258,10 @@ class InterventionConfig(_Strict):
         "it; vLLM's Gemma classes load only tied checkpoints"
     )
     actadd_coeff: float = -1.0
-    scope: Literal["all", "top_k", "one"] = "all"
+    scope: Scope = Field("all", description="layers of the `ablation` condition (see grid.scopes)")
+    grid: GridConfig | None = Field(
+        None, description="the method x intervention x scope grid (conditions `INTERVENTION@SCOPE`), compared by "
+        "test_methods_compared")
 
 
 class GenerationConfig(_Strict):
@@ -338,6 +408,15 @@ class Thresholds(_Strict):
         None, gt=0, description="test_methods_compared: the KL budget (mean next-token KL on harmless prompts) "
         "within which the methods are compared; a method over it fails, whatever its drop"
     )
+    methods_ce_max: float | None = Field(
+        None, gt=0, description="test_methods_compared with a grid: the CE budget (rise in cross-entropy on the "
+        "capability text set) within which two cells are compared, where the experiment has that set"
+    )
+    methods_winner: dict[str, Literal["diff_in_means", "inlp", "neither"]] = Field(
+        default_factory=dict, description="test_methods_compared with a grid: per comparison `DIM~INLP` "
+        "interventions (e.g. `ablation~nullspace`, any scope), the method whose refusal drop is larger with an "
+        "exact McNemar p below mcnemar_alpha on the same prompts, or `neither` (p >= alpha)"
+    )
     edit_leak_max: float | None = Field(
         None, gt=0, description="test_edit_fidelity: largest |component along r-hat| left in the edited model's "
         "residual stream, as a share of the unedited model's largest component"
@@ -406,6 +485,20 @@ class Experiment(_Strict):
             unknown = sorted(set(self.reference.conditions) - {"baseline", *self.intervention.conditions})
             if unknown:
                 raise ValueError(f"reference.conditions names {unknown}, which this experiment does not run")
+        return self
+
+    @model_validator(mode="after")
+    def _grid_winners(self) -> "Experiment":
+        grid = self.intervention.grid
+        if grid is None:
+            return self
+        pairs = {f"{parse_cell(a)[0]}~{parse_cell(b)[0]}" for a, b in (c.split("~") for c in grid.comparisons())}
+        missing, unknown = sorted(pairs - set(self.thresholds.methods_winner)), sorted(set(self.thresholds.methods_winner) - pairs)
+        if missing or unknown:
+            raise ValueError(f"thresholds.methods_winner must name the expected winner of each grid comparison "
+                             f"{sorted(pairs)}: missing {missing}, not compared {unknown}")
+        if pairs and self.thresholds.methods_kl_max is None:
+            raise ValueError("intervention.grid compares methods at a matched KL budget: set thresholds.methods_kl_max")
         return self
 
     def known_failure(self, claim: str, limit: int | None) -> KnownFailure | None:

@@ -44,33 +44,51 @@ def unit(direction: torch.Tensor) -> torch.Tensor:
 
 
 def select_layers(
-    n: int, scope: Scope = "all", layers: Sequence[int] | None = None, layer: int | None = None, fraction: float = 0.5
+    n: int, scope: Scope = "all", layers: Sequence[int] | None = None, ranked: Sequence[int] | None = None,
+    fraction: float = 0.5,
 ) -> list[int]:
-    """Which blocks an intervention touches.
+    """Which blocks an intervention touches, as the INLP study scopes it.
 
-    `layers` (explicit) wins; else "all" = every block, "one" = block `layer`, "top_k" = the
-    ceil(fraction * n) blocks centred on `layer` (clipped to the model).
+    `ranked` is the layer of each (layer, position) component in rank order (a layer appears once per
+    position; harness.components.rank_components). `layers` (explicit) wins; else "all" = every block,
+    "one" = the top-ranked component's block, "top_k" = the blocks of the first ceil(fraction * len(ranked))
+    components (the study's `top_percentage` over its component pool).
     """
     if layers is not None:
         chosen = sorted(set(int(i) for i in layers))
     elif scope == "all":
         chosen = list(range(n))
     elif scope in ("one", "top_k"):
-        if layer is None:
-            raise ValueError(f"scope={scope!r} needs `layer` (or explicit `layers`)")
-        if not 0 <= layer < n:
-            raise IndexError(f"layer {layer} out of range for a model with {n} blocks")
+        if not ranked:
+            raise ValueError(f"scope={scope!r} needs `ranked` (component layers in rank order) or explicit `layers`")
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        k = 1 if scope == "one" else max(1, math.ceil(fraction * n))
-        start = min(max(0, layer - k // 2), max(0, n - k))
-        chosen = list(range(start, min(n, start + k)))
+        k = 1 if scope == "one" else max(1, math.ceil(fraction * len(ranked)))
+        chosen = sorted(set(int(i) for i in ranked[:k]))
     else:
         raise ValueError(f"unknown scope {scope!r}; expected one of 'all', 'top_k', 'one'")
     bad = [i for i in chosen if not 0 <= i < n]
     if bad:
         raise IndexError(f"layers {bad} out of range for a model with {n} blocks")
     return chosen
+
+
+def matched_vector(direction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`direction` at `reference`'s norm and on its side (positive dot product): the study's INLP ActAdd, whose
+    first classifier direction is oriented harmful > harmless and scaled to the diff-in-means norm."""
+    r = unit(direction.reshape(-1))
+    ref = reference.detach().float().reshape(-1)
+    if r.shape != ref.shape:
+        raise DirectionShapeError(f"direction has shape {tuple(r.shape)}, reference {tuple(ref.shape)}")
+    sign = 1.0 if float(r @ ref) >= 0 else -1.0
+    return sign * ref.norm() * r
+
+
+def orthonormal(model, basis: torch.Tensor, what: str = "basis") -> torch.Tensor:
+    """`[k, d_model]` (or one `[d_model]` vector) -> float32 rows spanning the same space, orthonormal."""
+    rows = check_width(model, basis.reshape(-1, basis.shape[-1]) if basis.ndim else basis, what)
+    q, _ = torch.linalg.qr(rows.detach().float().T)  # [d_model, k], orthonormal columns
+    return q.T.contiguous()
 
 
 class _PerDevice:
@@ -149,36 +167,55 @@ def ablate(
     *,
     scope: Scope = "all",
     layers: Sequence[int] | None = None,
-    layer: int | None = None,
+    ranked: Sequence[int] | None = None,
     fraction: float = 0.5,
 ) -> Iterator[None]:
     """Directional ablation x <- x - (x.r)r at block inputs and residual writes, every position."""
     r = unit(check_width(model, direction).reshape(-1))
-    chosen = select_layers(len(layer_modules(model)), scope, layers, layer, fraction)
+    chosen = select_layers(len(layer_modules(model)), scope, layers, ranked, fraction)
     with _residual_projection(model, r[None], 1.0, chosen, chosen):
         yield
 
 
 @contextmanager
-def nullspace(model, basis: torch.Tensor, layers: Sequence[int] | None = None) -> Iterator[None]:
+def nullspace(
+    model,
+    basis: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    *,
+    scope: Scope = "all",
+    ranked: Sequence[int] | None = None,
+    fraction: float = 0.5,
+) -> Iterator[None]:
     """Project out span(basis) (`[k, d_model]`; orthonormalised here) like `ablate`."""
-    basis = check_width(model, basis.reshape(-1, basis.shape[-1]) if basis.ndim else basis, "basis")
-    q, _ = torch.linalg.qr(basis.detach().float().T)  # [d_model, k], orthonormal columns
-    chosen = select_layers(len(layer_modules(model)), "all", layers)
-    with _residual_projection(model, q.T.contiguous(), 1.0, chosen, chosen):
+    q = orthonormal(model, basis)
+    chosen = select_layers(len(layer_modules(model)), scope, layers, ranked, fraction)
+    with _residual_projection(model, q, 1.0, chosen, chosen):
         yield
 
 
 @contextmanager
-def reflect(model, direction: torch.Tensor, strength: float = 1.0, layers: Sequence[int] | None = None) -> Iterator[None]:
-    """Counterfactual reflection x <- x - (1 + strength)(x.r)r; strength 1 flips the component's sign.
+def reflect(
+    model,
+    direction: torch.Tensor,
+    strength: float = 1.0,
+    layers: Sequence[int] | None = None,
+    *,
+    scope: Scope = "all",
+    ranked: Sequence[int] | None = None,
+    fraction: float = 0.5,
+) -> Iterator[None]:
+    """Counterfactual reflection x <- x - (1 + strength) P x, P the projection onto span(direction) (one
+    `[d_model]` vector or a `[k, d_model]` basis, e.g. INLP's); strength 1 flips the component's sign. The study
+    writes it as x <- (alpha (I - P) + (1 - alpha) I) x with alpha = 1 + strength.
 
-    Reflection is not idempotent, so it is applied once to the stream: at the input of the first
-    chosen block and to every residual write of the chosen blocks.
+    Reflection is not idempotent, so it is applied once to the stream: at the input of the first chosen block
+    and to every residual write of the chosen blocks. (The study's hooks reflect every chosen block's input
+    too, which at consecutive blocks undoes the previous reflection of the stream.)
     """
-    r = unit(check_width(model, direction).reshape(-1))
-    chosen = select_layers(len(layer_modules(model)), "all", layers)
-    with _residual_projection(model, r[None], 1.0 + strength, chosen, chosen[:1]):
+    q = orthonormal(model, direction, "direction")
+    chosen = select_layers(len(layer_modules(model)), scope, layers, ranked, fraction)
+    with _residual_projection(model, q, 1.0 + strength, chosen, chosen[:1]):
         yield
 
 
@@ -188,7 +225,7 @@ def actadd(model, direction: torch.Tensor, layer: int, coeff: float) -> Iterator
     position (the direction is used as given, not normalised, as in Arditi et al.)."""
     vec = _PerDevice(check_width(model, direction).reshape(-1))
     mods = layer_modules(model)
-    (layer,) = select_layers(len(mods), "one", None, layer)
+    (layer,) = select_layers(len(mods), "one", ranked=[layer])
 
     def pre_hook(module, args, kwargs):
         x = block_input(args, kwargs)

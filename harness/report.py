@@ -334,6 +334,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
         "provenance": {k: v["provenance"] for k, v in claims.items() if "provenance" in v},
         "setup": {k: _jsonable(artifacts[k]) for k in SETUP_ARTIFACTS if k in artifacts},
         "environment": _jsonable(artifacts.get("environment", {})),
+        **({"grid": _jsonable(artifacts["grid"])} if artifacts.get("grid") else {}),
     })
     atomic_write_bytes(run_dir / "results.json", (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
     if artifacts.get("judgments"):
@@ -382,7 +383,9 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
                "filtered cells fail layer < 0.8 L, KL <= max, or induce > min. Full table: selection.csv.", "",
                "![selection](selection.png)", "", _table(top), ""]
 
-    for title, key in (("Capability", "capability"), ("Edit fidelity", "fidelity"), ("Methods compared", "methods")):
+    for title, key in (("Capability", "capability"), ("Edit fidelity", "fidelity"), ("Methods compared", "methods"),
+                       ("Method x intervention x scope", "grid_table"),
+                       ("Methods compared at a matched budget", "grid_comparisons_table")):
         frame = artifacts.get(key)
         if isinstance(frame, pd.DataFrame) and len(frame):
             md += [f"## {title}", "", _table(frame), ""]
