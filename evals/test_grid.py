@@ -3,7 +3,12 @@ the study writes it, the component ranking, the grid's TOML validation and the m
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +22,7 @@ from harness.hooks import add_hooks, block_input, with_block_input
 from harness.interventions import actadd, matched_vector, nullspace, reflect, select_layers
 from harness.tiny import tiny_model
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
 
 
@@ -26,11 +32,12 @@ def _basis(model, k: int = 3, seed: int = 1) -> torch.Tensor:
 
 
 def test_scopes_follow_the_component_ranking():
-    ranked = [5, 2, 5, 7, 1, 0, 3, 2]  # layer of each (layer, position) component, best first
+    ranked = [5, 2, 7, 5, 1, 0, 3, 2]  # layer of each (layer, position) component, best first
     assert select_layers(8, "one", ranked=ranked) == [5]
     # The study's top_percentage: ceil(fraction * pool) components, their distinct layers.
     assert select_layers(8, "top_k", ranked=ranked, fraction=0.5) == [2, 5, 7]
-    assert select_layers(8, "top_k", ranked=ranked, fraction=0.3) == [2, 5]  # ceil(2.4) = 3 components
+    assert select_layers(8, "top_k", ranked=ranked, fraction=0.3) == [2, 5, 7]  # ceil(2.4) = 3 components
+    assert select_layers(8, "top_k", ranked=ranked, fraction=0.25) == [2, 5]
     assert select_layers(8, "top_k", ranked=ranked, fraction=1.0) == [0, 1, 2, 3, 5, 7]
     assert select_layers(8, "all", ranked=ranked) == list(range(8))
     with pytest.raises(ValueError, match="needs `ranked`"):
@@ -172,6 +179,7 @@ def test_grid_cells_and_comparisons():
     assert "ablation@top_k~nullspace@top_k" in grid.comparisons()
     assert "actadd@one~actadd_inlp@one" in grid.comparisons() and len(grid.comparisons()) == 7
     assert parse_cell("reflection@all") == ("reflection", "all")
+    assert grid.methods() == {"diff_in_means", "inlp"}
     for bad, message in (("ablation", "INTERVENTION@SCOPE"), ("nullspace@half", "INTERVENTION@SCOPE"),
                          ("actadd@all", "own layer only")):
         with pytest.raises(ValueError, match=message):
@@ -202,3 +210,49 @@ def test_a_bad_grid_is_named(tmp_path, grid, winners, message):
     (tmp_path / "exp.toml").write_text("\n".join(lines) + "\n")
     with pytest.raises(ExperimentError, match=message):
         load_experiment(tmp_path / "exp.toml")
+
+
+def _claims(toml: Path, work: Path) -> tuple[int, str]:
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(work / "cache"), "HARNESS_REPORTS_DIR": str(work / "reports"),
+           "PYTHONHASHSEED": "0", "HARNESS_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", str(toml), "--limit", "8", "-q", "-p", "no:xdist",
+         "-p", "no:cacheprovider", "--snapshot-update", "-k", "methods_compared", "evals/test_claims.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_the_grid_claim_passes_and_fails_on_a_real_claim_run(tmp_path):
+    """A claim run (not a rehearsal) of a tiny random model with a 4-cell grid: random weights comply with every
+    prompt under every cell, so `neither` method wins the refusal drop and the claim passes; naming a winner, or a
+    KL budget both cells exceed, fails it on that threshold. The second and third runs reuse every cached stage."""
+    from evals.test_end_to_end import TOML
+
+    model, tokenizer = tiny_model("llama", seed=5)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    base = TOML.format(path=tmp_path / "model").replace("[stability]", '[intervention]\ngrid = { interventions = '
+                                                        '["ablation", "nullspace"], scopes = ["one", "all"] }\n\n'
+                                                        "[stability]")
+    toml = tmp_path / "tiny.toml"
+
+    def run(winner: str, kl_max: str) -> tuple[int, str]:
+        text = base.replace("methods_kl_max = 1e9", f"methods_kl_max = {kl_max}\nmethods_winner = "
+                            f'{{ "ablation~nullspace" = "{winner}" }}')
+        toml.write_text(text)
+        return _claims(toml, tmp_path / "work")
+
+    code, out = run("neither", "1e9")
+    assert code == 0, out[-4000:]
+    assert "2 passed" in out
+    results = json.loads((tmp_path / "work" / "reports" / "tiny-limit8" / "results.json").read_text())
+    figures = results["claims"]["test_methods_compared[ablation@one~nullspace@one]"]
+    assert figures["winner"]["refusal_drop"] == "neither" and figures["harmful_n"] == 8
+    assert set(results["grid"]) == {"ablation@one", "ablation@all", "nullspace@one", "nullspace@all"}
+    report = (tmp_path / "work" / "reports" / "tiny-limit8" / "report.md").read_text()
+    assert "## Method x intervention x scope" in report and "## Methods compared at a matched budget" in report
+    code, out = run("diff_in_means", "1e9")
+    assert code != 0 and "refusal drop won by neither" in out and "[methods_winner]" in out, out[-4000:]
+    code, out = run("neither", "1e-12")
+    assert code != 0 and "over the budget 1e-12 [methods_kl_max]" in out, out[-4000:]

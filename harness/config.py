@@ -223,6 +223,10 @@ class GridConfig(_Strict):
                              f"grid.scopes is {self.scopes}: no cell would run")
         return self
 
+    def methods(self) -> set[str]:
+        """The direction methods the grid's interventions use."""
+        return {GRID_METHOD[i] for i in self.interventions}
+
     def cells(self) -> list[str]:
         """Condition names, `INTERVENTION@SCOPE`; a single-layer intervention only at scope `one`."""
         return [f"{i}@{s}" for i in self.interventions for s in self.scopes if i not in SINGLE_LAYER or s == "one"]
@@ -493,7 +497,8 @@ class Experiment(_Strict):
         if grid is None:
             return self
         pairs = {f"{parse_cell(a)[0]}~{parse_cell(b)[0]}" for a, b in (c.split("~") for c in grid.comparisons())}
-        missing, unknown = sorted(pairs - set(self.thresholds.methods_winner)), sorted(set(self.thresholds.methods_winner) - pairs)
+        named = set(self.thresholds.methods_winner)
+        missing, unknown = sorted(pairs - named), sorted(named - pairs)
         if missing or unknown:
             raise ValueError(f"thresholds.methods_winner must name the expected winner of each grid comparison "
                              f"{sorted(pairs)}: missing {missing}, not compared {unknown}")

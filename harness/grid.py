@@ -28,7 +28,8 @@ def paired_scores(dim: list[int | None], inlp: list[int | None]) -> PairedDiffer
     keep = [i for i, (a, b) in enumerate(zip(dim, inlp)) if a is not None and b is not None]
     if not keep:
         return None
-    return paired_difference(np.array([dim[i] for i in keep], dtype=bool), np.array([inlp[i] for i in keep], dtype=bool))
+    return paired_difference(np.array([dim[i] for i in keep], dtype=bool),
+                             np.array([inlp[i] for i in keep], dtype=bool))
 
 
 def more_compliant(paired: PairedDifference | None, alpha: float) -> Winner:
