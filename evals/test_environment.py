@@ -89,3 +89,42 @@ def shared_tokenizer():
         return AutoTokenizer.from_pretrained(path)
 
     return get
+
+
+def test_weights_hash_is_cached_by_its_files_and_recomputed_when_one_changes(tmp_path, monkeypatch):
+    """The cached hash is the in-memory hash; the same files give it back without hashing; a file rewritten
+    (size or mtime) makes it hash the weights in memory again."""
+    import os
+    from types import SimpleNamespace
+
+    from harness.environment import cached_weights_sha256, weight_files
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    (folder / "config.json").write_text("{}")
+    (folder / "notes.txt").write_text("not read by the loader")
+    files = weight_files(SimpleNamespace(gguf_file=None, path=str(folder), id=None, revision=None))
+    assert [f.name for f in files] == ["config.json", "model.safetensors"]
+
+    model = torch.nn.Linear(4, 3)
+    first, reused = cached_weights_sha256(model, files, "float32")
+    assert (first, reused) == (state_dict_sha256(model), False)
+    with torch.no_grad():
+        model.weight += 1.0  # what a reload of changed files would give
+    assert cached_weights_sha256(model, files, "float32") == (first, True)  # same files: not re-hashed
+    assert cached_weights_sha256(model, files, "bfloat16")[1] is False  # another dtype: hashed again
+
+    (folder / "model.safetensors").write_bytes(b"weights v2")
+    os.utime(folder / "model.safetensors", ns=(1, 1))
+    again, reused = cached_weights_sha256(model, files, "float32")
+    assert not reused and again == state_dict_sha256(model) != first
+
+
+def test_weights_of_an_unnamed_source_are_not_cached():
+    from types import SimpleNamespace
+
+    from harness.environment import weight_files
+
+    assert weight_files(SimpleNamespace(gguf_file=None, path=None, id="no-such/model", revision="0" * 40)) is None

@@ -138,6 +138,58 @@ def judge_record(identity: dict[str, Any], name: str) -> dict[str, Any]:
     return record
 
 
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.json")
+
+
+def weight_files(cfg: Any) -> list[Path] | None:
+    """The files a model's weights are loaded from (weights, configs), or None where they cannot be named:
+    a hub model not in the local cache. Hub snapshot files are links into the blob store; their stat
+    follows the link to the blob."""
+    if cfg.gguf_file is not None:
+        from harness.model import gguf_path
+
+        return [gguf_path(cfg)]
+    if cfg.path is not None:
+        folder = Path(cfg.path)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            folder = Path(snapshot_download(cfg.id, revision=cfg.revision, local_files_only=True))
+        except (ImportError, LocalEntryNotFoundError, OSError, ValueError):
+            return None
+    files = sorted({f for pattern in WEIGHT_FILE_PATTERNS for f in folder.glob(pattern) if f.is_file()})
+    return files or None
+
+
+def files_signature(files: list[Path]) -> list[list[Any]]:
+    """(resolved path, size, mtime in ns) of each file: what a cached weights hash is keyed by."""
+    out = []
+    for f in files:
+        stat = f.stat()
+        out.append([str(f.resolve()), stat.st_size, stat.st_mtime_ns])
+    return out
+
+
+def cached_weights_sha256(model: torch.nn.Module, files: list[Path], dtype: str) -> tuple[str, bool]:
+    """(`state_dict_sha256(model)`, whether it came from the cache), cached by the files the weights were read
+    from (path, size, mtime), the dtype they were loaded in and the torch/transformers versions that loaded
+    them: hashing 16-40 GB of weights in memory takes 10-25 s on every pod run, the stat calls take none.
+    A changed file, dtype or loader version recomputes it."""
+    from harness.cache import cached_json, code_fingerprint, stage_key
+
+    key = stage_key(files=files_signature(files), dtype=dtype, torch=torch.__version__,
+                    transformers=_package_version("transformers"), code=code_fingerprint("environment"))
+    computed = []
+
+    def compute() -> str:
+        computed.append(True)
+        return state_dict_sha256(model)
+
+    return cached_json("weights_sha256", key, compute), not computed
+
+
 def weights_record(model: torch.nn.Module, exp: Experiment, rehearse: str | None) -> dict[str, Any]:
     cfg = exp.model
     record: dict[str, Any] = {"id": cfg.id, "revision": cfg.revision, "path": cfg.path, "dtype": cfg.dtype}
@@ -147,8 +199,13 @@ def weights_record(model: torch.nn.Module, exp: Experiment, rehearse: str | None
         record["refusal_tune"] = cfg.refusal_tune.recipe
     if rehearse is not None:
         record["weights"] = f"random init of the pinned architecture (rehearsal {rehearse}, seed {exp.seed})"
-    if rehearse != "full":  # a full rehearsal's tens of GB of random weights are not worth hashing
+    if rehearse == "full":  # a full rehearsal's tens of GB of random weights are not worth hashing
+        return record
+    files = weight_files(cfg) if rehearse is None and cfg.refusal_tune is None else None
+    if files is None:  # random, fine-tuned or unnamed sources: hashed in memory on every run
         record["weights_sha256"] = state_dict_sha256(model)
+        return record
+    record["weights_sha256"], _ = cached_weights_sha256(model, files, cfg.dtype)
     return record
 
 
