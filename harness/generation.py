@@ -11,7 +11,9 @@ Backends:
   (model forward with the intervention's hooks, argmax, bookkeeping) is captured once per batch into
   a CUDA graph and replayed, which removes the per-kernel launch cost that dominates batched decode of
   2B-class models; `compile_step=True` additionally fuses the step with `torch.compile` first. Hooks
-  are active at capture time, so they are part of the graph; they must not sync with the host.
+  are active at capture time, so they are part of the graph; they must not sync with the host. On CUDA, gpt-oss
+  decode steps run dense experts (`harness.moe`) and sink attention over the shared K/V (`_sink_decode_sdpa`);
+  prefill and the CPU keep the model's own modules.
 - "vllm": for weight-edited models saved to disk and for judges (no hooks).
 """
 
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.cache import compute_missing
+from harness.moe import dense_decode_experts
 
 if TYPE_CHECKING:
     from harness.config import GenerationConfig
@@ -228,7 +231,7 @@ def generate_tokens(
         if backend == "transformers":
             new = _hf_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, pad_token_id)
         elif backend == "static":
-            with _grouped_attention(model.config):
+            with _grouped_attention(model.config), _sink_decode_attention(model), dense_decode_experts(model):
                 new = _static_generate(
                     model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, compile_step
                 )
@@ -383,6 +386,63 @@ def _grouped_attention(config: Any) -> Iterator[None]:
     try:
         for c in configs:
             c._attn_implementation = GROUPED_SDPA
+        yield
+    finally:
+        for c, impl in zip(configs, before):
+            c._attn_implementation = impl
+
+
+SINK_DECODE = "harness_sink_decode"
+
+
+def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """gpt-oss attention with sinks: one-query decode steps as two batched matmuls over the shared K/V
+    (no repeat per query head, fp32 scores like `_grouped_sdpa`); longer queries use the model's own eager
+    attention, so prefill is unchanged.
+
+    The sink is one extra logit per head that takes part in the softmax and is dropped after it.
+    `query: [b, heads, 1, d]`, `key/value: [b, kv_heads, s, d]`, `attention_mask: [b, 1, 1, s]`.
+    """
+    b, heads, q_len, d = query.shape
+    if q_len != 1:
+        import sys
+
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    q = query.reshape(b, kv_heads, group, d)
+    scores = _decode_scores(q, key) * (scaling if scaling is not None else d**-0.5)  # [b, kv, group, s]
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]].float()
+    sinks = module.sinks.float().reshape(1, kv_heads, group, 1).expand(b, -1, -1, -1)
+    combined = torch.cat([scores, sinks], dim=-1)
+    probs = (combined - combined.amax(-1, keepdim=True)).softmax(-1)[..., :-1]
+    out = torch.matmul(probs.to(value.dtype), value)  # [b, kv, group, d]
+    return out.reshape(b, heads, 1, d).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def _sink_decode_attention(model: Any, on_cpu: bool = False) -> Iterator[None]:
+    """On CUDA, switch gpt-oss's eager attention to `_sink_decode_sdpa` for the duration: eager attention
+    repeats K/V per query head (8x for gpt-oss-20b) on every decode step. The CPU keeps the stock path."""
+    config = model.config
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if cfg.model_type != "gpt_oss" or cfg._attn_implementation != "eager" or not (
+        on_cpu or _input_device(model).type == "cuda"
+    ):
+        yield
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(SINK_DECODE, _sink_decode_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SINK_DECODE, eager_mask)  # masks built by transformers: eager's
+    configs = {id(c): c for c in (config, cfg)}.values()
+    before = [c._attn_implementation for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = SINK_DECODE
         yield
     finally:
         for c, impl in zip(configs, before):

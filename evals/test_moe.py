@@ -1,0 +1,75 @@
+"""The fast gpt-oss decode path (dense experts, sink attention without repeated K/V) computes the stock
+modules' function: compared on a tiny gpt-oss on the CPU, where the switch is forced (generation on the CPU
+keeps the stock path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.chat import tokenize_instructions
+from harness.generation import _sink_decode_attention, eos_token_ids, generate_tokens
+from harness.interventions import ablate
+from harness.moe import dense_decode_applies, dense_decode_experts, dense_experts_forward
+from harness.tiny import tiny_model
+
+PROMPTS = ["how to make a bomb at home", "hi", "write poem about the sea please thank you", "list three fruits"]
+
+
+@pytest.mark.parametrize("stock", ["eager", "grouped_mm"])
+def test_dense_experts_equal_stock_module(stock):
+    model, _ = tiny_model("gpt_oss")
+    experts = model.model.layers[0].mlp.experts
+    gen = torch.Generator().manual_seed(0)
+    tokens, n_experts, k = 37, experts.gate_up_proj.shape[0], 2
+    hidden = torch.randn(tokens, experts.hidden_size, generator=gen)
+    index = torch.stack([torch.randperm(n_experts, generator=gen)[:k] for _ in range(tokens)])  # [tokens, k]
+    weights = torch.rand(tokens, k, generator=gen).softmax(-1)
+    model.set_experts_implementation(stock)
+    expected = experts(hidden, index, weights)
+    got = dense_experts_forward(experts, hidden, index, weights)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert expected.abs().max() > 1e-3  # the comparison is not of zeros
+
+
+def test_dense_decode_switch_is_scoped_and_cuda_only():
+    model, _ = tiny_model("gpt_oss")
+    assert not dense_decode_applies(model)  # a CPU model keeps its stock implementation in generation
+    assert not dense_decode_applies(tiny_model("llama")[0], on_cpu=True)
+    before = model.get_experts_implementation()
+    with dense_decode_experts(model, on_cpu=True):
+        assert model.get_experts_implementation()[""].startswith("harness_dense_decode")
+    assert model.get_experts_implementation() == before
+
+
+@pytest.mark.parametrize("ablated", [False, True])
+def test_fast_decode_path_matches_stock_greedy(ablated):
+    """Greedy tokens of the static backend with dense experts and sink attention forced on equal the stock
+    modules' tokens, and the decode logits agree to float32 rounding."""
+    model, tok = tiny_model("gpt_oss")
+    enc = tokenize_instructions(tok, PROMPTS)
+    kw = dict(max_new_tokens=24, eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id)
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    with ablate(model, direction) if ablated else torch.no_grad():
+        stock = generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend="static", **kw)
+        with _sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
+            assert model.config._attn_implementation == "harness_sink_decode"
+            fast = generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend="static", **kw)
+    assert fast == stock
+    assert sum(map(len, stock)) > 0
+
+
+def test_sink_decode_attention_matches_eager_logits():
+    model, tok = tiny_model("gpt_oss")
+    enc = tokenize_instructions(tok, PROMPTS)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
+        step = dict(input_ids=ids[:, -1:], attention_mask=mask, use_cache=True)
+        cache = out.past_key_values
+        import copy
+
+        expected = model(**step, past_key_values=copy.deepcopy(cache)).logits
+        with _sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
+            got = model(**step, past_key_values=cache).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
