@@ -176,7 +176,8 @@ def test_moe_decode_near_floor(gpt_oss, benchmark):
     _bench_path().write_text(json.dumps(record, indent=1, sort_keys=True))
     benchmark.pedantic(lambda: _generate(model, input_ids, mask, 16, experts=True, attention=True), rounds=1)
 
-    lines = [f"first step: {record['first_step_logits']}", f"floor {floor_ms:.2f} ms/step ({weight_bytes / 1e9:.1f} GB at 4.8 TB/s; copy measured "
+    lines = [f"first step: {record['first_step_logits']}",
+             f"floor {floor_ms:.2f} ms/step ({weight_bytes / 1e9:.1f} GB at 4.8 TB/s; copy measured "
              f"{record['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s)"]
     for name, v in record["variants"].items():
         if "error" in v:

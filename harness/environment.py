@@ -152,12 +152,12 @@ def weight_files(cfg: Any) -> list[Path] | None:
     if cfg.path is not None:
         folder = Path(cfg.path)
     else:
-        try:
-            from huggingface_hub import snapshot_download
-            from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
+        try:
             folder = Path(snapshot_download(cfg.id, revision=cfg.revision, local_files_only=True))
-        except (ImportError, LocalEntryNotFoundError, OSError, ValueError):
+        except (LocalEntryNotFoundError, OSError, ValueError):
             return None
     files = sorted({f for pattern in WEIGHT_FILE_PATTERNS for f in folder.glob(pattern) if f.is_file()})
     return files or None
