@@ -15,6 +15,7 @@ inputs go to the implementation the model was loaded with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,7 +42,10 @@ def dense_experts_forward(
     return weighted.sum(0, dtype=torch.float32).to(hidden_states.dtype)
 
 
+@functools.cache
 def _routed_forward(fallback: str):
+    """One function per fallback for the whole process: a compiled step guards on the function it traced."""
+
     def forward(module, hidden_states, top_k_index, top_k_weights):
         if hidden_states.shape[0] <= DENSE_MAX_TOKENS:
             return dense_experts_forward(module, hidden_states, top_k_index, top_k_weights)
