@@ -55,7 +55,7 @@ def _run(tmp_path: Path, experiment: str, *extra: str) -> subprocess.CompletedPr
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly",
-         "-rA", "--experiment", str(tmp_path / "exp.toml"), *extra, "test_fake_claims.py"],
+         "-rA", "-m", "gpu", "--experiment", str(tmp_path / "exp.toml"), *extra, "test_fake_claims.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
 
