@@ -112,31 +112,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+EXPORT_RUN = REPO_ROOT / "evals" / "export_run.py"
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
-    """Runs the experiment's claim session for one cheap claim with `--export`: the direction and the edited model
-    come from the same cached fixtures as the claims (a finished run makes this a cache read). Its partial report
-    goes to a scratch folder, so the run's own report stays as it is."""
-    import os
+    """Runs evals/export_run.py, one test that asks for the `exported` fixture and asserts no claim: the direction
+    and the edited model come from the same cached fixtures as the claims (after a claim run, a cache read), and
+    no claim runs, so nothing is snapshotted or reported."""
     import subprocess
 
+    from harness.export import MANIFEST_FILE, read_manifest
+
     out = Path(args.out).resolve()
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", args.experiment, "--export", str(out), "-q",
-           "-p", "no:cacheprovider", "-k", "test_edit_fidelity", str(REPO_ROOT / "evals" / "test_claims.py")]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu or export", "--experiment", args.experiment,
+           "--export", str(out), "-q", "-p", "no:cacheprovider", "-p", "no:xdist", str(EXPORT_RUN)]
     for flag in ("limit", "rehearse", "device"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag}", str(getattr(args, flag))]
-    from harness.export import MANIFEST_FILE
-
     (out / MANIFEST_FILE).unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="harness-export-report-") as scratch:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "HARNESS_REPORTS_DIR": scratch})
-    # A claim may miss its bound (exit 1) and the export still be whole; the manifest is written last.
-    if proc.returncode not in (0, 1) or not (out / MANIFEST_FILE).is_file():
+    proc = subprocess.run(cmd, cwd=REPO_ROOT)
+    if proc.returncode != 0 or not (out / MANIFEST_FILE).is_file():
         print(f"error: the export run failed (exit {proc.returncode}); see its output above", file=sys.stderr)
         return proc.returncode or 1
-    print(f"exported to {out}: direction.safetensors + direction.json, steer-ablation.pt / steer-actadd.pt "
-          "(lm_eval --model steered --model_args pretrained=...,steer_path=FILE), "
-          "weight_edited/ (from_pretrained, vLLM)")
+    manifest = read_manifest(out)
+    print(f"exported to {out}: {', '.join(manifest['files'])}")
+    print("lm-evaluation-harness (pip install 'lm-eval[hf]'; TASK is any lm-eval task):")
+    for name, command in manifest["lm_eval"].items():
+        print(f"  {name}: {command}")
     return 0
 
 
