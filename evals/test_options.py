@@ -58,3 +58,37 @@ def test_ci_installs_the_transformers_the_demo_snapshots_were_recorded_with():
     software = json.loads((ROOT / "reports" / "demo" / "results.json").read_text())["environment"]["software"]
     deps = _tox()["testenv"]["deps"].split()
     assert f"transformers=={software['transformers']}" in deps, deps
+
+
+STAGE = """
+import pytest
+from tqdm.auto import tqdm
+
+
+@pytest.fixture(scope="session")
+def long_stage():
+    return sum(1 for _ in tqdm(range(3), desc="demo: refusal fine-tune", unit="step"))
+
+
+@pytest.mark.gpu
+def test_claim(long_stage):
+    assert long_stage == 3
+"""
+
+
+def test_a_claim_runs_stages_show_their_progress_bars(tmp_path):
+    """A session stage's tqdm bar (stage name, count, ETA) reaches the terminal in a claim run that passes,
+    instead of being swallowed by pytest's capture."""
+    from test_config import GOOD
+    from test_verdict import CONFTEST
+
+    (tmp_path / "exp.toml").write_text(GOOD)
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_stage.py").write_text(STAGE)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-m", "gpu",
+                           "--experiment", str(tmp_path / "exp.toml"), "test_stage.py"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "demo: refusal fine-tune" in out and "3/3" in out, out[-3000:]
