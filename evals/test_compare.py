@@ -226,3 +226,43 @@ def test_a_run_writes_outcomes_and_per_prompt_scores_only(tmp_path):
     assert [(r["id"], r["score"]) for r in load_run(tmp_path).judgments] == [("h0", 0), ("7", 1), ("x-1", None)]
     write_report(tmp_path, {"experiment": "x"}, CLAIM_STATE, {})
     assert not (tmp_path / JUDGMENTS_CSV).exists()
+
+
+def _with_direction(path: Path, layer: int, pos: int, unit: list[float]) -> Path:
+    import torch
+
+    from harness.compare import DIRECTION_RECORD, direction_record
+
+    (path / DIRECTION_RECORD).write_text(json.dumps(direction_record(layer, pos, "selected", torch.tensor(unit))))
+    return path
+
+
+def test_a_changed_direction_is_named_first(tmp_path):
+    """A --limit run refits its direction: compare says so, with layer, position and cosine, before any figure."""
+    a = _with_direction(_run(tmp_path / "a"), 22, -1, [0.6, 0.8, 0.0])
+    b = _with_direction(_run(tmp_path / "b", env=ENV_B, scores=B_SCORES), 20, -1, [0.8, 0.6, 0.0])
+    c = _compare(a, b)
+    assert c.direction.changed and c.direction.layers == (22, 20) and c.direction.cosine == pytest.approx(0.96)
+    text = format_comparison(c)
+    first = text.index("== Direction ==")
+    assert first < text.index("== Environment ==") and first < text.index("== Claims ==")
+    section = text[first:text.index("== Environment ==")]
+    assert "CHANGED" in section and "22" in section and "20" in section and "0.960000" in section, section
+
+
+def test_the_same_direction_is_said_to_be_the_same(tmp_path):
+    a = _with_direction(_run(tmp_path / "a"), 22, -1, [0.6, 0.8, 0.0])
+    b = _with_direction(_run(tmp_path / "b"), 22, -1, [0.6, 0.8, 0.0])
+    c = _compare(a, b)
+    assert not c.direction.changed and c.direction.cosine == pytest.approx(1.0)
+    assert "same layer, position and vector" in format_comparison(c)
+    # Same layer and position, a refit vector: still a change.
+    d = _with_direction(_run(tmp_path / "d"), 22, -1, [0.8, 0.6, 0.0])
+    assert _compare(a, d).direction.changed and "CHANGED" in format_comparison(_compare(a, d))
+
+
+def test_a_run_without_a_direction_record_says_so(tmp_path):
+    a = _with_direction(_run(tmp_path / "a"), 22, -1, [1.0, 0.0])
+    text = format_comparison(_compare(a, _run(tmp_path / "b")))
+    assert "not recorded in B (no direction.json); whether the direction changed cannot be told" in text
+    assert "CHANGED" not in text

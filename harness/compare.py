@@ -21,6 +21,7 @@ from harness.report import JUDGMENTS_COLUMNS, JUDGMENTS_CSV, figures_match
 from harness.stats import mcnemar_exact
 
 RESULTS = "results.json"
+DIRECTION_RECORD = "direction.json"  # the run's direction: layer, position, how chosen, unit vector
 MAX_IDS_SHOWN = 10  # flipped prompt ids listed per direction; the counts are always complete
 MAX_VALUE_CHARS = 80
 
@@ -44,6 +45,28 @@ class Run:
     path: Path
     results: dict
     judgments: list[dict] | None  # rows of judgments.csv (score int | None); None when the run wrote none
+    direction: dict | None = None  # direction.json; None when the run wrote none
+
+
+def direction_record(layer: int, pos: int, how: str, unit: Any) -> dict[str, Any]:
+    """What a run writes as direction.json (beside results.json), so `compare` can tell whether two runs ablated
+    the same direction: a `--limit` run refits it on its subset, and a judgment flip then mixes that change
+    with the one under review. `unit`: [d_model], 8 significant digits (a cosine to ~1e-8)."""
+    values = [float(f"{float(v):.8g}") for v in unit.detach().float().cpu().reshape(-1).tolist()]
+    return {"layer": int(layer), "pos": int(pos), "how": how, "unit": values}
+
+
+def _read_direction(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CompareError(f"{path}: unreadable ({err})") from err
+    missing = {"layer", "pos", "unit"} - set(record if isinstance(record, dict) else ())
+    if missing:
+        raise CompareError(f"{path}: missing key(s) {', '.join(sorted(missing))}")
+    return record
 
 
 def load_run(path: str | Path) -> Run:
@@ -64,7 +87,7 @@ def load_run(path: str | Path) -> Run:
         raise CompareError(f"{results_path}: unreadable ({err})") from err
     if not isinstance(results, dict):
         raise CompareError(f"{results_path}: not a JSON object")
-    return Run(path, results, _read_judgments(path / JUDGMENTS_CSV))
+    return Run(path, results, _read_judgments(path / JUDGMENTS_CSV), _read_direction(path / DIRECTION_RECORD))
 
 
 def _read_judgments(path: Path) -> list[dict] | None:
@@ -261,6 +284,36 @@ def flip_table(a: list[dict] | None, b: list[dict] | None) -> FlipTable:
 
 
 @dataclass(frozen=True)
+class DirectionDiff:
+    recorded: tuple[bool, bool]  # whether each run wrote direction.json
+    layers: tuple[int | None, int | None]
+    positions: tuple[int | None, int | None]
+    cosine: float | None  # of the two unit vectors; None unless both are recorded with the same width
+
+    @property
+    def changed(self) -> bool:
+        if not all(self.recorded):
+            return False
+        return (self.layers[0] != self.layers[1] or self.positions[0] != self.positions[1]
+                or (self.cosine is not None and self.cosine < SAME_DIRECTION_COSINE))
+
+
+SAME_DIRECTION_COSINE = 1 - 1e-6  # float rounding of one refit on the same prompts, not a new direction
+
+
+def diff_direction(a: dict | None, b: dict | None) -> DirectionDiff:
+    recorded = (a is not None, b is not None)
+    layers = (a["layer"] if a else None, b["layer"] if b else None)
+    positions = (a["pos"] if a else None, b["pos"] if b else None)
+    cosine = None
+    if a and b and len(a["unit"]) == len(b["unit"]):
+        dot = sum(x * y for x, y in zip(a["unit"], b["unit"]))
+        norms = math.sqrt(sum(x * x for x in a["unit"]) * sum(y * y for y in b["unit"]))
+        cosine = dot / norms if norms else None
+    return DirectionDiff(recorded, layers, positions, cosine)
+
+
+@dataclass(frozen=True)
 class Comparison:
     a: Path
     b: Path
@@ -269,6 +322,7 @@ class Comparison:
     claims: list[ClaimDiff]
     flips: FlipTable
     outcomes_recorded: tuple[bool, bool]
+    direction: DirectionDiff = field(default_factory=lambda: diff_direction(None, None))
 
     @property
     def verdicts_differ(self) -> list[str]:
@@ -285,6 +339,7 @@ def compare_runs(a: Run, b: Run) -> Comparison:
     return Comparison(
         a.path, b.path, diff_env(ra, rb), diff_mapping(ra.get("meta", {}), rb.get("meta", {})),
         diff_claims(ra, rb), flip_table(a.judgments, b.judgments), ("outcomes" in ra, "outcomes" in rb),
+        diff_direction(a.direction, b.direction),
     )
 
 
@@ -323,8 +378,21 @@ def _outcome(value: Any) -> str:
 
 
 def format_comparison(c: Comparison, changed_only: bool = False) -> str:
-    """The comparison as text: environment, meta, claims, flips, verdict. Ids, scores and figures only."""
-    out = [f"A: {c.a}", f"B: {c.b}", "", "== Environment =="]
+    """The comparison as text: direction, environment, meta, claims, flips, verdict. Ids, scores and figures only."""
+    out = [f"A: {c.a}", f"B: {c.b}", "", "== Direction =="]
+    d = c.direction
+    missing = _missing(d.recorded, f"no {DIRECTION_RECORD}")
+    cos = "n/a" if d.cosine is None else f"{d.cosine:.6f}"
+    if missing:
+        out.append(missing + "; whether the direction changed cannot be told")
+    if any(d.recorded):
+        verdict = "" if missing else ("CHANGED: the runs intervene along different directions, so every figure and flip below mixes "
+                   "that change with the one under review" if d.changed else "same layer, position and vector")
+        out += [f"  {verdict}"] if verdict else []
+        out += _columns([["", "A", "B"], ["layer", _show(d.layers[0]), _show(d.layers[1])],
+                         ["position", _show(d.positions[0]), _show(d.positions[1])], ["cosine(A, B)", cos, ""]],
+                        indent="    ")
+    out += ["", "== Environment =="]
     missing = _missing(c.env.recorded, 'results.json has no "environment" record')
     if missing:
         out.append(missing)
