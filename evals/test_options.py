@@ -92,3 +92,26 @@ def test_a_claim_runs_stages_show_their_progress_bars(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "demo: refusal fine-tune" in out and "3/3" in out, out[-3000:]
+
+
+def test_a_committed_report_is_rewritten_only_with_snapshot_update(tmp_path):
+    from fixtures.report import RUNS_DIR, report_dir
+
+    reports = tmp_path / "reports"
+    (reports / "demo").mkdir(parents=True)
+    (reports / "demo" / "results.json").write_text("{}\n")
+    assert report_dir(reports, "demo", update=False) == reports / "demo"  # not a git checkout: written in place
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "reports/demo/results.json"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "report"], cwd=tmp_path, check=True)
+    assert report_dir(reports, "demo", update=False) == reports / RUNS_DIR / "demo"
+    assert report_dir(reports, "demo", update=True) == reports / "demo"
+    assert report_dir(reports, "demo-limit40", update=False) == reports / "demo-limit40"  # never committed
+
+
+def test_the_repositorys_demo_report_is_committed_and_runs_are_ignored():
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "reports/demo/results.json"], cwd=ROOT,
+                             capture_output=True)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "reports/runs/demo/results.json"], cwd=ROOT)
+    assert tracked.returncode == 0 and ignored.returncode == 0
