@@ -129,6 +129,7 @@ def test_export_round_trip(llama, tmp_path):
     # The baseline the steer files apply to is written beside them, and lm-eval's commands name it.
     baseline = AutoModelForCausalLM.from_pretrained(tmp_path / BASELINE_DIR).eval()
     assert torch.allclose(last_position_logits(baseline, tok, PROMPTS), last_position_logits(model, tok, PROMPTS), atol=1e-5)
+    assert sidecar["baseline"] == {"pretrained": BASELINE_DIR}
     commands = read_manifest(tmp_path)["lm_eval"]
     assert f"pretrained={tmp_path / BASELINE_DIR},dtype=float32,steer_path={tmp_path / 'steer-ablation.pt'}" in \
         commands["ablation"]

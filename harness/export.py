@@ -133,6 +133,8 @@ def export_run(out: Path, *, model: nn.Module, edited: nn.Module | None, tokeniz
     from harness.weights import save_model
 
     out = out.resolve()
+    # The sidecar names the model the direction applies to: the pinned source, or the checkpoint written beside it.
+    sidecar = {**sidecar, "baseline": baseline or {"pretrained": BASELINE_DIR}}
     written = [save_direction(out, unit, raw, sidecar, inlp_basis), out / SIDECAR_FILE]
     steer = steer_config(model, unit, raw, sidecar["layer"], actadd_coeff, scope)
     for name, file in (("ablation", STEER_ABLATION_FILE), ("actadd", STEER_ACTADD_FILE)):
