@@ -7,7 +7,6 @@ import configparser
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,15 @@ def test_a_claim_run_option_without_a_claim_run_is_a_usage_error(option):
     assert f"{option[0]} only apply to a claim run" in out and "-m gpu" in out, out[-2000:]
 
 
-def test_skips_print_their_reason():
-    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
-    assert "-rs" in addopts.split()
+def test_skips_print_their_reason_and_failures_stay_listed(tmp_path):
+    (tmp_path / "test_two.py").write_text("import pytest\n\ndef test_skipped():\n    pytest.skip('no data here')\n\n"
+                                          "def test_failed():\n    assert False\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
+                           "-p", "no:xdist", "-p", "no:cacheprovider", str(tmp_path / "test_two.py")],
+                          cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert "SKIPPED [1] test_two.py:4: no data here" in out, out[-2000:]
+    assert "FAILED test_two.py::test_failed" in out, out[-2000:]
 
 
 def _tox() -> configparser.ConfigParser:
