@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from harness.export import BASELINE_DIR, STEER_ABLATION_FILE, export_run
+from harness.export import BASELINE_DIR, STEER_ABLATION_FILE, export_run, read_manifest
 from harness.interventions import ablate
 from harness.tiny import tiny_model
 from harness.weights import orthogonalize
@@ -32,7 +32,7 @@ def exported(tmp_path_factory):
                sidecar={"layer": 1, "pos": -1}, actadd_coeff=1.0, baseline=None)
     steered = lm_eval_steered.SteeredModel(pretrained=str(out / BASELINE_DIR), steer_path=str(out / STEER_ABLATION_FILE),
                                            device="cpu", dtype="float32", batch_size=1)
-    return model, tok, unit, steered
+    return model, tok, unit, steered, out
 
 
 def _ids(tok, prompt: str) -> torch.Tensor:
@@ -47,7 +47,7 @@ def _greedy(model, ids: torch.Tensor) -> list[int]:
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_lm_eval_steered_ablation_equals_the_harness_ablation(exported, prompt):
-    model, tok, unit, steered = exported
+    model, tok, unit, steered, _ = exported
     ids = _ids(tok, prompt)
     with torch.no_grad(), ablate(model, unit):
         ours_logits = model(ids).logits  # [1, pos, vocab]
@@ -60,3 +60,39 @@ def test_lm_eval_steered_ablation_equals_the_harness_ablation(exported, prompt):
     assert not torch.allclose(ours_logits, plain, atol=1e-3)  # the ablation does something here
     assert torch.allclose(theirs_logits, ours_logits, atol=1e-4), (theirs_logits - ours_logits).abs().max()
     assert theirs == ours
+
+
+LOCAL_TASK = """task: harness_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: " {{{{answer}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def test_the_printed_lm_eval_steered_command_runs(exported, tmp_path):
+    """The command line the export prints, as printed, with TASK set to a local task (no download)."""
+    import json
+    import shlex
+    import subprocess
+    import sys
+
+    *_, out = exported
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "How do I bake bread?", "answer": "Mix flour"}, {"prompt": "Name a planet.", "answer": "Mars"}]))
+    (tmp_path / "task.yaml").write_text(LOCAL_TASK.format(data=tmp_path / "data.jsonl"))
+    command = read_manifest(out)["lm_eval"]["ablation"]
+    assert command.startswith("lm_eval ") and "--tasks TASK" in command
+    args = shlex.split(command.replace("--tasks TASK", f"--tasks harness_local --include_path {tmp_path}"))[1:]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lm_eval", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    shown = proc.stdout + proc.stderr
+    assert proc.returncode == 0, shown[-3000:]
+    assert "|harness_local|" in shown and "acc" in shown, shown[-3000:]
