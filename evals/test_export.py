@@ -99,9 +99,9 @@ def test_steer_ablation_is_the_harness_ablation(llama):
     assert not torch.allclose(ablated, last_position_logits(model, tok, PROMPTS), atol=1e-3)
 
 
-def test_steer_ablation_follows_the_intervention_scope(llama):
+def test_steer_ablation_clamps_only_the_ablated_layers(llama):
     model, tok, raw, unit = llama
-    one = steer_config(model, unit, raw, layer=2, actadd_coeff=1.0, scope="one")["ablation"]
+    one = steer_config(model, unit, raw, layer=2, actadd_coeff=1.0, ablated_layers=[2])["ablation"]
     assert list(one) == ablation_hookpoints(model, [2])
     assert all(".2." in name or name == base_module_name(model, layers(model)[1]) for name in one), list(one)
 

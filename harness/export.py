@@ -11,6 +11,7 @@ unit vector to the coefficient, "add" adds coefficient x vector at every positio
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.arch import embeddings, layer_modules, layers
-from harness.interventions import Scope, select_layers
+from harness.interventions import select_layers
 
 DIRECTION_FILE = "direction.safetensors"
 SIDECAR_FILE = "direction.json"
@@ -57,16 +58,17 @@ def ablation_hookpoints(model: nn.Module, chosen: list[int]) -> list[str]:
 
 
 def steer_config(model: nn.Module, unit: torch.Tensor, raw: torch.Tensor, layer: int, actadd_coeff: float,
-                 scope: Scope = "all") -> dict[str, dict[str, dict[str, Any]]]:
+                 ablated_layers: Sequence[int] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """{"ablation": ..., "actadd": ...} steer configs for `--model steered`.
 
-    ablation: "clamp" to 0 at every point `ablation_hookpoints` names for the blocks `scope` chooses, so
+    ablation: "clamp" to 0 at every point `ablation_hookpoints` names for `ablated_layers` (the blocks the
+    experiment's `ablation` condition touches; None: every block), so
     lm-eval runs the same intervention as this harness's ablation (which equals the weight edit), up to
     rounding: lm-eval clamps in the model's dtype, the harness in float32.
     actadd: "add" of coeff x the raw diff-in-means vector at the input of block `layer` (the output of block
     `layer - 1`, or of the embeddings for layer 0, where families that scale embeddings inside the model,
     such as Gemma, see it before that scaling)."""
-    chosen = select_layers(len(layers(model)), scope, layer=layer)
+    chosen = select_layers(len(layers(model)), "all", ablated_layers)
     vec = unit.detach().float().cpu().contiguous()
     ablation = {p: {"action": "clamp", "steering_vector": vec, "steering_coefficient": 0.0, "bias": None}
                 for p in ablation_hookpoints(model, chosen)}
@@ -126,7 +128,7 @@ def load_direction(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def export_run(out: Path, *, model: nn.Module, edited: nn.Module | None, tokenizer, unit: torch.Tensor,
                raw: torch.Tensor, sidecar: dict[str, Any], actadd_coeff: float, baseline: dict[str, str] | None,
-               dtype: str = "float32", device: str = "cpu", scope: Scope = "all",
+               dtype: str = "float32", device: str = "cpu", ablated_layers: Sequence[int] | None = None,
                inlp_basis: torch.Tensor | None = None) -> list[Path]:
     """Every export of one run under `out`; returns the paths written. `baseline` names the pinned model the
     steer files apply to (`baseline_source`); None writes `model` itself to `out/baseline`."""
@@ -136,7 +138,7 @@ def export_run(out: Path, *, model: nn.Module, edited: nn.Module | None, tokeniz
     # The sidecar names the model the direction applies to: the pinned source, or the checkpoint written beside it.
     sidecar = {**sidecar, "baseline": baseline or {"pretrained": BASELINE_DIR}}
     written = [save_direction(out, unit, raw, sidecar, inlp_basis), out / SIDECAR_FILE]
-    steer = steer_config(model, unit, raw, sidecar["layer"], actadd_coeff, scope)
+    steer = steer_config(model, unit, raw, sidecar["layer"], actadd_coeff, ablated_layers)
     for name, file in (("ablation", STEER_ABLATION_FILE), ("actadd", STEER_ACTADD_FILE)):
         torch.save(steer[name], out / file)
         written.append(out / file)
