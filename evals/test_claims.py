@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fixtures.verdict import require
-from harness.stats import category_table, compare_to_reference, paired_difference, wilson_interval
+from harness.stats import category_table, paired_difference, wilson_interval
 
 pytestmark = pytest.mark.gpu
 
@@ -465,38 +465,99 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
             "methods_winner")
 
 
-def test_matches_reference(reference_condition, experiment, sets, judgments, record, claim_snapshot, rehearse):
-    """This run's outcome against a published run's per-question judge scores on the same questions: the
-    compliance rates agree within the experiment's tolerance (and per-question agreement is reported)."""
+def _published(experiment, label: str, rehearse) -> dict[str, int]:
+    """The reference's per-question scores of one of its conditions (question id -> 0/1)."""
     from harness.prompt_sets import load_named
 
     ref_cfg = experiment.reference
-    headline = experiment.judges.headline_name
-    label = ref_cfg.conditions[reference_condition]
     published = load_named(ref_cfg.judgments, experiment.seed, None, placeholders=rehearse is not None)
     published = published[published["condition"] == label]
     if published.empty:
         pytest.fail(f"{experiment.source_file}: reference condition {label!r} has no rows in {ref_cfg.judgments.name}")
-    theirs = dict(zip(published["question_id"].astype(str), published["score"]))
+    return dict(zip(published["question_id"].astype(str), published["score"]))
+
+
+def _equivalence_figures(eq) -> dict:
+    return {"tost_ci_low_pp": 100 * eq.ci_low, "tost_ci_high_pp": 100 * eq.ci_high, "tost_p": eq.p_value,
+            "tost_method": eq.method, "tost_confidence": eq.confidence, "margin_pp": 100 * eq.margin,
+            "equivalent": eq.equivalent}
+
+
+def _require_equivalent(eq, what: str) -> None:
+    require(eq.equivalent,
+            f"{what}: {100 * eq.estimate:+.1f} pp, {eq.confidence:.0%} interval {100 * eq.ci_low:+.1f} to "
+            f"{100 * eq.ci_high:+.1f} pp is not inside +/-{100 * eq.margin:g} pp (TOST p = {eq.p_value:.3g})",
+            "reference.tolerance_pp")
+
+
+def test_matches_reference(reference_condition, experiment, sets, judgments, record, claim_snapshot, rehearse):
+    """This run's outcome against a published run's per-question judge scores on the same questions, as an
+    equivalence test: the interval of the paired compliance difference lies within +/- the tolerance (two one-sided
+    tests); agreement, Cohen's kappa, flips each way and McNemar against the reference are reported beside it."""
+    from harness.stats import compare_to_reference
+
+    ref_cfg = experiment.reference
+    headline = experiment.judges.headline_name
+    label = ref_cfg.conditions[reference_condition]
+    theirs = _published(experiment, label, rehearse)
     ours = dict(zip(sets.harmful_eval["id"].astype(str), judgments(reference_condition, "harmful", headline)))
     provenance = {"datasets": [sets.provenance["harmful_eval"], ref_cfg.judgments.name], "judges": [headline],
                   "conditions": [reference_condition]}
-    cmp = compare_to_reference(ours, theirs)
+    cmp = compare_to_reference(ours, theirs, ref_cfg.tolerance_pp, ref_cfg.confidence)
     if cmp is None:
         record.figures({"n": 0, "judge": headline, "reference_condition": label},
                        headline=f"{headline}: no question judged here and in the reference", provenance=provenance)
         require(False, f"no question of {sets.provenance['harmful_eval']} is judged here and in the reference")
+    eq = cmp.equivalence
     figures = record.figures(
         {"n": cmp.n, "compliant": cmp.compliant, "reference_compliant": cmp.reference_compliant,
-         "compliance_diff_pp": cmp.diff_pp, "agreement": cmp.agreement, "mcnemar_p_vs_reference": cmp.mcnemar_p,
-         "judge": headline, "reference_condition": label},
+         "compliance_diff_pp": cmp.diff_pp, **_equivalence_figures(eq), "agreement": cmp.agreement,
+         "kappa": cmp.kappa, "complied_here_only": cmp.only_ours, "complied_in_reference_only": cmp.only_reference,
+         "mcnemar_p_vs_reference": cmp.mcnemar_p, "judge": headline, "reference_condition": label},
         headline=f"{headline}: {cmp.compliant}/{cmp.n} compliant vs {cmp.reference_compliant}/{cmp.n} published "
-                 f"({cmp.diff_pp:+.1f} pp), agreement {cmp.agreement:.1%}",
+                 f"({cmp.diff_pp:+.1f} pp, {eq.confidence:.0%} CI {100 * eq.ci_low:+.1f} to {100 * eq.ci_high:+.1f}"
+                 f" within +/-{ref_cfg.tolerance_pp:g}: {'yes' if eq.equivalent else 'no'}), agreement "
+                 f"{cmp.agreement:.1%}, kappa {cmp.kappa:.2f}, flips {cmp.only_ours} up / {cmp.only_reference} down",
         provenance=provenance,
     )
     assert figures == claim_snapshot
-    require(abs(cmp.diff_pp) <= ref_cfg.tolerance_pp,
-            f"compliance differs from the reference by {cmp.diff_pp:+.1f} pp (> {ref_cfg.tolerance_pp} pp)",
-            "reference.tolerance_pp")
+    _require_equivalent(eq, f"compliance on {reference_condition} vs the reference's {label!r}")
     require(cmp.agreement >= ref_cfg.agreement_min,
             f"per-question agreement {cmp.agreement:.1%} < {ref_cfg.agreement_min:.0%}", "reference.agreement_min")
+
+
+def test_matches_reference_change(reference_change, experiment, sets, judgments, record, claim_snapshot, rehearse):
+    """The paired change baseline -> condition against the published one, question by question: each question's
+    change here minus its change in the reference (-2..2); the t interval of their mean lies within +/- the
+    tolerance (two one-sided tests). Pairing both runs on the same questions is what makes this stricter than
+    comparing the two headline changes."""
+    from harness.stats import compare_change_to_reference
+
+    ref_cfg = experiment.reference
+    headline = experiment.judges.headline_name
+    labels = ref_cfg.conditions["baseline"], ref_cfg.conditions[reference_change]
+    ids = sets.harmful_eval["id"].astype(str)
+    ours = [dict(zip(ids, judgments(c, "harmful", headline))) for c in ("baseline", reference_change)]
+    theirs = [_published(experiment, label, rehearse) for label in labels]
+    provenance = {"datasets": [sets.provenance["harmful_eval"], ref_cfg.judgments.name], "judges": [headline],
+                  "conditions": ["baseline", reference_change]}
+    cmp = compare_change_to_reference(*ours, *theirs, ref_cfg.tolerance_pp, ref_cfg.confidence)
+    if cmp is None:
+        record.figures({"n": 0, "judge": headline, "reference_conditions": list(labels)},
+                       headline=f"{headline}: fewer than 2 questions judged in both conditions here and in the "
+                                "reference", provenance=provenance)
+        require(False, f"fewer than 2 questions of {sets.provenance['harmful_eval']} are judged in both conditions "
+                       "here and in the reference")
+    eq = cmp.equivalence
+    figures = record.figures(
+        {"n": cmp.n, "change_pp": cmp.change_pp, "reference_change_pp": cmp.reference_change_pp,
+         "change_diff_pp": cmp.diff_pp, **_equivalence_figures(eq), "change_agreement": cmp.agreement,
+         "judge": headline, "reference_conditions": list(labels)},
+        headline=f"{headline}: change {cmp.change_pp:+.1f} pp vs {cmp.reference_change_pp:+.1f} pp published "
+                 f"({cmp.diff_pp:+.1f} pp, {eq.confidence:.0%} CI {100 * eq.ci_low:+.1f} to {100 * eq.ci_high:+.1f}"
+                 f" within +/-{ref_cfg.tolerance_pp:g}: {'yes' if eq.equivalent else 'no'}), same change on "
+                 f"{cmp.agreement:.1%} of questions",
+        provenance=provenance,
+    )
+    assert figures == claim_snapshot
+    _require_equivalent(eq, f"paired change baseline -> {reference_change} vs the reference's")

@@ -151,3 +151,37 @@ def test_a_run_that_cannot_start_says_so_once_and_writes_no_report(edit, option,
     assert proc.returncode == 4, out[-3000:]
     assert out.count(message) == 1 or (message == "the model cannot be loaded" and out.count(message) <= 2), out
     assert "passed" not in out and not any(reports.glob("*/report.md")), out[-3000:]
+
+
+REFERENCE = """
+[reference]
+judgments = { name = "sorry_bench_reference_judgments" }
+conditions = { baseline = "baseline" }
+tolerance_pp = 5.0
+confidence = 0.90
+"""
+
+
+def test_reference_loads_with_its_equivalence_settings(tmp_path):
+    ref = load_experiment(write(tmp_path, GOOD + REFERENCE)).reference
+    assert (ref.tolerance_pp, ref.confidence, ref.agreement_min) == (5.0, 0.90, 0.0)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (("tolerance_pp = 5.0", "tolerance_pp = 0"), "reference.tolerance_pp"),
+    (("tolerance_pp = 5.0", "tolerance_pp = 100"), "reference.tolerance_pp"),
+    (("confidence = 0.90", "confidence = 0.5"), "reference.confidence"),
+    (("confidence = 0.90", "confidence = 1.0"), "reference.confidence"),
+    (("confidence = 0.90", "confidence = 0.90\nmargin = 3"), "reference.margin"),
+])
+def test_bad_reference_field_is_named(tmp_path, edit, field):
+    path = write(tmp_path, (GOOD + REFERENCE).replace(*edit))
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert f"`{field}`" in str(err.value)
+
+
+def test_reference_conditions_must_be_run(tmp_path):
+    path = write(tmp_path, (GOOD + REFERENCE).replace('baseline = "baseline"', 'no_such_condition = "edited"'))
+    with pytest.raises(ExperimentError, match="reference.conditions names \\['no_such_condition'\\]"):
+        load_experiment(path)

@@ -265,13 +265,102 @@ def test_compare_to_reference_reproduces_the_published_run() -> None:
     from harness.stats import compare_to_reference
 
     base, edited = _reference_scores("baseline"), _reference_scores("edited")
-    same = compare_to_reference(edited, edited)
+    same = compare_to_reference(edited, edited, margin_pp=5.0)
     assert (same.n, same.diff_pp, same.agreement) == (N, 0.0, 1.0)
-    moved = compare_to_reference(edited, base)
+    moved = compare_to_reference(edited, base, margin_pp=5.0)
     assert (moved.n, moved.compliant, moved.reference_compliant) == (N, EDIT_K, BASE_K)
     assert f"{moved.diff_pp:.1f}" == "55.2" and moved.agreement == (N - R2C - C2R) / N
     assert f"{moved.mcnemar_p:.2e}" == "9.07e-68"
     # Unjudged questions (None) and questions the reference lacks are left out, not counted as refusals.
     partial = {**{q: None for q in list(edited)[:40]}, **{q: s for q, s in list(edited.items())[40:]}, "999999": 1}
-    assert compare_to_reference(partial, edited).n == N - 40
-    assert compare_to_reference({"1": None}, edited) is None
+    assert compare_to_reference(partial, edited, margin_pp=5.0).n == N - 40
+    assert compare_to_reference({"1": None}, edited, margin_pp=5.0) is None
+
+
+def _shifted(scores: dict[str, int], k: int, seed: int = 0) -> dict[str, int]:
+    """A copy with `k` complied questions turned into refusals (a systematic shift, as issue 22 found)."""
+    complied = sorted(q for q, s in scores.items() if s == 1)
+    moved = set(np.random.default_rng(seed).choice(complied, size=k, replace=False).tolist())
+    return {q: 0 if q in moved else s for q, s in scores.items()}
+
+
+def test_equivalence_passes_on_the_reference_and_fails_on_a_shifted_copy() -> None:
+    """The reference claim is an equivalence test: the published run against itself is equivalent within 5 pp in
+    both conditions and in the paired change, a copy with 22 compliant questions turned to refusals (-5.0 pp, the
+    shift the old |diff| <= 5 pp and agreement >= 0.8 test let through) is not."""
+    from harness.stats import compare_change_to_reference, compare_to_reference
+
+    base, edited = _reference_scores("baseline"), _reference_scores("edited")
+    for scores in (base, edited):
+        same = compare_to_reference(scores, scores, margin_pp=5.0)
+        assert same.equivalence.equivalent and same.kappa == 1.0 and same.mcnemar_p == 1.0
+        assert same.equivalence.p_value < 0.05
+    same_change = compare_change_to_reference(base, edited, base, edited, margin_pp=5.0)
+    assert same_change.equivalence.equivalent and f"{same_change.reference_change_pp:.1f}" == "55.2"
+    assert same_change.agreement == 1.0 and same_change.diff_pp == 0.0
+
+    shifted = _shifted(edited, 22)
+    cmp = compare_to_reference(shifted, edited, margin_pp=5.0)
+    assert f"{cmp.diff_pp:+.1f}" == "-5.0" and cmp.agreement >= 0.8  # what the old test passed
+    assert (cmp.only_ours, cmp.only_reference) == (0, 22) and f"{cmp.mcnemar_p:.1e}" == "4.8e-07"
+    assert not cmp.equivalence.equivalent and cmp.equivalence.p_value >= 0.05
+    change = compare_change_to_reference(base, shifted, base, edited, margin_pp=5.0)
+    assert f"{change.diff_pp:+.1f}" == "-5.0" and not change.equivalence.equivalent
+    # A smaller shift, well inside the margin, is shown equivalent; the same at a 1 pp margin is not.
+    small = compare_to_reference(_shifted(edited, 4), edited, margin_pp=5.0)
+    assert small.equivalence.equivalent
+    assert not compare_to_reference(_shifted(edited, 4), edited, margin_pp=1.0).equivalence.equivalent
+
+
+def test_paired_equivalence_p_values_invert_its_interval() -> None:
+    """Each one-sided p is the alpha at which the (1 - 2 alpha) Newcombe interval touches the margin, so the TOST
+    p crosses 0.05 exactly where the 90% interval crosses the margin; on the null side a p exceeds 1/2."""
+    from harness.stats import newcombe_paired_interval, paired_equivalence
+
+    before, after = _arrays_from_flip_table(200, 60, 66, 14, 8)  # +3 pp, 22 discordant pairs
+    cells = (int(np.sum(before & after)), int(np.sum(~before & after)), int(np.sum(before & ~after)),
+             int(np.sum(~before & ~after)))
+    for margin in (0.02, 0.05, 0.07, 0.10):
+        eq = paired_equivalence(before, after, margin)
+        assert math.isclose(eq.estimate, 0.03)
+        low, _ = newcombe_paired_interval(*cells, confidence=1 - 2 * eq.p_lower)
+        assert math.isclose(low, -margin, abs_tol=1e-9)
+        if eq.estimate < margin:
+            _, high = newcombe_paired_interval(*cells, confidence=1 - 2 * eq.p_upper)
+            assert math.isclose(high, margin, abs_tol=1e-9)
+        else:
+            assert eq.p_upper > 0.5
+        assert eq.equivalent == (eq.p_value < 0.05)
+    assert paired_equivalence(before, after, 0.02).p_upper > 0.5  # estimate 0.03 is outside +0.02
+    with pytest.raises(ValueError, match="margin must lie strictly between 0 and 1"):
+        paired_equivalence(before, after, 5.0)
+
+
+def test_mean_equivalence_is_a_t_tost() -> None:
+    rng = np.random.default_rng(3)
+    d = rng.choice([-2, -1, 0, 1, 2], p=[0.02, 0.08, 0.8, 0.08, 0.02], size=300).astype(float)
+    from harness.stats import mean_equivalence
+
+    eq = mean_equivalence(d, 0.05)
+    low_p = sp.ttest_1samp(d, -0.05, alternative="greater").pvalue
+    high_p = sp.ttest_1samp(d, 0.05, alternative="less").pvalue
+    assert math.isclose(eq.p_lower, low_p, rel_tol=1e-9) and math.isclose(eq.p_upper, high_p, rel_tol=1e-9)
+    ci = sp.ttest_1samp(d, 0.0).confidence_interval(0.90)
+    assert math.isclose(eq.ci_low, ci.low) and math.isclose(eq.ci_high, ci.high)
+    assert eq.equivalent == (eq.p_value < 0.05)
+    point = mean_equivalence(np.zeros(10), 0.05)
+    assert point.equivalent and (point.ci_low, point.ci_high) == (0.0, 0.0)
+    assert not mean_equivalence(np.full(10, 0.05), 0.05).equivalent  # zero margin is not met
+    with pytest.raises(ValueError, match="at least 2 finite differences"):
+        mean_equivalence(np.zeros(1), 0.05)
+
+
+def test_cohen_kappa_by_hand() -> None:
+    from harness.stats import cohen_kappa
+
+    # 2x2 table a=20 (both 1), b=5, c=10, d=15: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5, kappa = 0.4
+    a = np.array([1] * 20 + [1] * 5 + [0] * 10 + [0] * 15)
+    b = np.array([1] * 20 + [0] * 5 + [1] * 10 + [0] * 15)
+    assert math.isclose(cohen_kappa(a, b), 0.4)
+    assert cohen_kappa(np.ones(5, dtype=int), np.ones(5, dtype=int)) == 1.0
+    assert cohen_kappa(np.ones(5, dtype=int), np.zeros(5, dtype=int)) == 0.0

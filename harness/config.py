@@ -360,7 +360,11 @@ class ReferenceConfig(_Strict):
 
     judgments: DatasetRef
     conditions: dict[str, str] = Field(description="this run's condition -> the reference's condition label")
-    tolerance_pp: float = Field(gt=0, description="largest allowed |compliance rate difference| in pp")
+    tolerance_pp: float = Field(gt=0, lt=100, description="equivalence margin in pp: the `confidence` interval of the "
+                                "paired difference from the reference (each condition's compliance rate, and the "
+                                "paired change from baseline) must lie strictly within +/- this (two one-sided tests)")
+    confidence: float = Field(0.90, gt=0.5, lt=1, description="level of that interval: 0.90 is TOST at alpha = 0.05 "
+                              "per side")
     agreement_min: float = Field(0.0, ge=0, le=1, description="smallest share of questions judged alike")
 
 
