@@ -352,3 +352,149 @@ def test_questions_from_dataset_frame():
         questions_from_frame(frame.assign(label=[1, 9]), with_subject=False, source="arc")
     with pytest.raises(CapabilityDataError, match=r"missing column\(s\) \['choices'\]"):
         questions_from_frame(frame.drop(columns=["choices"]), with_subject=False)
+
+
+# --- shots from a separate split ----------------------------------------------------------------
+
+
+def _item(q: str, subject: str | None = None) -> dict:
+    return {"question": q, "choices": ["x", "y"], "answer": 0} | ({"subject": subject} if subject else {})
+
+
+def test_mmlu_shots_are_the_first_n_of_the_same_subject():
+    """lm-evaluation-harness's MMLU: shots from the dev split, same subject, first n in file order."""
+    from harness.capability import few_shot_sets
+
+    pool = [_item(f"{s}{i}", s) for i in range(3) for s in ("a", "b")]
+    questions = [_item("qa", "a"), _item("qb", "b"), _item("qa2", "a")]
+    shots = few_shot_sets(questions, pool, 2, same_subject=True)
+    assert [[s["question"] for s in row] for row in shots] == [["a0", "a1"], ["b0", "b1"], ["a0", "a1"]]
+    with pytest.raises(CapabilityDataError, match="3 items of subject 'a', 4 needed"):
+        few_shot_sets(questions, pool, 4, same_subject=True)
+    with pytest.raises(CapabilityDataError, match="0 items of subject 'c'"):
+        few_shot_sets([_item("qc", "c")], pool, 1, same_subject=True)
+
+
+def test_arc_shots_are_seeded_draws_from_the_pool():
+    from harness.capability import few_shot_sets
+
+    pool = [_item(f"t{i}") for i in range(20)]
+    questions = [_item(f"q{i}") for i in range(6)]
+    a = few_shot_sets(questions, pool, 5, same_subject=False, seed=3)
+    assert a == few_shot_sets(questions, pool, 5, same_subject=False, seed=3)
+    assert a != few_shot_sets(questions, pool, 5, same_subject=False, seed=4)
+    assert all(len({s["question"] for s in row}) == 5 and all(s in pool for s in row) for row in a)
+    assert len({tuple(s["question"] for s in row) for row in a}) > 1  # drawn per question
+    with pytest.raises(CapabilityDataError, match="20 items, 21 needed"):
+        few_shot_sets(questions, pool, 21, same_subject=False, seed=3)
+
+
+def test_accuracy_with_per_question_shots_equals_one_by_one(model, tokenizer):
+    """`shot_sets` gives each question its own shots: the same scores as each prompt alone with those shots."""
+    shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 3) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
+    result = multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=2, shot_sets=shot_sets, batch_size=3,
+                                      progress=False)
+    _, letters = answer_tokens(tokenizer, 5)
+    for i, q in enumerate(QUESTIONS):
+        last = torch.log_softmax(_single_logits(model, tokenizer(mmlu_prompt(q, shot_sets[i]))["input_ids"])[-1], -1)
+        assert result["predicted"][i] == int(last[letters[: len(q["choices"])]].argmax())
+    with pytest.raises(ValueError, match="not both"):
+        multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=2, shots=QUESTIONS[:2], shot_sets=shot_sets)
+    with pytest.raises(ValueError, match="shot_sets\\[0\\] has only 2 shots"):
+        multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=3, shot_sets=shot_sets, progress=False)
+
+
+@pytest.mark.parametrize("name", ["mmlu_demo", "arc_demo"])
+def test_demo_sets_have_their_shot_splits(name):
+    """The demo's stand-in sets have their own shot files (data/capability/README.md): every MMLU stand-in subject
+    has 5 dev items, the ARC stand-in a train pool of 20; none of them repeats a test question."""
+    from harness.capability import few_shot_sets
+    from harness.config import DatasetRef
+    from harness.datasets import load_dataset, shots_ref
+
+    mmlu = name == "mmlu_demo"
+    test = questions_from_frame(load_dataset(name), with_subject=mmlu)
+    pool = questions_from_frame(load_dataset(shots_ref(DatasetRef(name=name))),
+                                with_subject=mmlu)
+    assert not {q["question"] for q in test} & {q["question"] for q in pool}
+    shots = few_shot_sets(test, pool, 5, same_subject=mmlu, seed=0)
+    assert len(shots) == len(test) and all(len(s) == 5 for s in shots)
+
+
+# --- shared-prefix scoring (issue 23) -----------------------------------------------------------
+
+SUBJECT_QUESTIONS = [dict(q, subject=s) for s, qs in (("geography", QUESTIONS[:4]), ("astronomy", QUESTIONS[4:]))
+                     for q in qs]
+
+
+def _subject_shots(questions: list[dict], n_shot: int) -> list[list[dict]]:
+    """Shots shared by every question of a subject (as MMLU's dev split gives them), never the question itself."""
+    pool = [dict(q, question=f"Earlier: {q['question']}") for q in QUESTIONS]
+    return [[dict(p, subject=q["subject"]) for p in pool[:n_shot]] if q["subject"] == "geography" else
+            [dict(p, subject=q["subject"]) for p in pool[-n_shot:]] for q in questions]
+
+
+def _shared_and_plain(model, tokenizer, questions, monkeypatch, batch_size=3):
+    import harness.capability as capability
+
+    calls = []
+    real = capability._suffix_logits
+    monkeypatch.setattr(capability, "_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shot_sets = _subject_shots(questions, 3)
+    shot_sets = [next(s for s in shot_sets if s[0]["subject"] == q["subject"]) for q in questions]  # one list per subject
+    shared = multiple_choice_accuracy(model, tokenizer, questions, n_shot=3, shot_sets=shot_sets,
+                                      batch_size=batch_size, progress=False)
+    used = len(calls)
+    plain = multiple_choice_accuracy(model, tokenizer, questions, n_shot=3, shot_sets=shot_sets,
+                                     batch_size=batch_size, progress=False, shared_prefix=False)
+    assert len(calls) == used  # the plain path never extends a cache
+    return shared, plain, used
+
+
+def test_shared_prefix_equals_the_plain_path(model, tokenizer, monkeypatch):
+    """Questions of one subject share their shots: the prefix is computed once and extended per question, and the
+    letters' log-probabilities equal one forward pass of each whole prompt."""
+    shared, plain, used = _shared_and_plain(model, tokenizer, SUBJECT_QUESTIONS, monkeypatch)
+    assert used > 0
+    assert shared["predicted"] == plain["predicted"] and shared["accuracy"] == plain["accuracy"]
+    for a, b in zip(shared["logprobs"], plain["logprobs"]):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "gemma2", "gemma3", "gemma4", "qwen2", "qwen3",
+                                    "qwen3_5", "gpt_oss"])
+def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch):
+    """Every tiny family: equal to the plain path; families whose cache is plain KV (or whose sliding window holds
+    the whole prompt) take the shared path, the others (linear attention, a window shorter than the prompt) fall
+    back to the plain one."""
+    model, tok = tiny_model(family)
+    shared, plain, used = _shared_and_plain(model, tok, SUBJECT_QUESTIONS, monkeypatch)
+    assert shared["predicted"] == plain["predicted"]
+    for a, b in zip(shared["logprobs"], plain["logprobs"]):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0), family
+    if family in ("llama", "gemma", "qwen2", "qwen3"):  # tiny mistral, gemma2/3/4 have windows shorter than the prompt
+        assert used > 0, f"{family}: the shared-prefix path was not taken"
+
+
+def test_shared_prefix_equals_the_plain_path_on_the_demo_model(monkeypatch):
+    """The demo model (SmolLM2-135M, the pinned GGUF) on the MMLU stand-in with its dev shots: the same accuracy
+    and answers, log-probabilities within float tolerance."""
+    from harness.capability import few_shot_sets
+    from harness.config import DatasetRef, load_experiment
+    from harness.datasets import load_dataset, shots_ref
+    from harness.model import load_model
+
+    try:
+        model, tok = load_model(load_experiment("demo").model, device="cpu")
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"demo model unavailable: {err}")
+    questions = questions_from_frame(load_dataset("mmlu_demo"), with_subject=True)
+    pool = questions_from_frame(load_dataset(shots_ref(DatasetRef(name="mmlu_demo"))), with_subject=True)
+    shot_sets = few_shot_sets(questions, pool, 5, same_subject=True)
+    shared = multiple_choice_accuracy(model, tok, questions, n_shot=5, shot_sets=shot_sets, batch_size=8,
+                                      progress=False)
+    plain = multiple_choice_accuracy(model, tok, questions, n_shot=5, shot_sets=shot_sets, batch_size=8,
+                                     progress=False, shared_prefix=False)
+    assert shared["accuracy"] == plain["accuracy"] and shared["predicted"] == plain["predicted"]
+    gap = max(float((torch.tensor(a) - torch.tensor(b)).abs().max()) for a, b in zip(shared["logprobs"], plain["logprobs"]))
+    assert gap < 1e-4, gap

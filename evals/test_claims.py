@@ -285,8 +285,8 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
     t = experiment.thresholds
     base = capability_scores("baseline", benchmark_name)
     edited = capability_scores("weight_edit", benchmark_name)
-    provenance = {"datasets": [base["source"], *_fit_datasets(sets)], "judges": [],
-                  "conditions": ["baseline", "weight_edit"]}
+    provenance = {"datasets": [base["source"], *([base["shots_source"]] if base.get("shots_source") else []),
+                               *_fit_datasets(sets)], "judges": [], "conditions": ["baseline", "weight_edit"]}
     if benchmark_name == "text":
         delta = edited["ce"] - base["ce"]
         row = {"benchmark": "CE loss (text)", "source": base["source"], "baseline": base["ce"],
@@ -298,10 +298,11 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
 
         paired = paired_difference(np.array(base["correct"]), np.array(edited["correct"]))
         delta = edited["accuracy"] - base["accuracy"]
-        asked = capability_items(benchmark_name)[0][experiment.capability.n_shot:]
+        asked = capability_items(benchmark_name)[0]
         chance = float(np.mean([1 / len(q["choices"]) for q in asked]))
         chance_p = above_chance_p(int(sum(base["correct"])), base["n"], chance)
         row = {"benchmark": f"{benchmark_name} {experiment.capability.n_shot}-shot", "source": base["source"],
+               "shots from": base["shots_source"],
                "baseline": base["accuracy"], "weight_edit": edited["accuracy"], "change": delta, "chance": chance,
                "above_chance_p": chance_p}
         figures = record.figures({"baseline_accuracy": base["accuracy"], "edited_accuracy": edited["accuracy"],

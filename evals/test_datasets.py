@@ -134,10 +134,47 @@ def test_sorry_bench_question_format():
     assert frame["prompt"].iloc[3].startswith("Fixture request 4")
 
 
-def test_sorry_bench_local_copy_via_path_is_loaded_unverified():
-    with pytest.warns(UserWarning, match="no pinned sha256"):
-        frame = load_dataset(DatasetRef(name="sorry_bench", path=str(FIXTURES / "sorry_bench_question.jsonl")))
-    assert len(frame) == 4
+@pytest.mark.parametrize("name, fixture", [("sorry_bench", "sorry_bench_question.jsonl"), ("mmlu", "mmlu_test.jsonl"),
+                                           ("mmlu_dev", "mmlu_dev.jsonl"),
+                                           ("arc_challenge_train", "arc_challenge_train.jsonl")])
+def test_unpinned_local_copy_is_an_error_until_pinned(name, fixture):
+    """MMLU and SORRY-Bench have no registry pin: a local copy loads only once the experiment pins its SHA-256,
+    and the error says which SHA-256 to pin and where."""
+    from harness.pins import sha256_file
+
+    path = FIXTURES / fixture
+    actual = sha256_file(path)
+    with pytest.raises(DatasetError, match="has no pinned SHA-256") as err:
+        load_dataset(DatasetRef(name=name, path=str(path)))
+    assert f'sha256 = "{actual}"' in str(err.value) and str(path) in str(err.value)
+    assert not is_available(name, DatasetRef(name=name, path=str(path)))
+    pinned = DatasetRef(name=name, path=str(path), sha256=actual)
+    assert is_available(name, pinned) and len(load_dataset(pinned)) == len(path.read_text().splitlines())
+    with pytest.raises(DatasetError, match="sha256 mismatch"):
+        load_dataset(DatasetRef(name=name, path=str(path), sha256="0" * 64))
+
+
+def test_an_experiment_pin_must_agree_with_the_registry():
+    with pytest.raises(DatasetError, match="must agree"):
+        load_dataset(DatasetRef(name="harmful_train", sha256="0" * 64))
+
+
+def test_download_of_an_unpinned_entry_records_its_sha256(tmp_path, monkeypatch):
+    """A download from the pinned revision of an entry without a SHA-256 pin records the one it got, and a later
+    load checks the cached file against it."""
+    import harness.datasets as datasets
+
+    def fake_download(source, dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes((FIXTURES / "mmlu_test.jsonl").read_bytes())
+
+    monkeypatch.setattr(datasets, "_download", fake_download)
+    path = datasets.locate("mmlu")
+    recorded = path.with_name(path.name + ".sha256")
+    assert recorded.read_text().strip() == datasets.sha256_file(path) and is_available("mmlu")
+    path.write_text(path.read_text() + "\n")  # the cached copy changes after the download
+    with pytest.raises(DatasetError, match="sha256 mismatch"):
+        datasets.locate("mmlu")
 
 
 def test_mmlu_format():
@@ -160,7 +197,8 @@ def test_pinned_hash_applies_to_explicit_path():
 
 # ---------------------------------------------------------------- project files, by name
 
-PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "arc_demo": 41, "text_demo": 32}
+PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "mmlu_demo_dev": 80, "arc_demo": 41, "arc_demo_train": 20,
+           "text_demo": 32}
 
 
 @pytest.mark.parametrize("name", sorted(PROJECT))
@@ -253,7 +291,11 @@ def test_is_available_never_downloads(tmp_path, monkeypatch):
     (tmp_path / DATASETS["harmful_train"].local).write_text("[]")
     assert not is_available("harmful_train")  # present but not the pinned file
     fixture = DatasetRef(name="sorry_bench", path=str(FIXTURES / "sorry_bench_question.jsonl"))
-    assert is_available("sorry_bench", fixture)
+    assert not is_available("sorry_bench", fixture)  # unpinned: not loadable
+    from harness.pins import sha256_file
+
+    pinned = fixture.model_copy(update={"sha256": sha256_file(FIXTURES / "sorry_bench_question.jsonl")})
+    assert is_available("sorry_bench", pinned)
 
 
 PLACEHOLDER_NAMES = sorted(n for n in DATASETS if n != "sorry_bench_reference_judgments")
@@ -261,7 +303,9 @@ PLACEHOLDER_NAMES = sorted(n for n in DATASETS if n != "sorry_bench_reference_ju
 FIXTURE_FRAMES = {
     "sorry_bench": lambda: parse_sorry_bench(FIXTURES / "sorry_bench_question.jsonl"),
     "mmlu": lambda: parse_mmlu(FIXTURES / "mmlu_test.jsonl"),
+    "mmlu_dev": lambda: parse_mmlu(FIXTURES / "mmlu_dev.jsonl"),
     "arc_challenge": lambda: parse_arc(FIXTURES / "arc_challenge_test.jsonl"),
+    "arc_challenge_train": lambda: parse_arc(FIXTURES / "arc_challenge_train.jsonl"),
 }
 
 
@@ -316,20 +360,19 @@ def test_sorry_bench_placeholder_reads_ids_from_the_reference_file(tmp_path, mon
     """The reference's ids happen to be the synthesized ones (1..440, 10 per category); a stand-in
     reference file with other ids shows which of the two the placeholder used."""
     import dataclasses
-    import warnings
+
+    from harness.pins import sha256_file
 
     source_name = "sorry_bench_reference_judgments"
     source = DATASETS[source_name]
-    monkeypatch.setitem(DATASETS, source_name, dataclasses.replace(source, sha256=None))
     target = tmp_path / source.local
     target.parent.mkdir(parents=True)
     rows = ["question_id,condition,category,score", "12,baseline,7,0", "5,baseline,3,1", "9,edited,7,1", "5,edited,3,0"]
     target.write_text("\n".join(rows) + "\n")
+    monkeypatch.setitem(DATASETS, source_name, dataclasses.replace(source, sha256=sha256_file(target)))
     monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the stand-in is unpinned
-        assert is_available(source_name)
-        frame = placeholder_frame("sorry_bench", n=4)
+    assert is_available(source_name)
+    frame = placeholder_frame("sorry_bench", n=4)
     assert frame["question_id"].tolist() == [5, 9, 12, 13] and frame["category"].tolist()[:3] == ["3", "7", "7"]
 
 

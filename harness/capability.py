@@ -13,11 +13,13 @@ baseline and the edited model on the same prompts, so one fixed format is what m
 
 from __future__ import annotations
 
+import copy
 import json
 import string
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -217,6 +219,37 @@ def _shots_for(index: int, questions: Sequence[dict], shots: Sequence[dict] | No
     return pool[:n_shot]
 
 
+def few_shot_sets(questions: Sequence[dict], pool: Sequence[dict], n_shot: int, *, same_subject: bool,
+                  seed: int | None = None) -> list[list[dict]]:
+    """Each question's shots from a separate split, as lm-evaluation-harness draws them.
+
+    `same_subject` (MMLU): the first `n_shot` items of the question's own subject in `pool` (its dev split; lm-eval's
+    `first_n` sampler), so every question of a subject shares one prompt prefix. Otherwise (ARC): `n_shot` items
+    drawn from the whole `pool` (its train split) by a generator seeded with `seed`, one draw per question in order
+    (lm-eval's default sampler draws at random). Raises `CapabilityDataError` naming the subject that has too few.
+    """
+    if n_shot < 0:
+        raise ValueError(f"n_shot must be >= 0, got {n_shot}")
+    if same_subject:
+        by_subject: dict[str | None, list[dict]] = {}
+        for item in pool:
+            by_subject.setdefault(item.get("subject"), []).append(item)
+        out = []
+        for q in questions:
+            found = by_subject.get(q.get("subject"), [])
+            if len(found) < n_shot:
+                raise CapabilityDataError(f"shot pool has {len(found)} items of subject {q.get('subject')!r}, "
+                                          f"{n_shot} needed for {n_shot}-shot")
+            out.append(found[:n_shot])
+        return out
+    if len(pool) < n_shot:
+        raise CapabilityDataError(f"shot pool has {len(pool)} items, {n_shot} needed for {n_shot}-shot")
+    if seed is None:
+        raise ValueError("few_shot_sets: drawing shots at random needs a seed")
+    rng = np.random.default_rng(seed)
+    return [[pool[int(j)] for j in rng.choice(len(pool), size=n_shot, replace=False)] for _ in questions]
+
+
 @torch.inference_mode()
 def multiple_choice_accuracy(
     model,
@@ -225,47 +258,143 @@ def multiple_choice_accuracy(
     *,
     n_shot: int = 5,
     shots: list[dict] | None = None,
+    shot_sets: list[list[dict]] | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    shared_prefix: bool = True,
 ) -> dict:
     """k-shot accuracy by argmax of the next-token log-likelihood of the answer letters (no generation).
 
-    Shots come from `shots` (e.g. the MMLU dev split); without it, question i uses the first `n_shot`
-    other questions of the list, so no question sees its own answer and n stays len(questions).
-    Returns {"accuracy", "n", "correct": [bool] (for paired tests), "predicted": [int]}.
+    Shots come from `shot_sets` (one list per question, `few_shot_sets` from the dev/train split) or `shots` (the
+    same for every question); without either, question i uses the first `n_shot` other questions of the list, so
+    no question sees its own answer and n stays len(questions).
+    With `shared_prefix`, questions with the same shots (an MMLU subject) share one forward pass of their common
+    token prefix (the KV cache is computed once and extended per question), so a 5-shot set costs about its unique
+    tokens; the scores equal the plain path's to float tolerance (evals/test_capability.py). Models whose cache is
+    not plain per-token KV (linear attention, sliding windows) take the plain path.
+    Returns {"accuracy", "n", "correct": [bool] (for paired tests), "predicted": [int], "logprobs": [[float]] (the
+    answer letters' log-probabilities)}.
     """
     if not questions:
         raise ValueError("multiple_choice_accuracy needs at least one question")
     if n_shot < 0:
         raise ValueError(f"n_shot must be >= 0, got {n_shot}")
-    pool_size = len(shots) if shots is not None else len(questions) - 1
-    if pool_size < n_shot:
-        source = "shots" if shots is not None else "questions (other than the one asked)"
-        raise ValueError(f"n_shot={n_shot} but only {pool_size} {source} available")
+    if shots is not None and shot_sets is not None:
+        raise ValueError("give shots (one list for all questions) or shot_sets (one per question), not both")
+    if shot_sets is not None:
+        if len(shot_sets) != len(questions):
+            raise ValueError(f"shot_sets has {len(shot_sets)} lists for {len(questions)} questions")
+        short = [i for i, s in enumerate(shot_sets) if len(s) < n_shot]
+        if short:
+            raise ValueError(f"n_shot={n_shot} but shot_sets[{short[0]}] has only {len(shot_sets[short[0]])} shots")
+    else:
+        pool_size = len(shots) if shots is not None else len(questions) - 1
+        if pool_size < n_shot:
+            source = "shots" if shots is not None else "questions (other than the one asked)"
+            raise ValueError(f"n_shot={n_shot} but only {pool_size} {source} available")
     for i, q in enumerate(questions):
         validate_question(q, f"questions[{i}]")
     for i, q in enumerate(shots or []):
         validate_question(q, f"shots[{i}]")
+    for i, shot_list in enumerate(shot_sets or []):
+        for j, q in enumerate(shot_list[:n_shot]):
+            validate_question(q, f"shot_sets[{i}][{j}]")
+
+    def shots_of(i: int) -> list[dict]:
+        return list(shot_sets[i][:n_shot]) if shot_sets is not None else _shots_for(i, questions, shots, n_shot)
 
     shared, letters = answer_tokens(tokenizer, max(len(q["choices"]) for q in questions))
     letter_ids = torch.tensor(letters)
-    encoded = [
-        tokenizer(mmlu_prompt(q, _shots_for(i, questions, shots, n_shot)))["input_ids"] + shared
-        for i, q in enumerate(questions)
-    ]
-    order = sorted(range(len(questions)), key=lambda i: -len(encoded[i]))
+    encoded = [tokenizer(mmlu_prompt(q, shots_of(i)))["input_ids"] + shared for i, q in enumerate(questions)]
     pad_id = _pad_id(tokenizer)
-    predicted = [0] * len(questions)
-    batches = list(_batches(len(order), batch_size))
-    for batch in tqdm(batches, desc="multiple choice", disable=not progress):
-        rows = [order[k] for k in batch]
-        ids, mask = _left_pad([encoded[i] for i in rows], pad_id)
-        logprobs = torch.log_softmax(forward_logits(model, ids, mask, last_only=True), dim=-1)  # [batch, vocab]
-        for row, i in enumerate(rows):
-            n_choices = len(questions[i]["choices"])
-            predicted[i] = int(logprobs[row, letter_ids[:n_choices]].argmax())
+    groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
+        if shared_prefix else [(0, list(range(len(questions))))]
+    last: dict[int, torch.Tensor] = {}  # question -> next-token logits [vocab]
+    with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
+        for prefix_len, members in groups:
+            order = sorted(members, key=lambda i: -len(encoded[i]))
+            cache = _prefix_cache(model, encoded[order[0]][:prefix_len], len(encoded[order[0]])) if prefix_len else None
+            if prefix_len and cache is None:
+                prefix_len = 0  # a cache this path cannot extend exactly (recurrent or window-limited layers)
+            for batch in _batches(len(order), batch_size):
+                rows = [order[k] for k in batch]
+                if prefix_len:
+                    logits = _suffix_logits(model, cache, prefix_len, [encoded[i][prefix_len:] for i in rows], pad_id)
+                else:
+                    ids, mask = _left_pad([encoded[i] for i in rows], pad_id)
+                    logits = forward_logits(model, ids, mask, last_only=True)  # [batch, vocab]
+                last.update(zip(rows, logits))
+                bar.update(len(rows))
+    scored = [torch.log_softmax(last[i], dim=-1)[letter_ids[: len(q["choices"])]] for i, q in enumerate(questions)]
+    predicted = [int(lp.argmax()) for lp in scored]
     correct = [p == q["answer"] for p, q in zip(predicted, questions)]
-    return {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": correct, "predicted": predicted}
+    return {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": correct, "predicted": predicted,
+            "logprobs": [lp.tolist() for lp in scored]}
+
+
+# --- shared-prefix scoring ----------------------------------------------------------------------
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs[1:]):
+            return k
+    return n
+
+
+def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> list[tuple[int, list[int]]]:
+    """Questions with the same shots, as (shared token count, question indices). The shared part is the longest
+    common prefix of the group's own token ids (the plain path's tokens, never a separately tokenized prefix), less
+    the last token of the shortest prompt, which must be fed to get its next-token logits. A lone question shares
+    nothing."""
+    members: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    out = []
+    for group in members.values():
+        seqs = [encoded[i] for i in group]
+        shared = min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if len(group) > 1 else 0
+        out.append((max(shared, 0), group))
+    return out
+
+
+def _extendable(layer, total_len: int) -> bool:
+    """Whether a cache layer extended by a suffix equals one pass of the whole prompt: a full-attention KV layer
+    always, a sliding-window one while the whole prompt fits its window (it keeps every token then); a recurrent
+    (linear-attention) or shared-KV layer never here."""
+    kind = type(layer).__name__
+    if kind == "DynamicLayer":
+        return True
+    return kind == "DynamicSlidingWindowLayer" and total_len < layer.sliding_window - 1
+
+
+def _prefix_cache(model, prefix: Sequence[int], total_len: int):
+    """The KV cache of `prefix` (one row), or None where extending it to `total_len` tokens would not equal one
+    forward pass of the whole prompt (`_extendable`)."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long)
+    mask = torch.ones_like(ids)
+    out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    layers = getattr(cache, "layers", None)
+    if type(cache).__name__ != "DynamicCache" or not layers or not all(_extendable(la, total_len) for la in layers):
+        return None
+    return cache
+
+
+def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Next-token logits [batch, vocab] (float32, CPU) of prefix + each suffix, from the prefix's cache: the suffixes
+    are left-padded after the prefix, the padding masked out and positions counted on from the prefix, so every
+    real token sees what it sees in the whole prompt."""
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(len(suffixes))
+    ids, mask = _left_pad(suffixes, pad_id)  # [batch, suffix]
+    full_mask = torch.cat([torch.ones((len(suffixes), prefix_len), dtype=mask.dtype), mask], dim=1)
+    position_ids = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model.device
+    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
+                past_key_values=batch_cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].float().cpu()
 
 
 # --- cross-entropy ----------------------------------------------------------------------------

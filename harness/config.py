@@ -116,11 +116,20 @@ class DatasetRef(_Strict):
     split: str | None = None
     n: int | None = Field(None, ge=1)
     path: str | None = None
+    sha256: str | None = Field(None, description="SHA-256 of the file, pinning a registry entry that has no pin of its "
+                               "own (MMLU, SORRY-Bench): an unpinned local copy is never loaded")
 
     @field_validator("revision")
     @classmethod
     def _rev(cls, v: str | None) -> str | None:
         return _check_revision(v)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not HEX64.match(v):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {v!r}")
+        return v
 
 
 class ConstructionConfig(_Strict):
@@ -376,6 +385,10 @@ class StabilityConfig(_Strict):
 class CapabilityConfig(_Strict):
     mmlu: DatasetRef | None = None
     arc_challenge: DatasetRef | None = None
+    mmlu_shots: DatasetRef | None = Field(None, description="where MMLU's shots come from; default: the split the "
+                                          "registry names for the `mmlu` set (its dev split), same subject, first n")
+    arc_challenge_shots: DatasetRef | None = Field(None, description="where ARC's shots come from; default: the split "
+                                                   "the registry names for the `arc_challenge` set (its train split)")
     text: DatasetRef | None = None
     n_shot: int = 5
     kl_prompts: int = 64

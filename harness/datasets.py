@@ -19,7 +19,6 @@ import json
 import os
 import urllib.error
 import urllib.request
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,10 @@ ARDITI_REPO = "andyrdt/refusal_direction"
 ARDITI_COMMIT = "9d852fae1a9121c78b29142de733cb1340770cc3"
 POLICY_REPO = "MatthesF/refusal-ablation"
 POLICY_COMMIT = "985cee4484e412626fe805310178051cfb76cb37"
+MMLU_REVISION = "c30699e8356da336a370243923dbaf21066bb9fe"
+ARC_REVISION = "210d026faf9955653af8916fad021475a3f00453"
+UNPINNED_HF = ("no SHA-256 recorded yet: a download from the pinned revision records its own, a local copy needs "
+               "`sha256` in the experiment's dataset entry")
 
 
 class DatasetError(RuntimeError):
@@ -63,6 +66,7 @@ class Source:
     rows: int | None = None
     gated: bool = False
     note: str = ""
+    shots: str | None = None  # the registry entry few-shot examples of this set are drawn from (dev/train split)
 
     @property
     def url(self) -> str:
@@ -296,8 +300,9 @@ def _arditi(path: str, local: str, sha: str, parse: Callable[[Path], pd.DataFram
     return Source("github", ARDITI_REPO, ARDITI_COMMIT, path, local, sha, parse, rows)
 
 
-def _project(path: str, sha: str, parse: Callable[[Path], pd.DataFrame], rows: int, note: str) -> Source:
-    return Source("project", PROJECT, "", path, path, sha, parse, rows, note=note)
+def _project(path: str, sha: str, parse: Callable[[Path], pd.DataFrame], rows: int, note: str,
+             shots: str | None = None) -> Source:
+    return Source("project", PROJECT, "", path, path, sha, parse, rows, note=note, shots=shots)
 
 
 def _split(name: str, sha: str, rows: int) -> Source:
@@ -355,17 +360,28 @@ DATASETS: dict[str, Source] = {
     "sorry_bench": Source(
         "hf", "sorry-bench/sorry-bench-202503", "612a4e1f45db8adf884fa62318ddf9fa1c6e75e9", "question.jsonl",
         "sorry_bench/question.jsonl", None, parse_sorry_bench, 440, gated=True,
-        note="gated on the Hugging Face hub: accept the terms, set HF_TOKEN, or place question.jsonl locally",
+        note="gated on the Hugging Face hub: accept the terms, set HF_TOKEN, or place question.jsonl locally and pin "
+        "its sha256 in the experiment's dataset entry",
     ),
     "mmlu": Source(
-        "hf", "cais/mmlu", "c30699e8356da336a370243923dbaf21066bb9fe", "all/test-00000-of-00001.parquet",
-        "mmlu/test-00000-of-00001.parquet", None, parse_mmlu, 14042,
+        "hf", "cais/mmlu", MMLU_REVISION, "all/test-00000-of-00001.parquet",
+        "mmlu/test-00000-of-00001.parquet", None, parse_mmlu, 14042, shots="mmlu_dev", note=UNPINNED_HF,
+    ),
+    # MMLU's 5-shot examples: the dev split, 5 per subject (lm-evaluation-harness: fewshot_split dev, first_n).
+    "mmlu_dev": Source(
+        "hf", "cais/mmlu", MMLU_REVISION, "all/dev-00000-of-00001.parquet",
+        "mmlu/dev-00000-of-00001.parquet", None, parse_mmlu, 285, note=UNPINNED_HF,
     ),
     "arc_challenge": Source(
-        "hf", "allenai/ai2_arc", "210d026faf9955653af8916fad021475a3f00453", "ARC-Challenge/test-00000-of-00001.parquet",
+        "hf", "allenai/ai2_arc", ARC_REVISION, "ARC-Challenge/test-00000-of-00001.parquet",
         "arc_challenge/test-00000-of-00001.parquet",
-        "62f03257e737aed263f55c6abf87c7bb0028a44a6bdd2a26eb1279eb42c1d1e9", parse_arc, 1172,
+        "62f03257e737aed263f55c6abf87c7bb0028a44a6bdd2a26eb1279eb42c1d1e9", parse_arc, 1172, shots="arc_challenge_train",
         note="sha256 is the hub's LFS oid for this revision as recorded publicly; not yet checked against a download",
+    ),
+    # ARC-Challenge's few-shot examples: its train split (lm-evaluation-harness: training_split train).
+    "arc_challenge_train": Source(
+        "hf", "allenai/ai2_arc", ARC_REVISION, "ARC-Challenge/train-00000-of-00001.parquet",
+        "arc_challenge/train-00000-of-00001.parquet", None, parse_arc, 1119, note=UNPINNED_HF,
     ),
     # The project's own hand-written files (data/README.md, data/capability/README.md).
     "demo_policy_prompts": _project(
@@ -374,11 +390,19 @@ DATASETS: dict[str, Source] = {
     ),
     "mmlu_demo": _project(
         "data/capability/mmlu_demo.jsonl", "867e5853460abaf82935e3206c7d54c7b8166ddbe4565a4d33bfa0514777ded9",
-        parse_mmlu_demo, 42, note="MMLU-shaped stand-in written for this project; not MMLU",
+        parse_mmlu_demo, 42, note="MMLU-shaped stand-in written for this project; not MMLU", shots="mmlu_demo_dev",
+    ),
+    "mmlu_demo_dev": _project(
+        "data/capability/mmlu_demo_dev.jsonl", "b5af2b568b65a0d7ce26f00ff83b95d74b7f09bd01091f71311a9817e2f7b45b",
+        parse_mmlu_demo, 80, note="the MMLU stand-in's shots, 5 per subject, written for this project",
     ),
     "arc_demo": _project(
         "data/capability/arc_demo.jsonl", "d65ebea2cffc361ba2d27960f9d8935907ae92f8d5cf17412cb7492c43d4520e",
-        parse_arc_demo, 41, note="ARC-shaped stand-in written for this project; not ARC",
+        parse_arc_demo, 41, note="ARC-shaped stand-in written for this project; not ARC", shots="arc_demo_train",
+    ),
+    "arc_demo_train": _project(
+        "data/capability/arc_demo_train.jsonl", "b3998b47b45264e548e0a617bcbf64b07f76eb1b1a9dda24f03b54833066246d",
+        parse_arc_demo, 20, note="the ARC stand-in's shot pool, written for this project",
     ),
     "text_demo": _project(
         "data/capability/text_demo.txt", "60605826fe025e297918c59fabd15d4d921f60f19698b78d90ff356d84ec5cba",
@@ -469,16 +493,52 @@ def how_to_provide(name: str) -> str:
     return hint + (f" ({source.note})" if source.note else "")
 
 
+def expected_sha256(name: str, ref: DatasetRef | None = None) -> str | None:
+    """The SHA-256 a file of `name` must have: the registry's pin, else the experiment's (`ref.sha256`); both
+    given must agree."""
+    pinned, given = DATASETS[name].sha256, ref.sha256 if ref is not None else None
+    if pinned is not None and given is not None and given != pinned:
+        raise DatasetError(f"dataset {name!r}: the experiment pins sha256 {given} but harness/datasets.py pins "
+                           f"{pinned}; they must agree")
+    return pinned or given
+
+
+def _download_record(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _pin_of(name: str, ref: DatasetRef | None, path: Path) -> str | None:
+    """The pin a found file is checked against; for a download of an unpinned entry, the SHA-256 recorded when it
+    was fetched from the pinned revision."""
+    expected = expected_sha256(name, ref)
+    if expected is None and path == _cache_path(DATASETS[name]) and _download_record(path).is_file():
+        return _download_record(path).read_text().strip()
+    return expected
+
+
+def unpinned_error(name: str, path: Path) -> DatasetError:
+    """An unpinned local copy is not loaded: the message gives its SHA-256 and how to pin it."""
+    actual = sha256_file(path)
+    return DatasetError(
+        f"{path}: dataset {name!r} has no pinned SHA-256, so this local copy is not loaded (its sha256 is {actual}). "
+        f"Check the file against {DATASETS[name].url}, then pin it: add sha256 = \"{actual}\" to the experiment's "
+        f"dataset entry (e.g. {{ name = \"{name}\", sha256 = \"{actual}\" }}), or to its registry entry in "
+        f"harness/datasets.py"
+    )
+
+
 def locate(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> Path:
     """The verified local file for a registry entry: ref.path, the repository (project entries), data_dir,
-    $HARNESS_DATA_DIR, the cache, or a download."""
+    $HARNESS_DATA_DIR, the cache, or a download. Every file is checked against its pin (`expected_sha256`); an
+    unpinned local copy is an error, a download from the pinned revision records its SHA-256 beside it."""
     source = DATASETS[name]
     candidates = _candidates(name, ref, data_dir)
     path = _first_file(candidates)
     if path is not None:
-        actual = verify_file(path, source.sha256)
-        if source.sha256 is None:
-            warnings.warn(f"{path}: no pinned sha256 for {name!r}; loaded unverified (sha256 {actual})", stacklevel=3)
+        expected = _pin_of(name, ref, path)
+        if expected is None:
+            raise unpinned_error(name, path)
+        verify_file(path, expected)
         return path
     if ref is not None and ref.path:
         raise DatasetError(
@@ -495,12 +555,25 @@ def locate(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None
             f"dataset {name!r}: no local copy of {source.local} (looked in {where}) and the pinned download "
             f"failed: {err}. To provide it: {how_to_provide(name)}."
         ) from err
+    expected = expected_sha256(name, ref)
     try:
-        verify_file(cached, source.sha256)
+        actual = verify_file(cached, expected)
     except DatasetError:
         cached.unlink(missing_ok=True)
         raise
+    if expected is None:
+        atomic_write_bytes(_download_record(cached), f"{actual}\n".encode())
     return cached
+
+
+def shots_ref(ref: DatasetRef) -> DatasetRef:
+    """The registry entry a multiple-choice set's few-shot examples come from (MMLU: dev, ARC: train)."""
+    name = resolve_name(ref)
+    shots = DATASETS[name].shots
+    if shots is None:
+        raise DatasetError(f"dataset {name!r} names no split to draw few-shot examples from (registry `shots`); "
+                           "name one in the experiment's [capability] (e.g. mmlu_shots = { name = ... })")
+    return DatasetRef(name=shots)
 
 
 def local_copy(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> Path | None:
@@ -509,13 +582,16 @@ def local_copy(name: str, ref: DatasetRef | None = None, data_dir: Path | str | 
 
 
 def is_available(name: str, ref: DatasetRef | None = None, data_dir: Path | str | None = None) -> bool:
-    """Whether a local copy exists that matches the pin (or any copy, where nothing is pinned); never downloads."""
+    """Whether a local copy exists that matches its pin (an unpinned copy is not loadable); never downloads."""
     name = resolve_name(ref if ref is not None else DatasetRef(name=name))
     path = local_copy(name, ref, data_dir)
     if path is None:
         return False
     try:
-        verify_file(path, DATASETS[name].sha256)
+        expected = _pin_of(name, ref, path)
+        if expected is None:
+            return False
+        verify_file(path, expected)
     except DatasetError:
         return False
     return True
@@ -542,7 +618,7 @@ def load_dataset(ref: DatasetRef | str, data_dir: Path | str | None = None, seed
         raise DatasetError(f"dataset {name!r}: n={ref.n} but {path} has {len(frame)} rows")
     frame = seeded_subset(frame, ref.n, seed)
     origin = f"project:{source.path}" if source.host == "project" else f"{source.repo}@{source.revision}:{source.path}"
-    frame.attrs.update({"dataset": name, "source": origin, "file": str(path), "sha256": source.sha256})
+    frame.attrs.update({"dataset": name, "source": origin, "file": str(path), "sha256": _pin_of(name, ref, path)})
     return frame
 
 

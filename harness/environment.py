@@ -114,13 +114,13 @@ def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, Datase
 
 def dataset_record(ref: DatasetRef) -> dict[str, Any]:
     """Registry name, pinned revision and the SHA-256 of the file that is read (absent here: None, and why)."""
-    from harness.datasets import DATASETS, local_copy, resolve_name
+    from harness.datasets import DATASETS, expected_sha256, local_copy, resolve_name
     from harness.pins import sha256_file
 
     name = resolve_name(ref)
     source = DATASETS[name]
     revision = source.revision or f"{source.path} at this repository's commit (code.commit)"
-    record = {"name": name, "revision": revision, "n": ref.n, "pinned_sha256": source.sha256}
+    record = {"name": name, "revision": revision, "n": ref.n, "pinned_sha256": expected_sha256(name, ref)}
     path = local_copy(name, ref)
     if path is None:
         return {**record, "sha256": None, "note": "no local copy (a rehearsal uses a placeholder)"}
