@@ -179,7 +179,8 @@ def test_accuracy_uses_given_shots(model, tokenizer):
     shots = QUESTIONS[:2]
     a = multiple_choice_accuracy(model, tokenizer, QUESTIONS[2:], n_shot=2, shots=shots, batch_size=2, progress=False)
     b = multiple_choice_accuracy(model, tokenizer, QUESTIONS[2:], n_shot=2, shots=shots, batch_size=5, progress=False)
-    assert a == b
+    la, lb = a.pop("logprobs"), b.pop("logprobs")  # batch shapes move the last float digits only
+    assert a == b and all(torch.allclose(torch.tensor(x), torch.tensor(y), atol=1e-5) for x, y in zip(la, lb))
     with pytest.raises(ValueError, match="n_shot=3 but only 2 shots"):
         multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=3, shots=shots, progress=False)
 
@@ -498,3 +499,34 @@ def test_shared_prefix_equals_the_plain_path_on_the_demo_model(monkeypatch):
     assert shared["accuracy"] == plain["accuracy"] and shared["predicted"] == plain["predicted"]
     gap = max(float((torch.tensor(a) - torch.tensor(b)).abs().max()) for a, b in zip(shared["logprobs"], plain["logprobs"]))
     assert gap < 1e-4, gap
+
+
+# --- ARC as lm-evaluation-harness scores it -----------------------------------------------------
+
+
+def test_arc_context_is_lm_eval_format():
+    from harness.capability import arc_context
+
+    shot = {"question": "1+1?", "choices": ["2", "3"], "answer": 0}
+    item = {"question": "Sky colour?", "choices": ["blue", "green"], "answer": 0}
+    assert arc_context(item, [shot]) == "Question: 1+1?\nAnswer: 2\n\nQuestion: Sky colour?\nAnswer:"
+    assert arc_context(item) == "Question: Sky colour?\nAnswer:"
+
+
+def test_cloze_accuracy_equals_one_by_one_sums(model, tokenizer):
+    """Each choice's summed log-probability after "Answer:", from one unpadded pass per (question, choice)."""
+    from harness.capability import arc_context, cloze_accuracy
+
+    shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
+    result = cloze_accuracy(model, tokenizer, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=4, progress=False)
+    for i, q in enumerate(QUESTIONS):
+        context = arc_context(q, shot_sets[i])
+        ctx = tokenizer(context)["input_ids"]
+        for j, choice in enumerate(q["choices"]):
+            whole = tokenizer(context + " " + choice)["input_ids"]
+            assert whole[: len(ctx)] == ctx
+            logp = torch.log_softmax(_single_logits(model, whole), -1)
+            expected = sum(float(logp[k - 1, whole[k]]) for k in range(len(ctx), len(whole)))
+            assert abs(result["logprobs"][i][j] - expected) < 1e-4
+        assert result["predicted"][i] == max(range(len(q["choices"])), key=lambda j: result["logprobs"][i][j])
+    assert result["n"] == len(QUESTIONS) and 0 <= result["accuracy_norm"] <= 1

@@ -305,9 +305,12 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
                "shots from": base["shots_source"],
                "baseline": base["accuracy"], "weight_edit": edited["accuracy"], "change": delta, "chance": chance,
                "above_chance_p": chance_p}
+        norm = {"baseline_accuracy_norm": base["accuracy_norm"], "edited_accuracy_norm": edited["accuracy_norm"]} \
+            if "accuracy_norm" in base else {}
+        row.update(norm)
         figures = record.figures({"baseline_accuracy": base["accuracy"], "edited_accuracy": edited["accuracy"],
                                   "n": base["n"], "mcnemar_p": paired.mcnemar_p, "chance": chance,
-                                  "above_chance_p": chance_p},
+                                  "above_chance_p": chance_p, **norm},
                                  headline=f"accuracy {base['accuracy']:.1%} -> {edited['accuracy']:.1%} (n={base['n']}, "
                                           f"chance {chance:.1%})",
                                  provenance=provenance)

@@ -397,6 +397,62 @@ def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[in
     return out.logits[:, -1].float().cpu()
 
 
+# --- ARC: answer-text (cloze) scoring -----------------------------------------------------------
+
+
+def arc_context(item: dict, shots: Sequence[dict] = ()) -> str:
+    """lm-evaluation-harness's ARC prompt: solved shots "Question: ...\nAnswer: <answer text>" joined by a blank
+    line, then the question ending in "Answer:"; each choice's text (after a space) is the scored continuation."""
+    solved = [f"Question: {s['question']}\nAnswer: {s['choices'][s['answer']]}" for s in shots]
+    return "\n\n".join([*solved, f"Question: {item['question']}\nAnswer:"])
+
+
+@torch.inference_mode()
+def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[list[dict]], n_shot: int = 5,
+                   batch_size: int = 16, progress: bool = True) -> dict:
+    """k-shot accuracy by the log-likelihood of each choice's text after "Answer:", as lm-evaluation-harness scores
+    ARC: `acc` takes the choice with the largest summed log-probability, `acc_norm` divides it by the choice's length
+    in bytes. The continuation's tokens are the whole string's tokens after the context's (lm-eval's split).
+    Returns {"accuracy" (acc), "accuracy_norm", "n", "correct", "correct_norm", "predicted", "logprobs"}."""
+    if not questions:
+        raise ValueError("cloze_accuracy needs at least one question")
+    if len(shot_sets) != len(questions) or any(len(s) < n_shot for s in shot_sets):
+        raise ValueError(f"cloze_accuracy needs one list of at least {n_shot} shots per question")
+    for i, q in enumerate(questions):
+        validate_question(q, f"questions[{i}]")
+    requests = []  # (question, choice, context ids, continuation ids)
+    for i, q in enumerate(questions):
+        context = arc_context(q, shot_sets[i][:n_shot])
+        ctx = tokenizer(context)["input_ids"]
+        for j, choice in enumerate(q["choices"]):
+            whole = tokenizer(context + " " + choice)["input_ids"]
+            cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else tokenizer(" " + choice, add_special_tokens=False)[
+                "input_ids"]
+            requests.append((i, j, whole[: len(whole) - len(cont)], cont))
+    order = sorted(range(len(requests)), key=lambda r: -(len(requests[r][2]) + len(requests[r][3])))
+    pad_id = _pad_id(tokenizer)
+    score = {}
+    for batch in tqdm(list(_batches(len(order), batch_size)), desc="multiple choice (cloze)", disable=not progress):
+        rows = [requests[r] for r in batch]
+        ids, mask = _left_pad([ctx + cont for _, _, ctx, cont in rows], pad_id)  # [batch, seq]
+        keep = max(len(cont) for *_, cont in rows)
+        out = model(**forward_kwargs(model, ids, mask), use_cache=False, logits_to_keep=keep + 1)
+        logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).cpu()  # [batch, keep, vocab]
+        for row, (i, j, _, cont) in enumerate(rows):
+            targets = torch.tensor(cont)  # predicted by the `len(cont)` positions before the end
+            picked = logprobs[row, keep - len(cont):].gather(-1, targets[:, None])[:, 0]
+            score[i, j] = float(picked.sum())
+    logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]
+    predicted = [int(torch.tensor(lp).argmax()) for lp in logprobs]
+    normed = [int(torch.tensor([v / len((" " + c).encode()) for v, c in zip(lp, q["choices"])]).argmax())
+              for lp, q in zip(logprobs, questions)]
+    correct = [p == q["answer"] for p, q in zip(predicted, questions)]
+    correct_norm = [p == q["answer"] for p, q in zip(normed, questions)]
+    return {"accuracy": sum(correct) / len(correct), "accuracy_norm": sum(correct_norm) / len(correct_norm),
+            "n": len(correct), "correct": correct, "correct_norm": correct_norm, "predicted": predicted,
+            "logprobs": logprobs}
+
+
 # --- cross-entropy ----------------------------------------------------------------------------
 
 
