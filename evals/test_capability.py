@@ -530,3 +530,25 @@ def test_cloze_accuracy_equals_one_by_one_sums(model, tokenizer):
             assert abs(result["logprobs"][i][j] - expected) < 1e-4
         assert result["predicted"][i] == max(range(len(q["choices"])), key=lambda j: result["logprobs"][i][j])
     assert result["n"] == len(QUESTIONS) and 0 <= result["accuracy_norm"] <= 1
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "qwen3_5", "gpt_oss"])
+def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
+    """A question's choices share one pass over its context: the same answers as one pass per (question, choice),
+    log-probabilities within float tolerance (a family whose cache cannot be extended takes the plain path)."""
+    import harness.capability as capability
+    from harness.capability import cloze_accuracy
+
+    calls = []
+    real = capability._suffix_logits
+    monkeypatch.setattr(capability, "_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, tok = tiny_model(family)
+    shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
+    shared = cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=3, progress=False)
+    plain = cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=3, progress=False,
+                           shared_prefix=False)
+    assert shared["predicted"] == plain["predicted"] and shared["accuracy_norm"] == plain["accuracy_norm"]
+    for a, b in zip(shared["logprobs"], plain["logprobs"]):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0), family
+    if family in ("llama", "gemma", "qwen3"):
+        assert calls, f"{family}: the shared-context path was not taken"

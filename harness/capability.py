@@ -382,10 +382,11 @@ def _prefix_cache(model, prefix: Sequence[int], total_len: int):
     return cache
 
 
-def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    """Next-token logits [batch, vocab] (float32, CPU) of prefix + each suffix, from the prefix's cache: the suffixes
-    are left-padded after the prefix, the padding masked out and positions counted on from the prefix, so every
-    real token sees what it sees in the whole prompt."""
+def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[int]], pad_id: int,
+                   keep: int = 1) -> torch.Tensor:
+    """Logits of the last `keep` positions, [batch, vocab] (keep = 1) or [batch, keep, vocab] (float32, CPU), of
+    prefix + each suffix, from the prefix's cache: the suffixes are left-padded after the prefix, the padding masked
+    out and positions counted on from the prefix, so every real token sees what it sees in the whole prompt."""
     batch_cache = copy.deepcopy(cache)
     batch_cache.batch_repeat_interleave(len(suffixes))
     ids, mask = _left_pad(suffixes, pad_id)  # [batch, suffix]
@@ -393,8 +394,8 @@ def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[in
     position_ids = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
     device = model.device
     out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
-                past_key_values=batch_cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].float().cpu()
+                past_key_values=batch_cache, use_cache=True, logits_to_keep=keep)
+    return out.logits[:, -1].float().cpu() if keep == 1 else out.logits.float().cpu()
 
 
 # --- ARC: answer-text (cloze) scoring -----------------------------------------------------------
@@ -409,10 +410,12 @@ def arc_context(item: dict, shots: Sequence[dict] = ()) -> str:
 
 @torch.inference_mode()
 def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[list[dict]], n_shot: int = 5,
-                   batch_size: int = 16, progress: bool = True) -> dict:
+                   batch_size: int = 16, progress: bool = True, shared_prefix: bool = True) -> dict:
     """k-shot accuracy by the log-likelihood of each choice's text after "Answer:", as lm-evaluation-harness scores
     ARC: `acc` takes the choice with the largest summed log-probability, `acc_norm` divides it by the choice's length
-    in bytes. The continuation's tokens are the whole string's tokens after the context's (lm-eval's split).
+    in bytes. The continuation's tokens are the whole string's tokens after the context's (lm-eval's split). With
+    `shared_prefix` a question's choices share one pass over its context (`multiple_choice_accuracy`), so scoring
+    its 3-5 answer texts costs about one prompt, not one per choice.
     Returns {"accuracy" (acc), "accuracy_norm", "n", "correct", "correct_norm", "predicted", "logprobs"}."""
     if not questions:
         raise ValueError("cloze_accuracy needs at least one question")
@@ -429,19 +432,36 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
             cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else tokenizer(" " + choice, add_special_tokens=False)[
                 "input_ids"]
             requests.append((i, j, whole[: len(whole) - len(cont)], cont))
-    order = sorted(range(len(requests)), key=lambda r: -(len(requests[r][2]) + len(requests[r][3])))
     pad_id = _pad_id(tokenizer)
     score = {}
-    for batch in tqdm(list(_batches(len(order), batch_size)), desc="multiple choice (cloze)", disable=not progress):
-        rows = [requests[r] for r in batch]
-        ids, mask = _left_pad([ctx + cont for _, _, ctx, cont in rows], pad_id)  # [batch, seq]
-        keep = max(len(cont) for *_, cont in rows)
-        out = model(**forward_kwargs(model, ids, mask), use_cache=False, logits_to_keep=keep + 1)
-        logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).cpu()  # [batch, keep, vocab]
+
+    def add(rows, logits, keep: int) -> None:  # logits [batch, keep + 1, vocab]: the last keep + 1 positions
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # [batch, keep, vocab]
         for row, (i, j, _, cont) in enumerate(rows):
-            targets = torch.tensor(cont)  # predicted by the `len(cont)` positions before the end
-            picked = logprobs[row, keep - len(cont):].gather(-1, targets[:, None])[:, 0]
+            picked = logprobs[row, keep - len(cont):].gather(-1, torch.tensor(cont)[:, None])[:, 0]
             score[i, j] = float(picked.sum())
+
+    # A question's choices share its context: with `shared_prefix`, all but its last token is computed once.
+    groups = _prefix_groups([ctx + cont for _, _, ctx, cont in requests], [(i,) for i, *_ in requests]) \
+        if shared_prefix else [(0, list(range(len(requests))))]
+    with tqdm(total=len(requests), desc="multiple choice (cloze)", disable=not progress) as bar:
+        for prefix_len, members in groups:
+            prefix_len = min([prefix_len] + [len(requests[r][2]) - 1 for r in members])
+            order = sorted(members, key=lambda r: -(len(requests[r][2]) + len(requests[r][3])))
+            longest = len(requests[order[0]][2]) + len(requests[order[0]][3])
+            cache = _prefix_cache(model, requests[order[0]][2][:prefix_len], longest) if prefix_len > 0 else None
+            for batch in _batches(len(order), batch_size):
+                rows = [requests[order[k]] for k in batch]
+                keep = max(len(cont) for *_, cont in rows)
+                if cache is not None:
+                    logits = _suffix_logits(model, cache, prefix_len, [(ctx + cont)[prefix_len:] for *_, ctx, cont in rows],
+                                            pad_id, keep=keep + 1)
+                else:
+                    ids, mask = _left_pad([ctx + cont for *_, ctx, cont in rows], pad_id)  # [batch, seq]
+                    logits = model(**forward_kwargs(model, ids, mask), use_cache=False,
+                                   logits_to_keep=keep + 1).logits.float().cpu()
+                add(rows, logits, keep)
+                bar.update(len(rows))
     logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]
     predicted = [int(torch.tensor(lp).argmax()) for lp in logprobs]
     normed = [int(torch.tensor([v / len((" " + c).encode()) for v, c in zip(lp, q["choices"])]).argmax())
