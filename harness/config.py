@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -130,6 +130,15 @@ class DatasetRef(_Strict):
         if v is not None and not HEX64.match(v):
             raise ValueError(f"sha256 must be 64 lowercase hex digits, got {v!r}")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """An absent pin is left out of the dump (cache keys are built from it): a config without one keys its
+        stages as before the field existed, and one with a pin keys them by it."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("sha256") is None:
+            out.pop("sha256", None)
+        return out
 
 
 class ConstructionConfig(_Strict):
