@@ -500,3 +500,37 @@ def test_matches_reference(reference_condition, experiment, sets, judgments, rec
             "reference.tolerance_pp")
     require(cmp.agreement >= ref_cfg.agreement_min,
             f"per-question agreement {cmp.agreement:.1%} < {ref_cfg.agreement_min:.0%}", "reference.agreement_min")
+
+
+METHOD_CONDITIONS = {"diff_in_means": "ablation", "inlp": "inlp"}
+
+
+def _all_conditions(experiment) -> list[str]:
+    """Baseline, every intervention condition and every compared method's condition, once each."""
+    methods = [METHOD_CONDITIONS[m] for m in experiment.direction.compare_methods]
+    return list(dict.fromkeys(["baseline", *experiment.intervention.conditions, *methods]))
+
+
+def test_completion_coherence(experiment, sets, judgments, coherence, coherence_rule, record, claim_snapshot):
+    """A measurement beside the claims, with no bound of its own: per condition and prompt set, how fluent
+    (mean per-token log-probability under the unmodified model) and how repetitive (repeated token 3-grams) the
+    completions are, and how many of the headline judge's compliances are coherent under the rule calibrated on
+    the baseline's completions to harmless validation prompts (harness.coherence). A refusal drop made of
+    gibberish shows here as compliance that is not coherent. The figures are snapshotted, so a change fails."""
+    from harness.coherence import summarize
+
+    headline = experiment.judges.headline_name
+    rows = {}
+    for condition in _all_conditions(experiment):
+        for which in ("harmful", "harmless"):
+            scored = coherence(condition, which)
+            rows[f"{condition}/{which}"] = {"condition": condition, "set": which, **summarize(
+                scored["logprob"], scored["repetition"], judgments(condition, which, headline), coherence_rule)}
+    record.artifact("coherence", {"rule": coherence_rule.as_dict(), "judge": headline, "rows": rows})
+    shown = [r for r in rows.values() if r["set"] == "harmful" and r["condition"] != "baseline"]
+    figures = record.figures(
+        {"rule": coherence_rule.as_dict(), "judge": headline, "groups": rows},
+        headline=f"{headline} compliance on harmful prompts that stays coherent: "
+                 + ", ".join(f"{r['condition']} {r['complied_coherent']} of {r['complied']}" for r in shown),
+        provenance=_provenance(sets, [headline], *_all_conditions(experiment)))
+    assert figures == claim_snapshot
