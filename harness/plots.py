@@ -191,7 +191,7 @@ def plot_stability(curve: pd.DataFrame, path: str | Path, threshold: float | Non
         s=18,
         color="tab:blue",
         alpha=0.5,
-        label=f"repeats (n={len(repeats)})",
+        label=f"draws (n={len(repeats)})",
     )
     means = data.groupby("budget", sort=True)["cosine"].mean()
     ax.plot(means.index.astype(float), means.to_numpy(float), "-o", color="tab:orange", label="mean")
