@@ -74,6 +74,7 @@ def _record_agreement(judgments, judges, condition: str, record) -> None:
         for other in others for which in ("harmful", "harmless")})
 
 
+METHOD_CONDITIONS = {"diff_in_means": "ablation", "inlp": "inlp"}  # the condition each direction method runs as
 FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "harmless_val")
 
 
@@ -380,7 +381,7 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
                               capability_scores, conditions, record, claim_snapshot)
     t = experiment.thresholds
     headline = experiment.judges.headline_name
-    condition = {"diff_in_means": "ablation", "inlp": "inlp"}[method]
+    condition = METHOD_CONDITIONS[method]
     before = _rates(judgments, "baseline", headline)["harmful"]["rate"]
     after = _refusal_row(condition, headline, "harmful", judgments(condition, "harmful", headline))["rate"]
     kl = float(next_token_kl(harmless_logits("baseline"), harmless_logits(condition)).mean())
@@ -523,9 +524,6 @@ def test_matches_reference(reference_condition, experiment, sets, judgments, rec
             "reference.tolerance_pp")
     require(cmp.agreement >= ref_cfg.agreement_min,
             f"per-question agreement {cmp.agreement:.1%} < {ref_cfg.agreement_min:.0%}", "reference.agreement_min")
-
-
-METHOD_CONDITIONS = {"diff_in_means": "ablation", "inlp": "inlp"}
 
 
 def _all_conditions(experiment) -> list[str]:
