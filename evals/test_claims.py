@@ -527,9 +527,10 @@ def test_matches_reference(reference_condition, experiment, sets, judgments, rec
 
 
 def _all_conditions(experiment) -> list[str]:
-    """Baseline, every intervention condition and every compared method's condition, once each."""
+    """Baseline, every intervention condition, every compared method's condition and every grid cell, once each."""
     methods = [METHOD_CONDITIONS[m] for m in experiment.direction.compare_methods]
-    return list(dict.fromkeys(["baseline", *experiment.intervention.conditions, *methods]))
+    grid = experiment.intervention.grid.cells() if experiment.intervention.grid is not None else []
+    return list(dict.fromkeys(["baseline", *experiment.intervention.conditions, *methods, *grid]))
 
 
 def test_completion_coherence(experiment, sets, judgments, coherence, coherence_rule, record, claim_snapshot):
