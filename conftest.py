@@ -14,6 +14,7 @@ pytest_plugins = [
     "fixtures.model",
     "fixtures.direction",
     "fixtures.completions",
+    "fixtures.coherence",
     "fixtures.claims",
     "fixtures.environment",
     "fixtures.export",

@@ -74,6 +74,7 @@ def _record_agreement(judgments, judges, condition: str, record) -> None:
         for other in others for which in ("harmful", "harmless")})
 
 
+METHOD_CONDITIONS = {"diff_in_means": "ablation", "inlp": "inlp"}  # the condition each direction method runs as
 FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "harmless_val")
 
 
@@ -86,6 +87,19 @@ def _provenance(sets, judges, *conditions: str, which=("harmful", "harmless")) -
     fit = _fit_datasets(sets) if set(conditions) - {"baseline"} else []
     return {"datasets": [sets.provenance[f"{w}_eval"] for w in which] + fit, "judges": list(judges),
             "conditions": list(conditions)}
+
+
+def _record_categories(sets, record, scores: dict[str, list[int | None]]) -> None:
+    """Refusal per category of the harmful eval prompts, per condition (report table and plot)."""
+    frame = sets.harmful_eval
+    long = pd.concat([
+        pd.DataFrame({"id": frame["id"], "category": frame["category"], "condition": name,
+                      "score": [None if s is None else 1 - s for s in judged]}).dropna()
+        for name, judged in scores.items()
+    ])
+    long["score"] = long["score"].astype(int)
+    frames = record.merge("category_frames", [long])
+    record.artifact("category_table", category_table(pd.concat(frames).drop_duplicates(["id", "condition"])))
 
 
 def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgments, judges, record, claim_snapshot):
@@ -191,16 +205,7 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
              "both_complied": pd_.both_complied, "both_refused": pd_.both_refused, "diff": pd_.diff,
              "ci_low": pd_.ci_low, "ci_high": pd_.ci_high, "ci_method": pd_.ci_method, "mcnemar_p": pd_.mcnemar_p}
     record.merge("flips", {condition: flips})
-    if condition in ("ablation", "weight_edit"):
-        frame = sets.harmful_eval
-        long = pd.concat([
-            pd.DataFrame({"id": frame["id"], "category": frame["category"], "condition": name,
-                          "score": [None if s is None else 1 - s for s in scores]}).dropna()
-            for name, scores in (("baseline", before), (condition, after))
-        ])
-        long["score"] = long["score"].astype(int)
-        frames = record.merge("category_frames", [long])
-        record.artifact("category_table", category_table(pd.concat(frames).drop_duplicates(["id", "condition"])))
+    _record_categories(sets, record, {"baseline": before, condition: after})
     figures = record.figures({**flips, "n": pd_.n, "judge": headline, "test": "exact McNemar, two-sided"},
                              headline=f"{headline}: compliance {100 * pd_.diff:+.1f} pp, p = {pd_.mcnemar_p:.3g} "
                                       "(two-sided exact)",
@@ -231,13 +236,18 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
         pytest.fail(f"budget {budget} exceeds the {len(sets.fit_areas)} fit areas of {experiment.name}")
     subsets = budget_subsets(sets.fit_areas, budget, experiment.stability.repeats, experiment.seed)
     cosines = [float(cosine(fit(areas), reference)) for areas in subsets]
-    rows = record.merge("stability_rows", [{"budget": budget, "repeat": i, "cosine": c} for i, c in enumerate(cosines)])
+    rows = record.merge("stability_rows", [{"budget": budget, "repeat": i, "cosine": c, "areas": ",".join(sorted(a))}
+                                           for i, (c, a) in enumerate(zip(cosines, subsets))])
     record.artifact("stability", pd.DataFrame(rows))
     bound = experiment.thresholds.stability_cosine_min
     record.artifact("stability_threshold", bound)
     mean = float(np.mean(cosines))
-    figures = record.figures({"cosines": cosines, "mean": mean, "areas": [sorted(a) for a in subsets]},
-                             headline=f"mean cosine {mean:.3f} over {len(cosines)} repeats",
+    distinct = len({frozenset(a) for a in subsets})
+    draws = f"{len(cosines)} draws of {budget} of {len(sets.fit_areas)} fit areas" + (
+        f", {distinct} distinct subsets" if distinct > 1 else ", all the same subset: one measurement")
+    figures = record.figures({"cosines": cosines, "mean": mean, "areas": [sorted(a) for a in subsets],
+                              "distinct_subsets": distinct},
+                             headline=f"mean cosine {mean:.3f} over {draws}",
                              provenance={"datasets": [sets.provenance["construction"]], "judges": [],
                                          "conditions": []})
     assert figures == claim_snapshot
@@ -289,10 +299,12 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
                                *_fit_datasets(sets)], "judges": [], "conditions": ["baseline", "weight_edit"]}
     if benchmark_name == "text":
         delta = edited["ce"] - base["ce"]
-        row = {"benchmark": "CE loss (text)", "source": base["source"], "baseline": base["ce"],
+        row = {"benchmark": "CE loss (text)", "set": base["source"],
+               "size": f"{len(capability_items(benchmark_name)[0])} texts", "baseline": base["ce"],
                "weight_edit": edited["ce"], "change": delta}
         figures = record.figures({"baseline_ce": base["ce"], "edited_ce": edited["ce"], "delta": delta},
-                                 headline=f"CE {base['ce']:.3f} -> {edited['ce']:.3f}", provenance=provenance)
+                                 headline=f"{base['source']}: CE {base['ce']:.3f} -> {edited['ce']:.3f}",
+                                 provenance=provenance)
     else:
         from harness.stats import above_chance_p, paired_difference
 
@@ -301,8 +313,8 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
         asked = capability_items(benchmark_name)[0]
         chance = float(np.mean([1 / len(q["choices"]) for q in asked]))
         chance_p = above_chance_p(int(sum(base["correct"])), base["n"], chance)
-        row = {"benchmark": f"{benchmark_name} {experiment.capability.n_shot}-shot", "source": base["source"],
-               "shots from": base["shots_source"],
+        row = {"benchmark": f"{benchmark_name} {experiment.capability.n_shot}-shot", "set": base["source"],
+               "size": f"{base['n']} questions", "shots from": base["shots_source"],
                "baseline": base["accuracy"], "weight_edit": edited["accuracy"], "change": delta, "chance": chance,
                "above_chance_p": chance_p}
         norm = {"baseline_accuracy_norm": base["accuracy_norm"], "edited_accuracy_norm": edited["accuracy_norm"]} \
@@ -311,7 +323,8 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
         figures = record.figures({"baseline_accuracy": base["accuracy"], "edited_accuracy": edited["accuracy"],
                                   "n": base["n"], "mcnemar_p": paired.mcnemar_p, "chance": chance,
                                   "above_chance_p": chance_p, **norm},
-                                 headline=f"accuracy {base['accuracy']:.1%} -> {edited['accuracy']:.1%} (n={base['n']}, "
+                                 headline=f"{base['source']}: accuracy {base['accuracy']:.1%} -> "
+                                          f"{edited['accuracy']:.1%} (n={base['n']}, "
                                           f"chance {chance:.1%})",
                                  provenance=provenance)
     record.artifact("capability", pd.DataFrame(record.merge("capability_rows", [row])))
@@ -339,13 +352,18 @@ def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
     figures = record.figures(
         {"exact": bool(fid["exact"]), "max_logit_gap": gap, "leak_share": leak},
         headline=("exact edit" if fid["exact"] else f"edit not exact ({fid['leak_reason']})")
-        + f": max |logit gap| {gap:.3g}, {leak:.2e} of the direction left",
+        + f": max |logit gap| {gap:.3g}; largest |component along r-hat| left in the edited residual stream "
+          f"{leak:.2e} x the unedited stream's largest ({scale:.3g})",
         noise={"max_residual_component": float(max(fid["residual_component"])), "baseline_component": float(scale)},
         provenance={"datasets": [sets.provenance["harmless_eval"], *_fit_datasets(sets)], "judges": [],
                     "conditions": ["weight_edit", "ablation"]},
     )
-    record.artifact("fidelity", pd.DataFrame([{"layer": i, "max |component along r-hat|": c}
-                                              for i, c in enumerate(fid["residual_component"])]))
+    last = len(fid["residual_component"]) - 1
+    record.artifact("fidelity", pd.DataFrame([
+        {"residual stream": f"input of block {i}" if i < last else f"final residual (after block {i - 1})",
+         "edited": c, "ablated": a, "unedited (scale)": b}
+        for i, (c, a, b) in enumerate(zip(fid["residual_component"], fid["ablation_component"],
+                                          fid["baseline_component"]))]))
     assert figures == claim_snapshot
     require(gap <= t.edit_logit_gap_max, f"max |logit gap| edited vs ablated {gap:.3g} > {t.edit_logit_gap_max}"
             + ("" if fid["exact"] else f" (not exact: {fid['leak_reason']})"), "edit_logit_gap_max")
@@ -366,11 +384,16 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
                               capability_scores, conditions, record, claim_snapshot)
     t = experiment.thresholds
     headline = experiment.judges.headline_name
-    condition = {"diff_in_means": "ablation", "inlp": "inlp"}[method]
+    condition = METHOD_CONDITIONS[method]
     before = _rates(judgments, "baseline", headline)["harmful"]["rate"]
     after = _refusal_row(condition, headline, "harmful", judgments(condition, "harmful", headline))["rate"]
     kl = float(next_token_kl(harmless_logits("baseline"), harmless_logits(condition)).mean())
     drop = 100 * (before - after)
+    if condition not in experiment.intervention.conditions:  # test_refusal_drop records those
+        record.merge("conditions", [_refusal_row(condition, headline, w, judgments(condition, w, headline))
+                                    for w in ("harmful", "harmless")])
+        _record_categories(sets, record, {"baseline": judgments("baseline", "harmful", headline),
+                                          condition: judgments(condition, "harmful", headline)})
     versus = {}
     if condition != "ablation":
         pd_ = _paired(judgments("ablation", "harmful", headline), judgments(condition, "harmful", headline))
@@ -565,3 +588,35 @@ def test_matches_reference_change(reference_change, experiment, sets, judgments,
     )
     assert figures == claim_snapshot
     _require_equivalent(eq, f"paired change baseline -> {reference_change} vs the reference's")
+
+
+def _all_conditions(experiment) -> list[str]:
+    """Baseline, every intervention condition, every compared method's condition and every grid cell, once each."""
+    methods = [METHOD_CONDITIONS[m] for m in experiment.direction.compare_methods]
+    grid = experiment.intervention.grid.cells() if experiment.intervention.grid is not None else []
+    return list(dict.fromkeys(["baseline", *experiment.intervention.conditions, *methods, *grid]))
+
+
+def test_completion_coherence(experiment, sets, judgments, coherence, coherence_rule, record, claim_snapshot):
+    """A measurement beside the claims, with no bound of its own: per condition and prompt set, how fluent
+    (mean per-token log-probability under the unmodified model) and how repetitive (repeated token 3-grams) the
+    completions are, and how many of the headline judge's compliances are coherent under the rule calibrated on
+    the baseline's completions to harmless validation prompts (harness.coherence). A refusal drop made of
+    gibberish shows here as compliance that is not coherent. The figures are snapshotted, so a change fails."""
+    from harness.coherence import summarize
+
+    headline = experiment.judges.headline_name
+    rows = {}
+    for condition in _all_conditions(experiment):
+        for which in ("harmful", "harmless"):
+            scored = coherence(condition, which)
+            rows[f"{condition}/{which}"] = {"condition": condition, "set": which, **summarize(
+                scored["logprob"], scored["repetition"], judgments(condition, which, headline), coherence_rule)}
+    record.artifact("coherence", {"rule": coherence_rule.as_dict(), "judge": headline, "rows": rows})
+    shown = [r for r in rows.values() if r["set"] == "harmful" and r["condition"] != "baseline"]
+    figures = record.figures(
+        {"rule": coherence_rule.as_dict(), "judge": headline, "groups": rows},
+        headline=f"{headline} compliance on harmful prompts that stays coherent: "
+                 + ", ".join(f"{r['condition']} {r['complied_coherent']} of {r['complied']}" for r in shown),
+        provenance=_provenance(sets, [headline], *_all_conditions(experiment)))
+    assert figures == claim_snapshot

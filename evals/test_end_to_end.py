@@ -118,6 +118,34 @@ def test_claims_run_end_to_end_on_a_tiny_model(two_runs):
     assert f"report: {report_dir / 'report.md'}" in out
 
 
+def test_report_shows_every_condition_and_names_what_it_measures(two_runs):
+    """Issue 25's reader: INLP and ActAdd in every per-condition table, coherence per condition, policy areas up
+    front, fidelity rows named as residual-stream points (n_layers block inputs + the final residual), stability
+    draws counted as subsets (capability sets with their size: test_rehearsal, where an experiment names them)."""
+    import pandas as pd
+
+    code, out, report_dir = two_runs[0]
+    assert code == 0, out[-4000:]
+    md = (report_dir / "report.md").read_text()
+
+    def section(title: str) -> str:
+        return md.split(f"## {title}")[1].split("\n## ")[0]
+
+    conditions = ("baseline", "ablation", "weight_edit", "actadd", "inlp")
+    for cond in conditions:
+        for which in ("harmful", "harmless"):
+            assert f"| {cond} | substring | {which} |" in section("Refusal by condition"), (cond, which)
+            assert f"| {cond} | {which} |" in section("Coherence by condition"), (cond, which)
+        assert f"| {cond} | harmful | 8 | n/a |" not in section("Truncation and late refusals"), cond
+    assert set(pd.read_csv(report_dir / "categories.csv")["condition"]) == set(conditions)
+    assert md.index("- **policy areas fit on**") < md.index("## Claims")
+    fidelity = [line for line in section("Edit fidelity").splitlines() if line.startswith("| input of block")]
+    assert fidelity and fidelity[0].startswith("| input of block 0 |")
+    assert f"| final residual (after block {len(fidelity) - 1}) |" in section("Edit fidelity")
+    assert "| layer |" not in section("Edit fidelity")
+    assert "draws" in section("Direction stability") and "distinct subsets" in section("Direction stability")
+
+
 def test_same_seed_same_results(two_runs):
     (_, _, first), (_, _, second) = two_runs
     assert json.loads((first / "results.json").read_text()) == json.loads((second / "results.json").read_text())

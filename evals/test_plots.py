@@ -140,3 +140,51 @@ def test_category_bars_put_baseline_first_and_accept_stats_table(tmp_path):
     )
     path = plot_category_bars(category_table(long), tmp_path / "cat.png", ylabel="compliance rate")
     assert path.stat().st_size > 5000
+
+
+def _demo_shaped_sweep() -> pd.DataFrame:
+    """30 layers at one position, as the demo sweeps: the shortest selection figure there is."""
+    table = pd.DataFrame({"layer": range(30), "pos": -1, "bypass_score": np.linspace(-5.7, 5.0, 30),
+                          "filtered": [layer != 22 for layer in range(30)]})
+    table["selected"] = table["layer"] == 22
+    return table
+
+
+def _demo_shaped_categories() -> pd.DataFrame:
+    """Near-full baseline bars in every category, the last one included, where a default legend sits."""
+    rows = []
+    for i, category in enumerate(["dangerous_chem_bio", "fraud_scams", "privacy_surveillance", "self_harm"]):
+        for condition, rate in (("baseline", 1.0 if i < 3 else 0.95), ("ablation", 0.7), ("weight_edit", 0.7),
+                                ("actadd", 0.2), ("inlp", 0.6)):
+            rows.append({"category": category, "condition": condition, "rate": rate,
+                         "ci_low": max(0.0, rate - 0.2), "ci_high": min(1.0, rate + 0.05)})
+    return pd.DataFrame(rows)
+
+
+def test_demo_shaped_plots_keep_labels_on_the_canvas_and_data_clear_of_the_legend(tmp_path):
+    plot_selection_heatmap(_demo_shaped_sweep(), tmp_path / "selection.png")
+    plot_category_bars(_demo_shaped_categories(), tmp_path / "categories.png", ylabel="refusal rate")
+
+
+def test_clipped_text_and_covered_bars_are_detected():
+    """The checks _save runs: a colourbar label longer than a short figure, a legend drawn over the bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from harness.plots import clipped_texts, legend_overlaps
+
+    fig = Figure(figsize=(6, 2), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.arange(30.0).reshape(1, 30), aspect="auto")
+    fig.colorbar(image, ax=ax, label="bypass score (lower = refusal removed)")
+    assert clipped_texts(fig) == ["bypass score (lower = refusal removed)"]
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, name in enumerate(("baseline", "ablation")):
+        ax.bar(np.arange(3) + 0.4 * i, [1.0, 1.0, 0.95], 0.4, yerr=[[0.1] * 3, [0.0] * 3], label=name)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper right")
+    assert legend_overlaps(fig) and not clipped_texts(fig)

@@ -19,7 +19,7 @@ import pytest
 from harness.config import available_experiments, load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("activations", "selection", "completions", "judgments", "logits", "capability")
+STAGES = ("activations", "selection", "completions", "judgments", "logits", "capability", "coherence")
 
 
 def _run(name: str, work: Path, reports: Path) -> tuple[int, str]:
@@ -101,6 +101,9 @@ def test_rehearsal_runs_every_stage_and_uses_everything_named(name, rehearsals):
         assert computed.get(stage), f"{name}: stage {stage!r} computed nothing on a cold cache: {computed}"
     chat = results["setup"]["chat"]
     assert chat["refusal_token_ids"] and chat["date"]
+    if "## Capability" in report:  # each set named with its size, not as the benchmark it stands in for
+        capability = report.split("## Capability")[1].split("\n## ")[0]
+        assert "| set | size |" in capability and (" questions |" in capability or " texts |" in capability)
 
 
 @pytest.mark.parametrize("name", available_experiments())

@@ -113,3 +113,45 @@ def test_category_plot_says_refusal_rate_and_plots_refusal(tmp_path):
     rows = pd.read_csv(tmp_path / "categories.csv")
     assert rows.set_index(["category", "condition"]).loc[("x", "baseline"), "rate"] == 1.0
     assert "## Refusal by category" in (tmp_path / "report.md").read_text()
+
+
+def _sweep():
+    import pandas as pd
+
+    rows = [(21, 0.33, False, ""), (22, -0.69, False, ""), (15, -5.67, True, "kl 7.992 > kl_max 1"),
+            (23, -1.53, True, "kl 1.285 > kl_max 1"), (0, float("nan"), True, "zero-norm candidate")]
+    rows += [(layer, 2.0 + layer / 10, True, f"induce {layer}") for layer in range(1, 12)]
+    frame = pd.DataFrame(rows, columns=["layer", "bypass_score", "filtered", "filter_reason"])
+    return frame.assign(pos=-1, selected=frame["layer"] == 22)
+
+
+def test_report_states_areas_coherence_stability_draws_and_filtered_candidates(tmp_path):
+    """What issue 25 found a reader could not tell: which areas were fit on, whether compliance is coherent,
+    that the top budget's "repeats" are one subset, and why the best-scoring candidates were filtered."""
+    import pandas as pd
+
+    from harness.coherence import CoherenceRule, summarize
+
+    rule = CoherenceRule(min_logprob=-2.5, max_repetition=0.4, calibrated_on="baseline/harmless_val", n=3)
+    rows = {"ablation/harmful": {"condition": "ablation", "set": "harmful",
+                                 **summarize([-1.0, -6.0, -1.0, -1.2], [0.0, 0.1, 0.8, 0.0], [1, 1, 1, 0], rule)}}
+    curve = pd.DataFrame([{"budget": b, "repeat": r, "cosine": 0.9 + b / 100 + (r / 1000 if b == 2 else 0),
+                           "areas": "a,b" if b == 8 else f"s{r}"} for b in (2, 8) for r in range(5)])
+    artifacts = {"coherence": {"rule": rule.as_dict(), "judge": "substring", "rows": rows},
+                 "policy_areas": {"fit": ["fraud", "weapons"], "heldout": ["self_harm"], "tuned": True,
+                                  "harmful_eval": "demo (held-out areas)", "harmless_eval": "demo (held-out areas)"},
+                 "stability": curve, "selection": _sweep()}
+    md = write_report(tmp_path, {"experiment": "x"}, {}, artifacts).read_text()
+    assert ("- **policy areas fit on** (direction fit and selection; the model's refusal fine-tune): "
+            "fraud, weapons") in md
+    assert "- **policy areas held out** (never fit on): self_harm" in md
+    assert md.index("policy areas fit on") < md.index("## Coherence by condition")
+    assert "Coherent: log-prob >= -2.50 and repetition <= 0.40" in md
+    assert "| ablation | harmful | 4 | -2.30 | -1.10 | 22.5% | 2 (50.0%) | 3 | 1 (25.0%) | 2 |" in md
+    assert "| 8 | 0.98 | 0.98 | 0.98 | 5 | 1 |" in md and "| 2 | 0.922 | 0.92 | 0.924 | 5 | 5 |" in md
+    assert "At budget 8 all 5 draws are the same 8 areas" in md and "At budget 2" not in md
+    assert "2 of 16 candidates passed the filters" in md
+    assert "| 15 | -5.67 | True | kl 7.992 > kl_max 1 | -1 | False |" in md, "the best score, filtered, with why"
+    assert "| 22 | -0.69 | False | passed | -1 | True |" in md and "| 0 |" not in md.split("## Direction selection")[1]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["setup"]["policy_areas"]["heldout"] == ["self_harm"]

@@ -15,7 +15,10 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.collections import LineCollection
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 DPI = 120
 _PNG_METADATA = {"Software": None}
@@ -42,9 +45,73 @@ def axis_labels(fig: Figure) -> list[dict[str, str]]:
     return [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel()} for ax in fig.axes]
 
 
+def clipped_texts(fig: Figure) -> list[str]:
+    """Every drawn text (labels, titles, tick labels, legend entries) that reaches outside the figure's canvas,
+    where the saved PNG cuts it off, and tick labels that run into one another."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    frame = fig.bbox.padded(1.0)  # a pixel of anti-aliasing slack
+    tick_labels, drawn = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            slack = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                labels = (tick.label1, tick.label2)
+                tick_labels.update(map(id, labels))
+                if lo - slack <= tick.get_loc() <= hi + slack:
+                    drawn += labels  # a tick outside the view keeps its label object but draws nothing
+    out = _overlapping(drawn, renderer)
+    for text in [t for t in fig.findobj(Text) if id(t) not in tick_labels] + drawn:
+        if not text.get_visible() or not text.get_text().strip():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.width and not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)):
+            out.append(text.get_text())
+    return out
+
+
+def _overlapping(labels: list[Text], renderer) -> list[str]:
+    """Tick labels that run into one another (unreadable where they meet)."""
+    shown = [t for t in labels if t.get_visible() and t.get_text().strip()]
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    return [f"{a.get_text()} overlaps {b.get_text()}" for i, (a, ba) in enumerate(zip(shown, boxes))
+            for b, bb in zip(shown[i + 1 :], boxes[i + 1 :]) if ba.overlaps(bb)]
+
+
+def legend_overlaps(fig: Figure) -> list[str]:
+    """Labels of the data a legend covers inside its axes: bars (their own label or container's) and error-bar
+    segments."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    out = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        for container in ax.containers:
+            for bar in getattr(container, "patches", []):
+                extent = bar.get_window_extent(renderer)
+                if bar.get_height() and np.isfinite(bar.get_height()) and box.overlaps(extent):
+                    out.append(f"bar {container.get_label()}")
+        for col in ax.collections:
+            if not isinstance(col, LineCollection):
+                continue
+            for seg in col.get_segments():
+                if len(seg) and np.isfinite(seg).all() and box.overlaps(Bbox(ax.transData.transform(seg))):
+                    out.append("error bar")
+    return out
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
-    """PNG with the axis labels in its Description text chunk, so a test can read what the plot claims to show."""
+    """PNG with the axis labels in its Description text chunk, so a test can read what the plot claims to show.
+    A text cut off by the canvas or a legend over the data is an error, not a figure to ship."""
     path = Path(path)
+    clipped, covered = clipped_texts(fig), legend_overlaps(fig)
+    if clipped or covered:
+        raise ValueError(f"{path.name}: text cut off by the figure's edge or overlapping {clipped}; "
+                         f"data under the legend {covered}")
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = json.dumps(axis_labels(fig), sort_keys=True)
     fig.savefig(path, format="png", dpi=DPI, metadata={**_PNG_METADATA, "Description": labels})
@@ -73,11 +140,11 @@ def plot_selection_heatmap(table: pd.DataFrame, path: str | Path) -> Path:
     for r in table.itertuples(index=False):
         grid[row[int(r.pos)], col[int(r.layer)]] = float(r.bypass_score)
 
-    fig = _new_figure(min(18.0, max(6.0, 2.5 + 0.22 * len(layers))), min(8.0, 2.0 + 0.45 * len(positions)))
+    fig = _new_figure(min(18.0, max(6.0, 2.5 + 0.22 * len(layers))), min(8.0, 3.2 + 0.45 * len(positions)))
     ax = fig.add_subplot()
     cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap, interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="bypass score (lower = refusal removed)")
+    fig.colorbar(image, ax=ax, label="bypass score\n(lower = refusal removed)")
     for r in table.itertuples(index=False):
         x, y = col[int(r.layer)] - 0.5, row[int(r.pos)] - 0.5
         if bool(r.filtered):
@@ -124,7 +191,7 @@ def plot_stability(curve: pd.DataFrame, path: str | Path, threshold: float | Non
         s=18,
         color="tab:blue",
         alpha=0.5,
-        label=f"repeats (n={len(repeats)})",
+        label=f"draws (n={len(repeats)})",
     )
     means = data.groupby("budget", sort=True)["cosine"].mean()
     ax.plot(means.index.astype(float), means.to_numpy(float), "-o", color="tab:orange", label="mean")
@@ -165,7 +232,8 @@ def plot_category_bars(frame: pd.DataFrame, path: str | Path, *, ylabel: str) ->
     conditions = _condition_order(list(dict.fromkeys(str(c) for c in frame["condition"])))
     width = 0.8 / len(conditions)
 
-    fig = _new_figure(min(20.0, max(6.4, 1.5 + 0.45 * len(categories) * len(conditions) ** 0.5)), 4.8)
+    # Room for the legend right of the axes (it never covers a bar there).
+    fig = _new_figure(min(22.0, max(6.4, 1.5 + 0.45 * len(categories) * len(conditions) ** 0.5) + 1.8), 4.8)
     ax = fig.add_subplot()
     x = np.arange(len(categories))
     for i, condition in enumerate(conditions):
@@ -182,10 +250,12 @@ def plot_category_bars(frame: pd.DataFrame, path: str | Path, *, ylabel: str) ->
             label=condition,
             color=f"C{i}",
         )
-    ax.set_xticks(x, categories, rotation=60 if len(categories) > 6 else 0, ha="right" if len(categories) > 6 else "center")
+    slanted = len(categories) > 6 or max(len(c) for c in categories) > 12
+    ax.set_xticks(x, categories, rotation=30 if slanted else 0, ha="right" if slanted else "center",
+                  rotation_mode="anchor" if slanted else "default")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.set_title("Harmful prompts by category")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="condition")
     return _save(fig, path)

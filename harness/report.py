@@ -225,8 +225,39 @@ def _section_truncation(rows: dict[str, dict], rates: dict[tuple[str, str], dict
     return out + (["", f"{estimated} completions had no recorded count and were re-tokenized.", ""] if estimated else [""])
 
 
-SETUP_ARTIFACTS = ("chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model", "generation_paths",
-                   "judge_agreement", "truncation")
+def _logprob(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}"
+
+
+def _section_coherence(coherence: dict | None) -> list[str]:
+    """Per condition and prompt set: fluency and repetition of the completions, and how much of the headline
+    judge's compliance is coherent, so a refusal drop made of noise shows as such."""
+    if not coherence or not coherence.get("rows"):
+        return []
+    rule, judge = coherence["rule"], coherence["judge"]
+    q = rule["quantile"]
+    intro = (f"Log-prob: mean per-token log-probability (nats) of each completion under the unmodified (baseline) "
+             f"model, given its prompt; low means noise. Repetition: share of a completion's token {rule['n']}-grams "
+             f"that already occurred in it; high means a loop. Coherent: log-prob >= {rule['min_logprob']:.2f} and "
+             f"repetition <= {rule['max_repetition']:.2f}, bounds fixed before evaluation as the {q:.0%} and "
+             f"{1 - q:.0%} quantiles over the baseline's own completions to the harmless validation prompts "
+             f"({rule['calibrated_on']}); an empty completion is not coherent. Complied: the {judge} judge scored "
+             "it 1. The unmodified model finds any intervened text less likely than its own, so read the log-prob "
+             "against the baseline row of the same prompt set.")
+    header = ("| condition | prompt set | n | mean log-prob | median log-prob | mean repetition | coherent "
+              f"| complied ({judge}) | complied and coherent | complied, not coherent |")
+    out = ["## Coherence by condition", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in coherence["rows"].values():
+        out.append(f"| {r['condition']} | {r['set']} | {r['n']} | {_logprob(r['mean_logprob'])} "
+                   f"| {_logprob(r['median_logprob'])} | {_share(r['mean_repetition'])} "
+                   f"| {r['coherent']} ({_share(r['coherent_share'])}) | {r['complied']} "
+                   f"| {r['complied_coherent']} ({_share(r['complied_coherent_share'])}) "
+                   f"| {r['complied_incoherent']} |")
+    return out + [""]
+
+
+SETUP_ARTIFACTS = ("policy_areas", "chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model",
+                   "generation_paths", "judge_agreement", "truncation")
 
 
 def _section_setup(artifacts: dict[str, Any]) -> list[str]:
@@ -322,6 +353,62 @@ def _section_environment(env: dict | None) -> list[str]:
     return ["## Environment", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
 
 
+SELECTION_ROWS = 10  # candidates the report lists, best bypass score first (selection.csv has all)
+SECTION_NOTES = {
+    "capability": ["Each set is named with its size: a demo's own small stand-in sets are not the published "
+                   "benchmarks.", ""],
+    "fidelity": ["Largest |component along r-hat| over real tokens of the harmless prompts, per residual-stream "
+                 "point: the input of every block, then the final residual (after the last block, before the "
+                 "final norm). Edited: the weight-edited model; ablated: the original under activation ablation "
+                 "(the floor); unedited: the original model (the scale the headline's share is taken against).", ""],
+}
+
+
+def _section_stability(curve: pd.DataFrame) -> list[str]:
+    """Mean/min/max cosine per budget, with how many distinct subsets the draws were: at a budget equal to the
+    number of fit areas every draw is the same set, one measurement repeated."""
+    summary = curve.groupby("budget")["cosine"].agg(["mean", "min", "max", "count"]).reset_index()
+    summary = summary.rename(columns={"count": "draws"})
+    notes = []
+    if "areas" in curve:
+        distinct = curve.groupby("budget")["areas"].nunique()
+        summary["distinct subsets"] = summary["budget"].map(distinct).astype(int)
+        notes = [f"At budget {b} all {int(n)} draws are the same {b} areas: one subset, so min = max and it is one "
+                 "measurement, not repeats." for b, n, d in zip(summary["budget"], summary["draws"],
+                                                               summary["distinct subsets"]) if d == 1 and n > 1]
+    return ["## Direction stability", "",
+            "Cosine between the direction fit from k randomly drawn fit areas and the one fit from the held-out "
+            "areas, at the chosen (layer, position). Draws at one budget may repeat a subset.", "",
+            "![stability](stability.png)", "", _table(summary), "", *(notes and [*notes, ""])]
+
+
+def _section_selection(sweep: pd.DataFrame) -> list[str]:
+    """The best candidates by bypass score, filtered ones included with the filter each failed, and the selected
+    one even when it is not among them."""
+    ranked = sweep.sort_values(["bypass_score", "layer", "pos"], na_position="last", kind="stable")
+    top = ranked.head(SELECTION_ROWS)
+    if not top["selected"].any() and ranked["selected"].any():
+        top = pd.concat([top, ranked[ranked["selected"]]])
+    top = top.assign(filter_reason=top["filter_reason"].fillna("").replace("", "passed"))
+    passed = int((~sweep["filtered"].astype(bool)).sum())
+    return ["## Direction selection sweep", "",
+            f"{passed} of {len(sweep)} candidates passed the filters (layer below the experiment's fraction of the "
+            "layers, harmless KL within its bound, refusal induced on harmless prompts). Bypass score: refusal "
+            "log-odds on harmful validation prompts under ablation; lower is better. The "
+            f"{SELECTION_ROWS} lowest scores are listed, filtered ones with the filter each failed; the selected "
+            "candidate is the best that passed. Full table: selection.csv.", "",
+            "![selection](selection.png)", "", _table(top), ""]
+
+
+def _policy_areas(areas: dict | None) -> list[str]:
+    if not areas or not areas.get("fit"):
+        return []
+    used = "direction fit and selection" + ("; the model's refusal fine-tune" if areas.get("tuned") else "")
+    return [f"- **policy areas fit on** ({used}): {', '.join(areas['fit'])}",
+            f"- **policy areas held out** (never fit on): {', '.join(areas['heldout'])}",
+            f"- **evaluated on**: harmful {areas['harmful_eval']}; harmless {areas['harmless_eval']}"]
+
+
 def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: dict[str, Any]) -> Path:
     """Write results.json, report.md, tables and plots under `run_dir`; returns report.md's path."""
     from harness import plots
@@ -346,6 +433,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     for k in ("model", "about", "direction", "judges", "device", "limit", "rehearsal", "trust_remote_code"):
         if meta.get(k) is not None:
             md.append(f"- **{k.replace('_', ' ')}**: {meta[k]}")
+    md += _policy_areas(artifacts.get("policy_areas"))
     md.append("")
     md += _section_claims(claims)
     md += _section_environment(artifacts.get("environment"))
@@ -353,6 +441,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     md += _section_conditions(artifacts.get("conditions", []))
     md += _section_agreement(artifacts.get("judge_agreement", {}))
     md += _section_truncation(artifacts.get("truncation", {}), _headline_rates(artifacts))
+    md += _section_coherence(artifacts.get("coherence"))
     md += _section_generation(artifacts.get("generation_paths", {}))
     md += _section_flips(artifacts.get("flips", {}))
 
@@ -367,28 +456,20 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     if isinstance(curve, pd.DataFrame) and len(curve):
         curve.to_csv(run_dir / "stability.csv", index=False)
         plots.plot_stability(curve, run_dir / "stability.png", threshold=artifacts.get("stability_threshold"))
-        summary = curve.groupby("budget")["cosine"].agg(["mean", "min", "max", "count"]).reset_index()
-        md += ["## Direction stability", "",
-               "Cosine between the direction fit from k randomly chosen fit areas and the one fit from the "
-               "held-out areas, at the chosen (layer, position).", "", "![stability](stability.png)", "",
-               _table(summary), ""]
+        md += _section_stability(curve)
 
     sweep = artifacts.get("selection")
     if isinstance(sweep, pd.DataFrame) and len(sweep):
         sweep.to_csv(run_dir / "selection.csv", index=False)
         plots.plot_selection_heatmap(sweep, run_dir / "selection.png")
-        top = sweep[~sweep["filtered"]].sort_values("bypass_score").head(10)
-        md += ["## Direction selection sweep", "",
-               "Bypass score (refusal log-odds on harmful prompts under ablation; lower is better); "
-               "filtered cells fail layer < 0.8 L, KL <= max, or induce > min. Full table: selection.csv.", "",
-               "![selection](selection.png)", "", _table(top), ""]
+        md += _section_selection(sweep)
 
     for title, key in (("Capability", "capability"), ("Edit fidelity", "fidelity"), ("Methods compared", "methods"),
                        ("Method x intervention x scope", "grid_table"),
                        ("Methods compared at a matched budget", "grid_comparisons_table")):
         frame = artifacts.get(key)
         if isinstance(frame, pd.DataFrame) and len(frame):
-            md += [f"## {title}", "", _table(frame), ""]
+            md += [f"## {title}", "", *SECTION_NOTES.get(key, []), _table(frame), ""]
 
     examples = artifacts.get("harmless_examples", [])
     if examples:
