@@ -102,12 +102,14 @@ def template_record(tokenizer) -> dict[str, Any]:
 
 
 def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, DatasetRef]]:
-    """(field path, ref) for every dataset an experiment names, in field order."""
+    """(field path, ref) for every dataset an experiment names, in field order (a set's system-prompt file too)."""
     for name in type(obj).model_fields:
         value = getattr(obj, name)
         path = f"{prefix}{name}"
         if isinstance(value, DatasetRef):
             yield path, value
+            if value.system_prompt is not None:
+                yield f"{path}.system_prompt", DatasetRef(name=value.system_prompt)
         elif isinstance(value, BaseModel):
             yield from dataset_refs(value, f"{path}.")
 

@@ -385,7 +385,8 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
 
     for title, key in (("Capability", "capability"), ("Edit fidelity", "fidelity"), ("Methods compared", "methods"),
                        ("Method x intervention x scope", "grid_table"),
-                       ("Methods compared at a matched budget", "grid_comparisons_table")):
+                       ("Methods compared at a matched budget", "grid_comparisons_table"),
+                       ("Fit separation per layer (ROC AUC)", "layer_auc")):
         frame = artifacts.get(key)
         if isinstance(frame, pd.DataFrame) and len(frame):
             md += [f"## {title}", "", _table(frame), ""]
