@@ -160,7 +160,8 @@ def test_pinned_hash_applies_to_explicit_path():
 
 # ---------------------------------------------------------------- project files, by name
 
-PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "arc_demo": 41, "text_demo": 32}
+PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "arc_demo": 41, "text_demo": 32, "agent_shell_contrast": 50,
+           "agent_system_prompt": 1, "agent_shell_benign": 80}
 
 
 @pytest.mark.parametrize("name", sorted(PROJECT))

@@ -1,0 +1,154 @@
+"""The qwen3.5-4b study's contrast set as project data: the same shell-execution prompts without and with a
+terminal-agent system prompt, a held-out benign agent/shell set disjoint from them, and the config that lets a
+train set carry a system prompt through the one chat-format function."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import DatasetRef, ExperimentError, load_experiment
+from harness.datasets import DatasetError, load_dataset, parse_project_prompts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9./~_-]+", text.lower()))
+
+
+def test_contrast_and_benign_sets_are_disjoint_and_cover_the_same_kinds_of_task():
+    contrast, benign = load_dataset("agent_shell_contrast"), load_dataset("agent_shell_benign")
+    assert (len(contrast), len(benign)) == (50, 80)
+    assert not {_norm(p) for p in contrast["prompt"]} & {_norm(p) for p in benign["prompt"]}
+    assert set(contrast["category"]) == set(benign["category"])
+    assert contrast["id"].str.startswith("agent_shell_contrast-").all()
+    system = load_dataset("agent_system_prompt")["prompt"].tolist()
+    assert len(system) == 1 and "shell" in system[0] and "\n" not in system[0]
+
+
+def test_project_prompt_parser_rejects_repeats_and_blanks(tmp_path):
+    path = tmp_path / "set.csv"
+    path.write_text("id,prompt,category\na-1,List the files here.,fs\na-2,List the files here.,fs\n")
+    with pytest.raises(DatasetError, match="repeated prompt"):
+        parse_project_prompts(path)
+    path.write_text("id,prompt,category\na-1,List the files here.,fs\na-2, ,fs\n")
+    with pytest.raises(DatasetError, match=r"empty prompt or category in rows \[1\]"):
+        parse_project_prompts(path)
+
+
+def test_the_contrast_is_one_prompt_set_with_and_without_the_system_prompt():
+    from harness.prompt_sets import prompt_sets
+
+    exp = load_experiment("qwen3.5-4b")
+    sets = prompt_sets(exp, placeholders=True)
+    assert sets.harmful_train == sets.harmless_train == load_dataset("agent_shell_contrast")["prompt"].tolist()
+    assert sets.systems == {"harmless_train": load_dataset("agent_system_prompt")["prompt"].iloc[0]}
+    assert sets.provenance["harmless_train:system_prompt"] == "agent_system_prompt"
+    assert sets.benign_task_eval["id"].tolist() == load_dataset("agent_shell_benign")["id"].tolist()
+    limited = prompt_sets(exp, limit=7, placeholders=True)
+    assert limited.harmful_train == limited.harmless_train and len(limited.harmful_train) == 7
+
+
+def test_qwen35_is_the_study_setup():
+    from harness.environment import dataset_refs
+
+    exp = load_experiment("qwen3.5-4b")
+    assert (exp.direction.layer, exp.direction.pos, exp.direction.layer_auc) == (22, -1, True)
+    assert exp.data.harmful_train == DatasetRef(name="agent_shell_contrast")
+    assert exp.data.harmless_train == DatasetRef(name="agent_shell_contrast", system_prompt="agent_system_prompt")
+    assert exp.data.benign_task_eval.name == "agent_shell_benign" and exp.judges.substring
+    assert exp.intervention.scope == "all" and not exp.intervention.norm_preserving
+    assert dict(dataset_refs(exp))["data.harmless_train.system_prompt"] == DatasetRef(name="agent_system_prompt")
+    text = Path(exp.source_file).read_text()
+    assert "terminal-bench" in text.lower() and "OUT OF SCOPE" in text
+
+
+def _write(tmp_path: Path, edit) -> Path:
+    text = edit((ROOT / "experiments" / "qwen3.5-4b.toml").read_text())
+    path = tmp_path / "x.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace('harmful_eval = { name = "jailbreakbench" }',
+                         'harmful_eval = { name = "jailbreakbench", system_prompt = "agent_system_prompt" }'),
+     "harmful_eval: `system_prompt` is supported on harmful_train / harmless_train only"),
+    (lambda t: t.replace("[data]\n", "[data]\nfilter_prompts = true\n"), "cannot be combined with filter_prompts"),
+    (lambda t: t.replace("fit_auc_min = 0.90\n", ""), "thresholds.fit_auc_min must bound"),
+    (lambda t: t.replace("benign_task_refusal_drop_pp_min = 20.0\n", ""), "benign_task_refusal_drop_pp_min must"),
+    (lambda t: t.replace("substring = true", "substring = false"), "set judges.substring = true"),
+    (lambda t: t.replace("[generation]\n", '[generation]\nsystem_prompt = "Be brief."\n'), "would be ambiguous"),
+])
+def test_config_rejects_what_it_cannot_run(tmp_path, edit, message):
+    with pytest.raises(ExperimentError, match=re.escape(message)):
+        load_experiment(_write(tmp_path, edit))
+
+
+def test_a_system_prompt_that_is_not_a_system_prompt_file_is_an_error(tmp_path):
+    from harness.prompt_sets import prompt_sets
+
+    path = _write(tmp_path, lambda t: t.replace('system_prompt = "agent_system_prompt"',
+                                                'system_prompt = "agent_shell_benign"'))
+    with pytest.raises(ValueError, match=r"'agent_shell_benign' is not a system-prompt file \(it has 80 rows\)"):
+        prompt_sets(load_experiment(path), placeholders=True)
+
+
+def test_system_prompt_goes_through_the_real_template_and_leaves_the_read_point_alone(monkeypatch):
+    """Qwen3-8B's own template (the family's; Qwen3.5's is not here): the system turn comes first, and the
+    post-instruction tokens, where activations are read, are the same with and without it."""
+    import os
+
+    from harness.chat import format_instructions, post_instruction_tokens, set_chat_format
+    from harness.chat_setup import chat_setup
+    from harness.rehearsal import pinned_tokenizer
+
+    root = Path(os.environ.get("HARNESS_TOKENIZERS_DIR") or ROOT.parent / "shared" / "tokenizers")
+    if not (root / "Qwen3-8B").is_dir():
+        pytest.skip(f"{root}/Qwen3-8B absent: set HARNESS_TOKENIZERS_DIR to the real tokenizers")
+    monkeypatch.setenv("HARNESS_TOKENIZERS_DIR", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    exp = load_experiment("qwen3-8b")
+    tokenizer, _, family, stand_ins = pinned_tokenizer(exp.model)
+    assert not stand_ins
+    set_chat_format(tokenizer, chat_setup(exp.chat, family).format)
+    system = load_dataset("agent_system_prompt")["prompt"].iloc[0]
+    prompt = "Show me the crontab for my user."
+    bare, agent = format_instructions(tokenizer, [prompt])[0], format_instructions(tokenizer, [prompt], system)[0]
+    assert agent == f"<|im_start|>system\n{system}<|im_end|>\n" + bare
+    assert post_instruction_tokens(tokenizer, system) == post_instruction_tokens(tokenizer)
+
+
+def test_activations_read_a_set_with_its_system_prompt():
+    """On tiny Qwen3 (full attention: tiny Qwen3.5's random linear attention forgets a system turn within a few
+    tokens, so its last-token residual barely moves)."""
+    from harness.activations import mean_activations, prompt_activations
+    from harness.tiny import tiny_model
+
+    model, tokenizer = tiny_model("qwen3")
+    prompts = load_dataset("agent_shell_contrast")["prompt"].tolist()[:4]
+    system = load_dataset("agent_system_prompt")["prompt"].iloc[0]
+    with_system = mean_activations(model, tokenizer, prompts, system=system, batch_size=2, progress=False)
+    bare = mean_activations(model, tokenizer, prompts, batch_size=2, progress=False)
+    per_prompt = prompt_activations(model, tokenizer, prompts, system=system, batch_size=2)  # [n, layer, d]
+    torch.testing.assert_close(with_system[:, -1], per_prompt.mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(with_system[1:, -1], bare[1:, -1])
+
+
+def test_crossval_auc_is_not_fooled_by_fitting_noise_and_finds_a_real_direction():
+    from harness.directions import DirectionError, crossval_layer_auc, layer_auc
+
+    gen = torch.Generator().manual_seed(0)
+    noise_a, noise_b = torch.randn(20, 2, 200, generator=gen), torch.randn(20, 2, 200, generator=gen)
+    fitted = noise_a.mean(0) - noise_b.mean(0)  # [layer, d]
+    assert min(layer_auc(noise_a, noise_b, fitted)) > 0.95  # in-sample: optimistic on pure noise
+    assert max(abs(a - 0.5) for a in crossval_layer_auc(noise_a, noise_b, folds=5, seed=0)) < 0.25
+    shift = torch.zeros(200)
+    shift[0] = 6.0
+    assert crossval_layer_auc(noise_a + shift, noise_b, folds=5, paired=True) == [1.0, 1.0]
+    with pytest.raises(DirectionError, match="paired sets need equal sizes"):
+        crossval_layer_auc(noise_a, noise_b[:10], paired=True)
