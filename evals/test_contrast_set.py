@@ -152,3 +152,25 @@ def test_crossval_auc_is_not_fooled_by_fitting_noise_and_finds_a_real_direction(
     assert crossval_layer_auc(noise_a + shift, noise_b, folds=5, paired=True) == [1.0, 1.0]
     with pytest.raises(DirectionError, match="paired sets need equal sizes"):
         crossval_layer_auc(noise_a, noise_b[:10], paired=True)
+
+
+def test_the_edit_touches_the_study_s_modules_only():
+    """The study orthogonalised the embeddings, every `o_proj` / `linear_attn.out_proj` and every `down_proj`: on
+    tiny Qwen3.5 the weight edit changes exactly those, each now writing nothing along r-hat, and leaves the rest."""
+    from harness.weights import orthogonalize
+    from harness.tiny import tiny_model
+
+    model, _ = tiny_model("qwen3_5")
+    r = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1)),
+                                      dim=0)
+    edited = orthogonalize(model, r)
+    before, after = dict(model.named_parameters()), dict(edited.named_parameters())
+    changed = {n for n, w in after.items() if n in before and not torch.equal(w, before[n])}
+    study = ("embed_tokens.weight", "self_attn.o_proj.weight", "linear_attn.out_proj.weight", "mlp.down_proj.weight")
+    assert changed == {n for n in before if n.endswith(study)}
+    n_layers = model.config.num_hidden_layers
+    assert len(changed) == 1 + 2 * n_layers
+    for name in changed:
+        weight = after[name].float()
+        along = weight @ r if name.endswith("embed_tokens.weight") else r @ weight  # what it writes along r-hat
+        assert along.abs().max() < 1e-5, name
