@@ -393,7 +393,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
 
     examples = artifacts.get("harmless_examples", [])
     if examples:
-        md += ["## Example completions (harmless prompts only)", ""]
+        md += ["## Example completions (harmless prompts and benign tasks only)", ""]
         for ex in examples:
             md += [f"**{ex['condition']}** — *{ex['prompt']}*", "", "> " + ex["completion"].replace("\n", "\n> "), ""]
 
@@ -416,10 +416,11 @@ def _cached_completions(cache: Path, which: str) -> set[str]:
 def harmful_text_in(report_dir: Path, cache: Path) -> list[tuple[str, str]]:
     """(file, excerpt) for every cached completion to a harmful prompt found verbatim under `report_dir`.
 
-    A text also produced for a harmless prompt (a stock refusal, say) is not specific to harmful prompts
-    and is not counted.
+    A text also produced for a harmless prompt or a benign task (a stock refusal, say) is not specific to harmful
+    prompts and is not counted.
     """
-    harmful = _cached_completions(cache, "harmful") - _cached_completions(cache, "harmless")
+    harmful = _cached_completions(cache, "harmful") - _cached_completions(cache, "harmless") - _cached_completions(
+        cache, "benign_task")
     suspects = [t for t in harmful if len(t) >= MIN_LEAK_CHARS]
     found = []
     for path in sorted(report_dir.rglob("*")):
