@@ -393,7 +393,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
 
     examples = artifacts.get("harmless_examples", [])
     if examples:
-        md += ["## Example completions (harmless prompts and benign tasks only)", ""]
+        md += ["## Example completions (harmless prompts only)", ""]
         for ex in examples:
             md += [f"**{ex['condition']}** — *{ex['prompt']}*", "", "> " + ex["completion"].replace("\n", "\n> "), ""]
 
