@@ -2,6 +2,8 @@
 
 Two shapes of experiment feed the same downstream stages: a construction dataset split by policy
 area (fit areas -> train/val, held-out areas -> eval), or named benchmark splits (Arditi et al.).
+A named train set may carry a system prompt (a contrast of the same prompts without and with it), and an
+experiment may add a set of benign tasks the base model declines (`benign_task_eval`).
 """
 
 from __future__ import annotations
