@@ -77,8 +77,11 @@ def _write(tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace('harmful_eval = { name = "jailbreakbench" }',
                          'harmful_eval = { name = "jailbreakbench", system_prompt = "agent_system_prompt" }'),
-     "harmful_eval: `system_prompt` is supported on harmful_train / harmless_train only"),
+     "data.harmful_eval: `system_prompt` is supported on data.harmful_train / harmless_train only"),
     (lambda t: t.replace("[data]\n", "[data]\nfilter_prompts = true\n"), "cannot be combined with filter_prompts"),
+    (lambda t: t.replace('text = { name = "alpaca", n = 512 }',
+                         'text = { name = "alpaca", n = 512, system_prompt = "agent_system_prompt" }'),
+     "capability.text: `system_prompt` is supported on data.harmful_train / harmless_train only"),
     (lambda t: t.replace("fit_auc_min = 0.90\n", ""), "thresholds.fit_auc_min must bound"),
     (lambda t: t.replace("benign_task_refusal_drop_pp_min = 20.0\n", ""), "benign_task_refusal_drop_pp_min must"),
     (lambda t: t.replace("substring = true", "substring = false"), "set judges.substring = true"),
@@ -94,7 +97,7 @@ def test_a_system_prompt_that_is_not_a_system_prompt_file_is_an_error(tmp_path):
 
     path = _write(tmp_path, lambda t: t.replace('system_prompt = "agent_system_prompt"',
                                                 'system_prompt = "agent_shell_benign"'))
-    with pytest.raises(ValueError, match=r"'agent_shell_benign' is not a system-prompt file \(it has 80 rows\)"):
+    with pytest.raises(ValueError, match="'agent_shell_benign' is not a system-prompt file"):
         prompt_sets(load_experiment(path), placeholders=True)
 
 

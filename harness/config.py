@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -127,6 +128,19 @@ class DatasetRef(_Strict):
         return _check_revision(v)
 
 
+def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, DatasetRef]]:
+    """(field path, ref) for every dataset an experiment names, in field order (a set's system-prompt file too)."""
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, DatasetRef):
+            yield path, value
+            if value.system_prompt is not None:
+                yield f"{path}.system_prompt", DatasetRef(name=value.system_prompt)
+        elif isinstance(value, BaseModel):
+            yield from dataset_refs(value, f"{path}.")
+
+
 class ConstructionConfig(_Strict):
     """Policy-area-disjoint split of a safe/unsafe construction dataset."""
 
@@ -167,12 +181,8 @@ class DataConfig(_Strict):
     def _sources(self) -> "DataConfig":
         if self.construction is None and (self.harmful_train is None or self.harmless_train is None):
             raise ValueError("data needs a `construction` split or both `harmful_train` and `harmless_train`")
-        carrying = [k for k in type(self).model_fields
-                    if isinstance(getattr(self, k), DatasetRef) and getattr(self, k).system_prompt is not None]
-        others = sorted(set(carrying) - {"harmful_train", "harmless_train"})
-        if others:
-            raise ValueError(f"{', '.join(others)}: `system_prompt` is supported on harmful_train / harmless_train "
-                             "only (the selection sweep, filtering and generation format every prompt alike)")
+        carrying = [k for k in ("harmful_train", "harmless_train")
+                    if getattr(self, k) is not None and getattr(self, k).system_prompt is not None]
         if carrying and self.filter_prompts:
             raise ValueError(f"{', '.join(carrying)}: `system_prompt` cannot be combined with filter_prompts, "
                              "which scores every train prompt without it")
@@ -516,6 +526,12 @@ class Experiment(_Strict):
     def _claim_bounds(self) -> "Experiment":
         """A configured claim has its bound, and a per-set system prompt is not doubled by a global one."""
         t = self.thresholds
+        misplaced = [path for path, ref in dataset_refs(self) if ref.system_prompt is not None
+                     and path not in ("data.harmful_train", "data.harmless_train")]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: `system_prompt` is supported on data.harmful_train / "
+                             "harmless_train only (the selection sweep, filtering and generation format every "
+                             "prompt alike)")
         if self.direction.layer_auc and t.fit_auc_min is None:
             raise ValueError("direction.layer_auc is on, so thresholds.fit_auc_min must bound the AUC at its layer")
         if self.data.benign_task_eval is not None and t.benign_task_refusal_drop_pp_min is None:

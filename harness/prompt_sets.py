@@ -62,16 +62,18 @@ def dataset_label(ref: DatasetRef, frame: pd.DataFrame) -> str:
 
 def _system_prompts(exp: Experiment, placeholders: bool) -> tuple[dict[str, str], dict[str, str]]:
     """(train set -> system prompt text, provenance) for the train sets whose ref names a `system_prompt`."""
+    from harness.datasets import DATASETS, parse_system_prompt, resolve_name
+
     systems, provenance = {}, {}
     for key in ("harmful_train", "harmless_train"):
         ref = getattr(exp.data, key)
         if ref is None or ref.system_prompt is None:
             continue
         system_ref = DatasetRef(name=ref.system_prompt)
-        frame = load_named(system_ref, exp.seed, None, placeholders)
-        if len(frame) != 1:
+        if DATASETS[resolve_name(system_ref)].parse is not parse_system_prompt:
             raise ValueError(f"experiment {exp.name!r}: data.{key}.system_prompt {ref.system_prompt!r} is not a "
-                             f"system-prompt file (it has {len(frame)} rows)")
+                             "system-prompt file (a registry entry read by harness.datasets.parse_system_prompt)")
+        frame = load_named(system_ref, exp.seed, None, placeholders)
         systems[key] = str(frame["prompt"].iloc[0])
         provenance[f"{key}:system_prompt"] = dataset_label(system_ref, frame)
     return systems, provenance
