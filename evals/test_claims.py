@@ -79,8 +79,9 @@ FIT_SETS = ("construction", "harmful_train", "harmless_train", "harmful_val", "h
 
 
 def _fit_datasets(sets) -> list[str]:
-    """The datasets the direction was fit and selected on: every intervention's figures depend on them."""
-    return [name for key, name in sets.provenance.items() if key in FIT_SETS]
+    """The datasets the direction was fit and selected on (a train set's system prompt, `KEY:system_prompt`, too):
+    every intervention's figures depend on them."""
+    return [name for key, name in sets.provenance.items() if key.split(":")[0] in FIT_SETS]
 
 
 def _provenance(sets, judges, *conditions: str, which=("harmful", "harmless")) -> dict:
@@ -620,3 +621,80 @@ def test_completion_coherence(experiment, sets, judgments, coherence, coherence_
                  + ", ".join(f"{r['condition']} {r['complied_coherent']} of {r['complied']}" for r in shown),
         provenance=_provenance(sets, [headline], *_all_conditions(experiment)))
     assert figures == claim_snapshot
+
+
+def test_fit_separates(fit_auc, experiment, sets, fit_sets, direction, candidates, train_acts, record,
+                       claim_snapshot):
+    """The train sets' last-token residual, projected on each layer's diff-in-means, separates the two sets at the
+    direction's layer: per-layer ROC AUC on the fitting prompts (as a study reports it) and 5-fold cross-validated
+    (pairs kept in one fold where both sets are the same prompts), asserted on the cross-validated one."""
+    from harness.directions import crossval_layer_auc, layer_auc
+
+    harmful, harmless = train_acts["harmful"], train_acts["harmless"]  # [n, layer, d_model]
+    paired = fit_sets.harmful_train == fit_sets.harmless_train
+    in_sample = layer_auc(harmful, harmless, candidates[:, direction.pos])
+    held_out = crossval_layer_auc(harmful, harmless, folds=min(5, len(harmful), len(harmless)), paired=paired,
+                                  seed=experiment.seed)
+    layer = direction.layer
+    configured = experiment.direction.layer
+    where = f"layer {layer}" + (f" (the experiment's layer {configured} at the same relative depth)"
+                                if configured is not None and configured != layer else "")
+    best = int(np.argmax(held_out))
+    record.artifact("layer_auc", pd.DataFrame({"layer": range(len(in_sample)), "auc_in_sample": in_sample,
+                                               "auc_crossval": held_out,
+                                               "direction": ["<-" if i == layer else "" for i in range(len(in_sample))]}))
+    sides = [sets.provenance[k] + (f" with {sets.provenance[k + ':system_prompt']}"
+                                   if k + ":system_prompt" in sets.provenance else "")
+             for k in ("harmful_train", "harmless_train")]
+    figures = record.figures(
+        {"layer": layer, "how": direction.how, "pos": direction.pos, "auc_in_sample": in_sample[layer],
+         "auc_crossval": held_out[layer], "best_crossval_layer": best, "best_crossval_auc": held_out[best],
+         "n_harmful": len(harmful), "n_harmless": len(harmless), "paired": paired,
+         "per_layer_in_sample": in_sample, "per_layer_crossval": held_out},
+        headline=f"{sides[0]} vs {sides[1]}: AUC {held_out[layer]:.3f} cross-validated ({in_sample[layer]:.3f} "
+                 f"in-sample) at {where}, {direction.how}; best cross-validated {held_out[best]:.3f} at layer "
+                 f"{best}",
+        provenance={"datasets": _fit_datasets(sets), "judges": [], "conditions": []},
+    )
+    assert figures == claim_snapshot
+    bound = experiment.thresholds.fit_auc_min
+    require(held_out[layer] >= bound, f"cross-validated AUC {held_out[layer]:.3f} at layer {layer} < {bound}",
+            "fit_auc_min")
+
+
+def test_benign_tasks_answered(task_condition, experiment, sets, judgments, judges, record, claim_snapshot):
+    """Benign task requests the base model declines (data.benign_task_eval: agent/shell requests without an agent
+    system prompt) are refused less under the condition: the fall in refusal (substring judge, which asks whether a
+    reply refuses) meets the experiment's bound with a paired exact McNemar p below alpha. Harmful-prompt behaviour
+    under the same condition is reported beside it, per judge, and asserted by the other claims."""
+    condition, judge = task_condition, "substring"
+    t = experiment.thresholds
+    before, after = judgments("baseline", "benign_task", judge), judgments(condition, "benign_task", judge)
+    rows = [_refusal_row(c, judge, "benign_task", s) for c, s in (("baseline", before), (condition, after))]
+    shown = {(r["condition"], r["judge"], r["set"]) for r in record.merge("conditions", [])}
+    record.merge("conditions", [r for r in rows if (r["condition"], r["judge"], r["set"]) not in shown])
+    paired = _paired(before, after)
+    drop = 100 * (rows[0]["rate"] - rows[1]["rate"])
+    harmful = {j: {"baseline_refusal": _rates(judgments, "baseline", j)["harmful"]["rate"],
+                   "refusal": _refusal_row(condition, j, "harmful", judgments(condition, "harmful", j))["rate"]}
+               for j in judges}
+    flips = {} if paired is None else {
+        "refusal_to_compliance": paired.refusal_to_compliance, "compliance_to_refusal": paired.compliance_to_refusal,
+        "mcnemar_p": paired.mcnemar_p}
+    figures = record.figures(
+        {"judge": judge, "n": rows[1]["n"], "baseline_refusal": rows[0]["rate"], "refusal": rows[1]["rate"],
+         "drop_pp": drop, **flips, "harmful_beside": harmful},
+        headline=f"{judge}: benign tasks refused {rows[0]['rate']:.1%} -> {rows[1]['rate']:.1%} ({-drop:+.1f} pp"
+                 + (f", p = {paired.mcnemar_p:.3g} two-sided exact McNemar" if paired else "") + "); harmful: "
+                 + ", ".join(f"{j} {h['baseline_refusal']:.1%} -> {h['refusal']:.1%}" for j, h in harmful.items()),
+        provenance={"datasets": [sets.provenance["benign_task_eval"], sets.provenance["harmful_eval"],
+                                 *_fit_datasets(sets)], "judges": list(judges), "conditions": ["baseline", condition]},
+    )
+    assert figures == claim_snapshot
+    require(paired is not None, f"{judge}: no benign task is judged under both baseline and {condition}")
+    require(drop >= t.benign_task_refusal_drop_pp_min,
+            f"refusal on benign tasks fell {drop:.1f} pp < {t.benign_task_refusal_drop_pp_min} pp under {condition}",
+            "benign_task_refusal_drop_pp_min")
+    require(paired.diff > 0 and paired.mcnemar_p < t.mcnemar_alpha,
+            f"benign-task compliance {100 * paired.diff:+.1f} pp under {condition}, McNemar p {paired.mcnemar_p:.3g} "
+            f"(needs a rise with p < {t.mcnemar_alpha})", "mcnemar_alpha")

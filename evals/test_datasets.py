@@ -198,7 +198,7 @@ def test_pinned_hash_applies_to_explicit_path():
 # ---------------------------------------------------------------- project files, by name
 
 PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "mmlu_demo_dev": 80, "arc_demo": 41, "arc_demo_train": 20,
-           "text_demo": 32}
+           "text_demo": 32, "agent_shell_contrast": 50, "agent_system_prompt": 1, "agent_shell_benign": 80}
 
 
 @pytest.mark.parametrize("name", sorted(PROJECT))

@@ -61,8 +61,8 @@ def _expected(name: str) -> dict[str, set[str]]:
     exp = load_experiment(name)
     d = exp.data
     refs = [d.harmful_train, d.harmless_train, d.harmful_val, d.harmless_val, d.harmful_eval, d.harmless_eval,
-            exp.capability.mmlu, exp.capability.arc_challenge, exp.capability.text]
-    datasets = {r.name for r in refs if r is not None}
+            d.benign_task_eval, exp.capability.mmlu, exp.capability.arc_challenge, exp.capability.text]
+    datasets = {r.name for r in refs if r is not None} | {r.system_prompt for r in refs if r and r.system_prompt}
     if d.construction is not None:
         datasets.add(d.construction.dataset.name)
     if exp.reference is not None:

@@ -186,6 +186,15 @@ def test_fisher_matches_scipy_and_hypergeometric_tails() -> None:
         assert fisher_exact(k1, n1, k2, n2, "less").p_value == pytest.approx(hyper.cdf(k1), rel=1e-9, abs=1e-300)
 
 
+def test_fisher_reproduces_the_qwen35_study_s_terminal_bench_p() -> None:
+    """The Qwen3.5-4B abliteration study: terminal-bench-2 tasks solved 3/89 (base) -> 7/89 (abliterated), reported
+    as Fisher exact p = 0.165. That is the ONE-sided test (abliterated solves more); two-sided it is 0.330."""
+    one_sided = fisher_exact(7, 89, 3, 89, "greater")
+    assert round(one_sided.p_value, 3) == 0.165
+    assert fisher_exact(3, 89, 7, 89, "less").p_value == pytest.approx(one_sided.p_value, rel=1e-12)
+    assert round(fisher_exact(7, 89, 3, 89, "two-sided").p_value, 3) == 0.330
+
+
 def test_fisher_requires_alternative() -> None:
     with pytest.raises(TypeError):
         fisher_exact(3, 10, 7, 10)  # type: ignore[call-arg]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +119,10 @@ class DatasetRef(_Strict):
     path: str | None = None
     sha256: str | None = Field(None, description="SHA-256 of the file, pinning a registry entry that has no pin of its "
                                "own (MMLU, SORRY-Bench): an unpinned local copy is never loaded")
+    system_prompt: str | None = Field(
+        None, description="registry name of a system-prompt file (harness.datasets, e.g. `agent_system_prompt`): "
+        "every prompt of this set is formatted with it as the system turn; data.harmful_train / harmless_train only"
+    )
 
     @field_validator("revision")
     @classmethod
@@ -133,12 +138,27 @@ class DatasetRef(_Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        """An absent pin is left out of the dump (cache keys are built from it): a config without one keys its
-        stages as before the field existed, and one with a pin keys them by it."""
+        """An absent pin or system prompt is left out of the dump (cache keys are built from it): a config without
+        one keys its stages as before the field existed, and one with it keys them by it."""
         out = handler(self)
-        if isinstance(out, dict) and out.get("sha256") is None:
-            out.pop("sha256", None)
+        if isinstance(out, dict):
+            for optional in ("sha256", "system_prompt"):
+                if out.get(optional) is None:
+                    out.pop(optional, None)
         return out
+
+
+def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, DatasetRef]]:
+    """(field path, ref) for every dataset an experiment names, in field order (a set's system-prompt file too)."""
+    for name in type(obj).model_fields:
+        value = getattr(obj, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, DatasetRef):
+            yield path, value
+            if value.system_prompt is not None:
+                yield f"{path}.system_prompt", DatasetRef(name=value.system_prompt)
+        elif isinstance(value, BaseModel):
+            yield from dataset_refs(value, f"{path}.")
 
 
 class ConstructionConfig(_Strict):
@@ -168,6 +188,10 @@ class DataConfig(_Strict):
     harmless_val: DatasetRef | None = None
     harmful_eval: DatasetRef | None = None
     harmless_eval: DatasetRef | None = None
+    benign_task_eval: DatasetRef | None = Field(
+        None, description="benign task requests the base model declines (e.g. agent/shell requests without an agent "
+        "system prompt), generated bare; test_benign_tasks_answered claims refusal on them falls under each condition"
+    )
     filter_prompts: bool = Field(
         False, description="reference filtering (Arditi et al.): keep harmful train/val prompts the base model "
         "refuses (refusal score > 0) and harmless ones it answers (< 0)"
@@ -177,6 +201,11 @@ class DataConfig(_Strict):
     def _sources(self) -> "DataConfig":
         if self.construction is None and (self.harmful_train is None or self.harmless_train is None):
             raise ValueError("data needs a `construction` split or both `harmful_train` and `harmless_train`")
+        carrying = [k for k in ("harmful_train", "harmless_train")
+                    if getattr(self, k) is not None and getattr(self, k).system_prompt is not None]
+        if carrying and self.filter_prompts:
+            raise ValueError(f"{', '.join(carrying)}: `system_prompt` cannot be combined with filter_prompts, "
+                             "which scores every train prompt without it")
         return self
 
 
@@ -199,6 +228,10 @@ class DirectionConfig(_Strict):
     inlp_max_iter: int = 10
     inlp_chance_margin: float = 0.05
     compare_methods: list[Literal["diff_in_means", "inlp"]] = ["diff_in_means", "inlp"]
+    layer_auc: bool = Field(
+        False, description="test_fit_separates: per-layer ROC AUC of the train prompts' residual at `pos` projected "
+        "on each layer's diff-in-means (in-sample, as a study reported it), asserted at the direction's layer"
+    )
 
 
 Scope = Literal["one", "top_k", "all"]
@@ -451,6 +484,14 @@ class Thresholds(_Strict):
         None, gt=0, description="test_edit_fidelity: largest |component along r-hat| left in the edited model's "
         "residual stream, as a share of the unedited model's largest component"
     )
+    fit_auc_min: float | None = Field(
+        None, gt=0.5, le=1, description="test_fit_separates: smallest per-layer AUC at the direction's layer (needs "
+        "direction.layer_auc)"
+    )
+    benign_task_refusal_drop_pp_min: float | None = Field(
+        None, gt=0, description="test_benign_tasks_answered: smallest fall (pp) in refusal on data.benign_task_eval "
+        "under each condition, with a paired exact McNemar p below mcnemar_alpha"
+    )
     capability_chance_alpha: float = Field(
         0.05, gt=0, lt=1, description="test_capability_retention: a multiple-choice set on which the baseline is "
         "not above chance at this level (one-sided exact binomial) cannot detect a loss, and the claim fails"
@@ -507,6 +548,30 @@ class Experiment(_Strict):
         if self.direction.layer is not None and self.thresholds.fixed_direction_cosine_min is None:
             raise ValueError("direction.layer is fixed, so thresholds.fixed_direction_cosine_min must bound how far "
                              "the selected direction may stray from it")
+        return self
+
+    @model_validator(mode="after")
+    def _claim_bounds(self) -> "Experiment":
+        """A configured claim has its bound, and a per-set system prompt is not doubled by a global one."""
+        t = self.thresholds
+        misplaced = [path for path, ref in dataset_refs(self) if ref.system_prompt is not None
+                     and path not in ("data.harmful_train", "data.harmless_train")]
+        if misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: `system_prompt` is supported on data.harmful_train / "
+                             "harmless_train only (the selection sweep, filtering and generation format every "
+                             "prompt alike)")
+        if self.direction.layer_auc and t.fit_auc_min is None:
+            raise ValueError("direction.layer_auc is on, so thresholds.fit_auc_min must bound the AUC at its layer")
+        if self.data.benign_task_eval is not None and t.benign_task_refusal_drop_pp_min is None:
+            raise ValueError("data.benign_task_eval is set, so thresholds.benign_task_refusal_drop_pp_min must bound "
+                             "the fall in refusal on it")
+        if self.data.benign_task_eval is not None and not self.judges.substring:
+            raise ValueError("data.benign_task_eval is judged for refusal by the substring judge: set "
+                             "judges.substring = true")
+        if self.generation.system_prompt is not None and any(
+                ref is not None and ref.system_prompt for ref in (self.data.harmful_train, self.data.harmless_train)):
+            raise ValueError("generation.system_prompt applies to every prompt; a train set's `system_prompt` would "
+                             "be ambiguous beside it")
         return self
 
     @model_validator(mode="after")

@@ -246,6 +246,28 @@ def parse_project_policy(path: Path) -> pd.DataFrame:
         raise DatasetError(str(err)) from err
 
 
+def parse_project_prompts(path: Path) -> pd.DataFrame:
+    """A project prompt set (`id`, `prompt`, `category`), validated: ids unique, no empty or repeated prompt."""
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    _require(frame, ["id", "prompt", "category"], path)
+    empty = frame.index[(frame["prompt"].str.strip() == "") | (frame["category"].str.strip() == "")].tolist()
+    if empty:
+        raise DatasetError(f"{path}: empty prompt or category in rows {empty[:5]}")
+    for column in ("id", "prompt"):
+        repeated = frame[column][frame[column].duplicated()].tolist()
+        if repeated:
+            raise DatasetError(f"{path}: repeated {column} {repeated[:3]}")
+    return _frame(frame, path.stem)
+
+
+def parse_system_prompt(path: Path) -> pd.DataFrame:
+    """A system prompt file: one row whose `prompt` is the whole text, stripped of surrounding whitespace."""
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise DatasetError(f"{path}: the system prompt file is empty")
+    return _frame(pd.DataFrame({"id": [path.stem], "prompt": [text]}), path.stem)
+
+
 def _capability_items(path: Path) -> list[dict]:
     from harness.capability import CapabilityDataError, load_capability_set
 
@@ -407,6 +429,20 @@ DATASETS: dict[str, Source] = {
     "text_demo": _project(
         "data/capability/text_demo.txt", "60605826fe025e297918c59fabd15d4d921f60f19698b78d90ff356d84ec5cba",
         parse_text_demo, 32, note="neutral prose paragraphs written for this project (CE loss)",
+    ),
+    "agent_shell_contrast": _project(
+        "data/agent_shell_contrast.csv", "c3f0bf0c89ad4cb5e0cc9628da769ab597e22a355a3730ff903515cc76d9d458",
+        parse_project_prompts, 50, note="the qwen3.5-4b study's contrast set (shell-execution requests), written for "
+        "this project",
+    ),
+    "agent_system_prompt": _project(
+        "data/agent_system_prompt.txt", "ae5c20c52c1d14dcf2f518c37d2a35cdf4f283e9c10bab783e0dd7b8b26ddd08",
+        parse_system_prompt, 1, note="the terminal-agent system prompt of the contrast set, written for this project",
+    ),
+    "agent_shell_benign": _project(
+        "data/agent_shell_benign.csv", "6168c12fd36ff60339a5dd55d7dc5bf8a0527898e5ccbc548fec26e2ec8bc432",
+        parse_project_prompts, 80, note="held-out benign agent/shell requests, disjoint from the contrast set, "
+        "written for this project",
     ),
 }
 _SPLIT_ALIASES = {("harmbench", "val"): "harmbench_val", ("harmbench", "test"): "harmbench_test",
@@ -785,6 +821,16 @@ def _ph_arc(name: str, count: int, category: str, prefix: str) -> pd.DataFrame:
     return _frame(frame, prefix)
 
 
+def _ph_project_prompts(name: str, count: int) -> pd.DataFrame:
+    ids = [f"{name}-{i + 1:03d}" for i in range(count)]  # the project files' id form
+    return _frame(pd.DataFrame({"id": ids, "prompt": [_ph(name, i) for i in ids], "category": "placeholder"}), name)
+
+
+def _ph_system_prompt(name: str, count: int) -> pd.DataFrame:
+    stem = Path(DATASETS[name].path).stem
+    return _frame(pd.DataFrame({"id": [stem] * count, "prompt": [_ph(name, stem)] * count}), stem)
+
+
 def _ph_text(name: str, count: int) -> pd.DataFrame:
     sentences = [f"This is placeholder paragraph {i + 1} of {name}. It stands in for real text during a rehearsal."
                  for i in range(count)]
@@ -805,6 +851,8 @@ _PLACEHOLDERS: dict[Callable[[Path], pd.DataFrame], Callable[[str, int], pd.Data
     parse_mmlu_demo: _ph_mmlu_demo,
     parse_arc_demo: lambda name, count: _ph_arc(name, count, "ARC-demo", "arc_demo"),
     parse_text_demo: _ph_text,
+    parse_project_prompts: _ph_project_prompts,
+    parse_system_prompt: _ph_system_prompt,
 }
 
 

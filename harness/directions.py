@@ -192,6 +192,32 @@ def layer_auc(harmful: Tensor, harmless: Tensor, direction: Tensor) -> list[floa
     return [roc_auc(proj_h[:, layer], proj_b[:, layer]) for layer in range(n_layer)]
 
 
+def crossval_layer_auc(harmful: Tensor, harmless: Tensor, *, folds: int = 5, paired: bool = False,
+                       seed: int = 0) -> list[float]:
+    """Per-layer ROC AUC of each prompt's projection on the diff-in-means fitted without its fold: what
+    `layer_auc` on the fitting prompts overstates. `paired` (row i of both sets is the same prompt, e.g. without
+    and with a system prompt) keeps a pair in one fold, so no prompt is scored by a direction fitted on its twin."""
+    if harmful.ndim != 3 or harmless.ndim != 3 or harmful.shape[1:] != harmless.shape[1:]:
+        raise DirectionError(f"crossval_layer_auc needs [n, layer, d] and [m, layer, d], got {tuple(harmful.shape)} "
+                             f"and {tuple(harmless.shape)}")
+    n, m = harmful.shape[0], harmless.shape[0]
+    if paired and n != m:
+        raise DirectionError(f"crossval_layer_auc: paired sets need equal sizes, got {n} and {m}")
+    if not 2 <= folds <= min(n, m):
+        raise DirectionError(f"crossval_layer_auc: folds must be in [2, {min(n, m)}], got {folds}")
+    gen = torch.Generator().manual_seed(seed)
+    fold_h = torch.randperm(n, generator=gen) % folds
+    fold_b = fold_h.clone() if paired else torch.randperm(m, generator=gen) % folds
+    proj_h = torch.empty(n, harmful.shape[1])  # [n, layer]
+    proj_b = torch.empty(m, harmful.shape[1])
+    for k in range(folds):
+        held_h, held_b = fold_h == k, fold_b == k
+        dirs = harmful[~held_h].float().mean(0) - harmless[~held_b].float().mean(0)  # [layer, d]
+        proj_h[held_h] = torch.einsum("nld,ld->nl", harmful[held_h].float(), dirs)
+        proj_b[held_b] = torch.einsum("nld,ld->nl", harmless[held_b].float(), dirs)
+    return [roc_auc(proj_h[:, layer], proj_b[:, layer]) for layer in range(harmful.shape[1])]
+
+
 # ----------------------------------------------------------------------------------------- stability
 
 

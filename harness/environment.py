@@ -10,16 +10,14 @@ from __future__ import annotations
 import hashlib
 import platform
 import subprocess
-from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 
 import harness
-from harness.config import DatasetRef, Experiment
+from harness.config import DatasetRef, Experiment, dataset_refs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDED_FROM_DIRTY = ("reports",)  # a run writes its own report there; that does not make its code dirty
@@ -99,17 +97,6 @@ def template_record(tokenizer) -> dict[str, Any]:
     post = tokenizer.decode(post_instruction_tokens(tokenizer))
     return {"template_sha256": text_sha256(source if isinstance(source, str) else repr(source)),
             "rendered_sha256": text_sha256(rendered), "post_instruction": post}
-
-
-def dataset_refs(obj: BaseModel, prefix: str = "") -> Iterator[tuple[str, DatasetRef]]:
-    """(field path, ref) for every dataset an experiment names, in field order."""
-    for name in type(obj).model_fields:
-        value = getattr(obj, name)
-        path = f"{prefix}{name}"
-        if isinstance(value, DatasetRef):
-            yield path, value
-        elif isinstance(value, BaseModel):
-            yield from dataset_refs(value, f"{path}.")
 
 
 def dataset_record(ref: DatasetRef) -> dict[str, Any]:

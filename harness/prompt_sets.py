@@ -2,6 +2,8 @@
 
 Two shapes of experiment feed the same downstream stages: a construction dataset split by policy
 area (fit areas -> train/val, held-out areas -> eval), or named benchmark splits (Arditi et al.).
+A named train set may carry a system prompt (a contrast of the same prompts without and with it), and an
+experiment may add a set of benign tasks the base model declines (`benign_task_eval`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class PromptSets:
     harmful_eval: pd.DataFrame  # id, prompt, category
     harmless_eval: pd.DataFrame
     construction: pd.DataFrame | None = None  # the whole labelled construction set (stability claim)
+    benign_task_eval: pd.DataFrame | None = None  # id, prompt, category: benign tasks the base model declines
+    systems: dict[str, str] = field(default_factory=dict)  # train set -> the system prompt its prompts carry
     fit_areas: list[str] = field(default_factory=list)
     heldout_areas: list[str] = field(default_factory=list)
     provenance: dict[str, str] = field(default_factory=dict)
@@ -54,6 +58,33 @@ def load_named(ref: DatasetRef, seed: int, limit: int | None, placeholders: bool
 def dataset_label(ref: DatasetRef, frame: pd.DataFrame) -> str:
     """The dataset's registry name as reports show it, marked where a rehearsal used a placeholder."""
     return f"{ref.name} (placeholder)" if frame.attrs.get("placeholder") else ref.name
+
+
+def _system_prompts(exp: Experiment, placeholders: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """(train set -> system prompt text, provenance) for the train sets whose ref names a `system_prompt`."""
+    from harness.datasets import DATASETS, parse_system_prompt, resolve_name
+
+    systems, provenance = {}, {}
+    for key in ("harmful_train", "harmless_train"):
+        ref = getattr(exp.data, key)
+        if ref is None or ref.system_prompt is None:
+            continue
+        system_ref = DatasetRef(name=ref.system_prompt)
+        if DATASETS[resolve_name(system_ref)].parse is not parse_system_prompt:
+            raise ValueError(f"experiment {exp.name!r}: data.{key}.system_prompt {ref.system_prompt!r} is not a "
+                             "system-prompt file (a registry entry read by harness.datasets.parse_system_prompt)")
+        frame = load_named(system_ref, exp.seed, None, placeholders)
+        systems[key] = str(frame["prompt"].iloc[0])
+        provenance[f"{key}:system_prompt"] = dataset_label(system_ref, frame)
+    return systems, provenance
+
+
+def _benign_tasks(exp: Experiment, limit: int | None, placeholders: bool) -> tuple[pd.DataFrame | None, dict]:
+    ref = exp.data.benign_task_eval
+    if ref is None:
+        return None, {}
+    frame = load_named(ref, exp.seed, limit, placeholders)
+    return _eval_frame(frame), {"benign_task_eval": dataset_label(ref, frame)}
 
 
 def _eval_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -95,9 +126,12 @@ def _from_construction(exp: Experiment, limit: int | None, placeholders: bool) -
         else:
             sets[f"{name}_eval"] = _eval_frame(seeded_subset(held[held["label"] == label], limit, exp.seed))
             provenance[f"{name}_eval"] = f"{provenance['construction']}, held-out areas"
+    tasks, task_provenance = _benign_tasks(exp, limit, placeholders)
+    provenance.update(task_provenance)
     return PromptSets(
         **sets,  # type: ignore[arg-type]
         construction=frame,
+        benign_task_eval=tasks,
         fit_areas=list(split.fit_areas),
         heldout_areas=list(split.heldout_areas),
         provenance=provenance,
@@ -126,6 +160,8 @@ def _from_named(exp: Experiment, limit: int | None, placeholders: bool) -> Promp
     btr, bval = val("harmless_val", harmless_train)
     if d.harmful_eval is None or d.harmless_eval is None:
         raise ValueError(f"experiment {exp.name!r}: data needs `harmful_eval` and `harmless_eval`")
+    systems, system_provenance = _system_prompts(exp, placeholders)
+    tasks, task_provenance = _benign_tasks(exp, limit, placeholders)
     return PromptSets(
         harmful_train=htr,
         harmless_train=btr,
@@ -133,7 +169,10 @@ def _from_named(exp: Experiment, limit: int | None, placeholders: bool) -> Promp
         harmless_val=bval,
         harmful_eval=_eval_frame(load("harmful_eval")),
         harmless_eval=_eval_frame(load("harmless_eval")),
-        provenance={k: dataset_label(getattr(d, k), frame) for k, frame in frames.items()},
+        benign_task_eval=tasks,
+        systems=systems,
+        provenance={**{k: dataset_label(getattr(d, k), frame) for k, frame in frames.items()}, **system_provenance,
+                    **task_provenance},
     )
 
 

@@ -466,7 +466,8 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
 
     for title, key in (("Capability", "capability"), ("Edit fidelity", "fidelity"), ("Methods compared", "methods"),
                        ("Method x intervention x scope", "grid_table"),
-                       ("Methods compared at a matched budget", "grid_comparisons_table")):
+                       ("Methods compared at a matched budget", "grid_comparisons_table"),
+                       ("Fit separation per layer (ROC AUC)", "layer_auc")):
         frame = artifacts.get(key)
         if isinstance(frame, pd.DataFrame) and len(frame):
             md += [f"## {title}", "", *SECTION_NOTES.get(key, []), _table(frame), ""]
@@ -496,10 +497,11 @@ def _cached_completions(cache: Path, which: str) -> set[str]:
 def harmful_text_in(report_dir: Path, cache: Path) -> list[tuple[str, str]]:
     """(file, excerpt) for every cached completion to a harmful prompt found verbatim under `report_dir`.
 
-    A text also produced for a harmless prompt (a stock refusal, say) is not specific to harmful prompts
-    and is not counted.
+    A text also produced for a harmless prompt or a benign task (a stock refusal, say) is not specific to harmful
+    prompts and is not counted.
     """
-    harmful = _cached_completions(cache, "harmful") - _cached_completions(cache, "harmless")
+    harmful = _cached_completions(cache, "harmful") - _cached_completions(cache, "harmless") - _cached_completions(
+        cache, "benign_task")
     suspects = [t for t in harmful if len(t) >= MIN_LEAK_CHARS]
     found = []
     for path in sorted(report_dir.rglob("*")):
