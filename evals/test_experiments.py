@@ -137,7 +137,14 @@ def test_gemma4_is_the_study_setup():
     assert exp.data.construction.dataset.name == "policy_prompts" and len(exp.data.construction.fit_area_names) == 8
     assert exp.data.harmful_eval.name == "sorry_bench" and exp.judges.headline_name == "sorry-bench"
     assert exp.reference.conditions == {"baseline": "baseline", "weight_edit": "edited"}
-    assert exp.intervention.keep_tie and exp.generation.backend == "vllm"
+    d, iv, gen = exp.direction, exp.intervention, exp.generation
+    assert d.per_layer and d.read_point == "layer_output" and d.safe_mean_projection and d.pos == -1
+    assert d.fit_prompts == "construction" and d.compare_methods == []
+    assert iv.conditions == ["weight_edit"] and iv.norm_preserving and iv.edit_modules == ["attn_out", "mlp_down"]
+    assert not iv.keep_tie
+    # Greedy, up to 4096 new tokens, on a backend that has run on a GPU here (not vLLM only).
+    assert gen.temperature == 0.0 and gen.max_new_tokens == 4096 and gen.backend in ("transformers", "static")
+    assert (exp.stability.budgets, exp.stability.repeats, exp.stability.areas) == ([2, 4, 6, 8], 5, "all")
 
 
 def test_gemma4_fit_areas_are_the_studys(tmp_path):

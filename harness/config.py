@@ -543,7 +543,8 @@ class Experiment(_Strict):
 
     @model_validator(mode="after")
     def _fixed_direction_bound(self) -> "Experiment":
-        if self.direction.layer is not None and self.thresholds.fixed_direction_cosine_min is None:
+        if self.direction.layer is not None and not self.direction.per_layer \
+                and self.thresholds.fixed_direction_cosine_min is None:
             raise ValueError("direction.layer is fixed, so thresholds.fixed_direction_cosine_min must bound how far "
                              "the selected direction may stray from it")
         return self
