@@ -4,6 +4,7 @@ measurement of how faithfully the edit reproduces activation ablation."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,6 +126,21 @@ def orthogonalize(
         _orthogonalize_ref(ref, r if r.ndim == 1 else r[ref.layer], norm_preserving)
     edited.eval().requires_grad_(False)
     return edited
+
+
+@torch.no_grad()
+def changed_parameters(original: nn.Module, edited: nn.Module) -> dict[str, list[int]]:
+    """What an edit changed, read from the weights: parameter path (inside its block, or the full name outside
+    the blocks) -> the layers where it differs from the original."""
+    before = dict(original.named_parameters())
+    changed: dict[str, list[int]] = {}
+    for name, p in edited.named_parameters():
+        if name in before and torch.equal(p, before[name].to(p.device)):
+            continue
+        match = re.search(r"layers\.(\d+)\.(.+)$", name)
+        path, layer = (match.group(2), int(match.group(1))) if match else (name, -1)
+        changed.setdefault(path, []).append(layer)
+    return changed
 
 
 def edit_equals_ablation(model: nn.Module, *, norm_preserving: bool, scope: str, keep_tie: bool = False,
