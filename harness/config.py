@@ -387,6 +387,10 @@ class ChatConfig(_Strict):
     answer_prefix: str | None = Field(None, description="fixed text after the generation prompt before the answer")
     reasoning: Literal["none", "think", "harmony"] | None = None
     refusal_tokens: list[str] | None = Field(None, description="openings whose first token the refusal score counts")
+    strip_answer: bool = Field(
+        False, description="strip whitespace around each answer before it is judged (a study that decoded with "
+        "`.strip()`); the raw completion stays in the cache"
+    )
 
     @field_validator("date")
     @classmethod
