@@ -35,6 +35,10 @@ _CHUNK = 8192  # d_model vectors edited at a time, bounding the float32 working 
 TIED_ONLY_FAMILIES: tuple[str, ...] = ("gemma", "gemma2", "gemma3", "gemma4")
 
 
+class EditError(ValueError):
+    """A weight edit that cannot be made as asked (per-layer directions that do not fit the model or its modules)."""
+
+
 class CheckpointError(ValueError):
     """An edited model that cannot be saved for the engine that is to load it; the message says what to change."""
 
@@ -77,7 +81,7 @@ def _edit_directions(model: nn.Module, direction: torch.Tensor) -> torch.Tensor:
     """`[d_model]` (one direction) or `[n_layer, d_model]` (one per layer), unit rows."""
     if direction.ndim == 2:
         if direction.shape[0] != n_layers(model):
-            raise ValueError(f"per-layer directions {tuple(direction.shape)}: {direction.shape[0]} rows for a model "
+            raise EditError(f"per-layer directions {tuple(direction.shape)}: {direction.shape[0]} rows for a model "
                              f"with {n_layers(model)} layers")
         return torch.stack([unit(check_width(model, row)) for row in direction])
     return unit(check_width(model, direction).reshape(-1))
@@ -117,7 +121,7 @@ def orthogonalize(
     edited = model if inplace else copy.deepcopy(model)
     refs = edited_writers(edited, modules)
     if r.ndim == 2 and any(ref.layer is None for ref in refs):
-        raise ValueError("per-layer directions cannot edit the embeddings (they belong to no layer); leave "
+        raise EditError("per-layer directions cannot edit the embeddings (they belong to no layer); leave "
                          "\"embed\" out of the edited modules")
     if untie and is_tied(edited) and any(ref.kind == "embed" for ref in refs):
         untie_embeddings(edited)
