@@ -337,3 +337,15 @@ def test_an_edit_without_embeddings_keeps_the_tie_untouched():
     out = orthogonalize(model, _direction(model), modules=["attn_out"])
     assert is_tied(out) and torch.equal(embeddings(out).weight, embeddings(model).weight)
     assert not edit_equals_ablation(model, norm_preserving=False, scope="all", modules=["attn_out"])
+
+
+def test_changed_parameters_reads_what_the_edit_changed_from_the_weights():
+    from harness.weights import changed_parameters
+
+    model, _ = tiny_model("gemma4", multimodal=True)
+    dirs = torch.randn(3, d_model(model), generator=torch.Generator().manual_seed(2))
+    out = orthogonalize(model, dirs, modules=["attn_out", "mlp_down"])
+    assert changed_parameters(model, out) == {"mlp.down_proj.weight": [0, 1, 2], "self_attn.o_proj.weight": [0, 1, 2]}
+    whole = changed_parameters(model, orthogonalize(model, dirs[0]))
+    assert "model.language_model.embed_tokens.weight" in whole and "per_layer_projection.weight" in whole
+    assert changed_parameters(model, model) == {}
