@@ -565,6 +565,9 @@ class Experiment(_Strict):
             if iv.conditions != ["weight_edit"]:
                 raise ValueError(f"direction.per_layer runs the weight edit only (intervention.conditions = "
                                  f"[\"weight_edit\"]), got {iv.conditions}: ablation and ActAdd take one direction")
+            if iv.grid is not None:
+                raise ValueError("direction.per_layer runs the weight edit only; intervention.grid's cells take one "
+                                 "direction")
             if iv.edit_modules is None or "embed" in iv.edit_modules:
                 raise ValueError("direction.per_layer needs intervention.edit_modules without \"embed\": the "
                                  "embeddings belong to no layer, so no layer's direction applies to them")
