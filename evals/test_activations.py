@@ -95,3 +95,23 @@ def test_resume_refuses_models_that_share_kv_across_layers():
     with pytest.raises(ResumeError, match="shares keys and values"):
         with resume_at(model, 1, torch.zeros(1, 1, model.config.hidden_size)):
             pass
+
+
+@pytest.mark.parametrize("family", ["gemma4", "llama"])
+def test_layer_output_read_point_is_hidden_states_after_the_embeddings(family):
+    """read_point="layer_output" gives transformers' hidden_states[1:] at the last prompt token (each block's
+    output, the last after the final norm), on a padded batch; block l's output is block l+1's input."""
+    model, tok = tiny_model(family, multimodal=family == "gemma4")
+    outputs = prompt_activations(model, tok, PROMPTS, batch_size=3, read_point="layer_output")
+    inputs = prompt_activations(model, tok, PROMPTS, batch_size=3)
+    n = n_layers(model)
+    assert outputs.shape == (len(PROMPTS), n, inputs.shape[-1])
+    for i, text in enumerate(format_instructions(tok, PROMPTS)):
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**ids, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(outputs[i], torch.stack(hidden[1:])[:, 0, -1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outputs[:, : n - 1], inputs[:, 1:], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(outputs[:, :-1], inputs[:, :-1], atol=1e-3)
+    with pytest.raises(ValueError, match="read_point"):
+        prompt_activations(model, tok, PROMPTS, read_point="mlp")

@@ -107,7 +107,7 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
     t = experiment.thresholds
     headline = experiment.judges.headline_name
     record.meta(model=bundle.source, judges=", ".join(judges) + f" (headline: {headline})",
-                direction=f"layer {direction.layer}, position {direction.pos} ({direction.how})")
+                direction=direction.describe())
     if experiment.model.refusal_tune is not None:
         record.meta(about="the demo model is SmolLM2-135M-Instruct refusal-tuned locally on the CPU "
                           "(unsafe fit-area prompts -> a fixed refusal; safe prompts -> its own answers); "
@@ -141,6 +141,7 @@ def test_direction_selected(experiment, sets, selection, direction, candidates, 
     from harness.directions import cosine
 
     t = experiment.thresholds
+    assert t.selection_score_drop_min is not None, f"{experiment.source_file}: thresholds.selection_score_drop_min is not set"
     table = selection.table
     chosen = table[(table["layer"] == selection.layer) & (table["pos"] == selection.pos)].iloc[0]
     drop = selection.baseline_harmful - float(chosen["bypass_score"])
@@ -219,9 +220,17 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
     require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}", "mcnemar_alpha")
 
 
-def test_direction_stability(budget, experiment, sets, direction, construction_acts, record, claim_snapshot):
+def test_direction_stability(budget, experiment, sets, direction, construction_acts, record, claim_snapshot, request):
+    """One direction: fit on `budget` of the fit areas, its mean cosine to the held-out areas' direction. Per-layer
+    directions: fit on `budget` areas drawn from all and on the rest, the median and 10th percentile of every
+    layer's cosine over the repeats (the columns of a per-layer study's category generalization table)."""
     from harness.directions import cosine
     from harness.policy import budget_subsets
+
+    if direction.per_layer:
+        _layer_stability(budget, experiment, sets, request.getfixturevalue("layer_stability")[budget], record,
+                         claim_snapshot)
+        return
 
     frame = sets.construction.reset_index(drop=True)
     acts = construction_acts
@@ -253,6 +262,47 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
                                          "conditions": []})
     assert figures == claim_snapshot
     require(mean >= bound, f"mean cosine {mean:.3f} < {bound} at budget {budget}", "stability_cosine_min")
+
+
+def _layer_stability(budget, experiment, sets, row, record, claim_snapshot) -> None:
+    from harness.directions import layer_cosine_summary
+
+    summary = layer_cosine_summary(row["cosines"])
+    median, p10 = summary["median"], summary["p10"]
+    table = {"used_policy_areas": budget, "held_out_policy_areas": row["held_out_areas"],
+             "used_prompts": row["used_prompts"], "held_out_prompts": row["held_out_prompts"],
+             "repeats": len(row["cosines"]), "cosine_reference": "held_out_policy_area_direction",
+             "median_layer_cosine_to_heldout": median, "p10_layer_cosine_to_heldout": p10}
+    record.artifact("stability_table", pd.DataFrame(record.merge("stability_table_rows", [table])))
+    if budget == len(sets.fit_areas):
+        from fixtures.direction import fit_prompts
+
+        harmful, harmless = fit_prompts(experiment, sets)
+        record.artifact("direction_fit_report", pd.DataFrame([{
+            "split_style": "policy_area_disjoint", "construction_prompts": len(harmful) + len(harmless),
+            "construction_safe_prompts": len(harmless), "construction_unsafe_prompts": len(harmful),
+            "construction_policy_areas": budget, "category_generalization_repeats": len(row["cosines"]),
+            "category_generalization_reference": "held_out_policy_area_direction",
+            "median_layer_cosine_to_heldout": median, "p10_layer_cosine_to_heldout": p10}]))
+    rows = record.merge("stability_rows", [{"budget": budget, "repeat": i, "cosine": float(np.median(c))}
+                                           for i, c in enumerate(row["cosines"])])
+    record.artifact("stability", pd.DataFrame(rows))
+    t = experiment.thresholds
+    record.artifact("stability_threshold", t.stability_cosine_min)
+    figures = record.figures(
+        {"median_layer_cosine": median, "p10_layer_cosine": p10, "layers": len(row["cosines"][0]),
+         "repeat_medians": [float(np.median(c)) for c in row["cosines"]], "areas": row["areas"],
+         "used_prompts": row["used_prompts"], "held_out_prompts": row["held_out_prompts"]},
+        headline=f"per-layer cosine to the held-out-area direction: median {median:.3f}, p10 {p10:.3f} over "
+                 f"{len(row['cosines'])} repeats x {len(row['cosines'][0])} layers",
+        provenance={"datasets": [sets.provenance["construction"]], "judges": [], "conditions": []})
+    assert figures == claim_snapshot
+    require(median >= t.stability_cosine_min,
+            f"median per-layer cosine {median:.3f} < {t.stability_cosine_min} at budget {budget}", "stability_cosine_min")
+    if t.stability_p10_cosine_min is not None:
+        require(p10 >= t.stability_p10_cosine_min,
+                f"10th-percentile per-layer cosine {p10:.3f} < {t.stability_p10_cosine_min} at budget {budget}",
+                "stability_p10_cosine_min")
 
 
 def test_harmless_unchanged(condition, experiment, sets, answers, judgments, harmless_logits, record,
@@ -346,6 +396,7 @@ def test_edit_fidelity(experiment, fidelity, sets, record, claim_snapshot):
     direction left in the edited residual stream, each within the experiment's bound. An exact edit's figures are
     floating-point noise; a non-exact one (a kept tie, Gemma's norms) shows how far it leaks."""
     t = experiment.thresholds
+    assert t.edit_logit_gap_max is not None, f"{experiment.source_file}: thresholds.edit_logit_gap_max is not set"
     fid = fidelity
     gap = float(fid["max_logit_gap"])
     scale = max(fid["baseline_component"])

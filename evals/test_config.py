@@ -185,3 +185,60 @@ def test_reference_conditions_must_be_run(tmp_path):
     path = write(tmp_path, (GOOD + REFERENCE).replace('baseline = "baseline"', 'no_such_condition = "edited"'))
     with pytest.raises(ExperimentError, match="reference.conditions names \\['no_such_condition'\\]"):
         load_experiment(path)
+
+
+STUDY_RECIPE = """
+[direction]
+compare_methods = []
+per_layer = true
+read_point = "layer_output"
+safe_mean_projection = true
+fit_prompts = "construction"
+
+[intervention]
+conditions = ["weight_edit"]
+norm_preserving = true
+edit_modules = ["attn_out", "mlp_down"]
+
+[stability]
+areas = "all"
+"""
+
+
+def test_per_layer_recipe_loads(tmp_path):
+    exp = load_experiment(write(tmp_path, STUDY_RECIPE + GOOD))
+    assert exp.direction.per_layer and exp.direction.read_point == "layer_output"
+    assert exp.intervention.edit_modules == ["attn_out", "mlp_down"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("per_layer = true", "per_layer = true\nlayer = 3"), "drop direction.layer"),
+    (("compare_methods = []", "compare_methods = [\"diff_in_means\"]"), "compare_methods = []"),
+    (("conditions = [\"weight_edit\"]", "conditions = [\"weight_edit\", \"ablation\"]"), "weight edit only"),
+    (("edit_modules = [\"attn_out\", \"mlp_down\"]", "edit_modules = [\"embed\", \"attn_out\"]"), "without \"embed\""),
+    (("edit_modules = [\"attn_out\", \"mlp_down\"]", ""), "without \"embed\""),
+    (("edit_modules = [\"attn_out\", \"mlp_down\"]", "edit_modules = [\"o_proj\"]"), "intervention.edit_modules"),
+    (("edit_modules = [\"attn_out\", \"mlp_down\"]", "edit_modules = [\"attn_out\", \"attn_out\"]"), "distinct"),
+    (("areas = \"all\"", "areas = \"fit\""), "stability.areas"),
+    (("per_layer = true", "per_layer = false"), "read_point"),
+])
+def test_per_layer_recipe_errors_name_the_field(tmp_path, edit, message):
+    path = write(tmp_path, STUDY_RECIPE.replace(*edit) + GOOD)
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[direction]\nfit_prompts = \"construction\"\n", "no validation prompts to select"),
+    ("[intervention]\nkeep_tie = true\nedit_modules = [\"attn_out\"]\n", "drop keep_tie"),
+    ("[direction]\nread_point = \"layer_output\"\n", "needs direction.per_layer"),
+])
+def test_single_direction_recipe_errors(tmp_path, extra, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(write(tmp_path, extra + GOOD))
+
+
+def test_single_direction_thresholds_stay_required(tmp_path):
+    with pytest.raises(ExperimentError, match="selection_score_drop_min is required"):
+        load_experiment(write(tmp_path, GOOD.replace("selection_score_drop_min = -1e9\n", "")))

@@ -156,3 +156,81 @@ def test_subset_directions_stable_for_strong_signal_unstable_for_none():
 def test_subset_directions_rejects_oversized_subset():
     with pytest.raises(DirectionError, match="subset_size=11"):
         subset_directions(torch.zeros(10, 3), torch.zeros(12, 3), n_subsets=2, subset_size=11)
+
+
+# ------------------------------------------------------------------------------ per-layer directions
+
+
+def test_per_layer_directions_are_each_layers_own_diff_in_means():
+    from harness.directions import per_layer_directions
+
+    gen = torch.Generator().manual_seed(5)
+    harmful, harmless = torch.randn(30, 4, 16, generator=gen) + 1.0, torch.randn(20, 4, 16, generator=gen)
+    dirs = per_layer_directions(harmful, harmless)
+    assert dirs.shape == (4, 16)
+    for layer in range(4):
+        hand = harmful[:, layer].double().mean(0) - harmless[:, layer].double().mean(0)
+        torch.testing.assert_close(dirs[layer].double(), hand / hand.norm(), atol=1e-6, rtol=0)
+    # A layer's direction depends on that layer's activations only.
+    moved = harmful.clone()
+    moved[:, 2] += 5.0
+    again = per_layer_directions(moved, harmless)
+    torch.testing.assert_close(again[[0, 1, 3]], dirs[[0, 1, 3]])
+    assert float(cosine(again[2], dirs[2])) < 0.99
+
+
+def test_safe_mean_projection_removes_the_safe_mean_component():
+    """unsafe mean - safe mean, minus its component along the unit safe mean, normalised: worked by hand."""
+    from harness.directions import per_layer_directions
+
+    harmless = torch.tensor([[[2.0, 0.0, 0.0]], [[4.0, 0.0, 0.0]]])  # safe mean (3, 0, 0)
+    harmful = torch.tensor([[[5.0, 4.0, 0.0]], [[5.0, 4.0, 0.0]]])  # diff (2, 4, 0)
+    torch.testing.assert_close(per_layer_directions(harmful, harmless)[0], unit(torch.tensor([2.0, 4.0, 0.0])))
+    torch.testing.assert_close(per_layer_directions(harmful, harmless, safe_mean_projection=True)[0],
+                               torch.tensor([0.0, 1.0, 0.0]))
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(12, 3, 8, generator=gen) + 2, torch.randn(12, 3, 8, generator=gen) + 1
+    dirs = per_layer_directions(a, b, safe_mean_projection=True)
+    assert float((dirs * unit(b.mean(0))).sum(-1).abs().max()) < 1e-6
+    torch.testing.assert_close(dirs.norm(dim=-1), torch.ones(3))
+
+
+def test_per_layer_directions_reject_bad_shapes():
+    from harness.directions import per_layer_directions
+
+    with pytest.raises(DirectionError, match="layer, d"):
+        per_layer_directions(torch.zeros(3, 2, 4), torch.zeros(3, 3, 4))
+    with pytest.raises(DirectionError, match="both classes"):
+        per_layer_directions(torch.zeros(0, 2, 4), torch.ones(3, 2, 4))
+
+
+def test_area_split_cosines_draw_as_the_seeded_numpy_generator_and_pool_layers():
+    """Areas drawn with one default_rng(seed) over budgets in order; each repeat's per-layer cosines between the
+    drawn areas' directions and the rest's; median / p10 pooled over repeats and layers."""
+    import numpy as np
+
+    from harness.directions import area_split_cosines, layer_cosine_summary, per_layer_directions
+
+    gen = torch.Generator().manual_seed(2)
+    areas = [f"area{k:02d}" for k in range(6) for _ in range(8)]
+    harmful = np.array([i % 2 == 0 for i in range(len(areas))])
+    acts = torch.randn(len(areas), 3, 10, generator=gen) + torch.as_tensor(harmful)[:, None, None] * 0.7
+    rows = area_split_cosines(acts, harmful, areas, [2, 4], 3, seed=11, safe_mean_projection=True)
+
+    rng, pool = np.random.default_rng(11), np.array(sorted(set(areas)))
+    for row, budget in zip(rows, [2, 4]):
+        assert row["budget"] == budget and row["held_out_areas"] == 6 - budget
+        assert (row["used_prompts"], row["held_out_prompts"]) == (8 * budget, 8 * (6 - budget))
+        for drawn, layer_cos in zip(row["areas"], row["cosines"]):
+            expected = rng.choice(pool, size=budget, replace=False)
+            assert drawn == sorted(expected.tolist())
+            used = torch.as_tensor(np.isin(areas, expected))
+            lab = torch.as_tensor(harmful)
+            a = per_layer_directions(acts[used & lab], acts[used & ~lab], safe_mean_projection=True)
+            b = per_layer_directions(acts[~used & lab], acts[~used & ~lab], safe_mean_projection=True)
+            np.testing.assert_allclose(layer_cos, (a * b).sum(-1).numpy(), atol=1e-6)
+    summary = layer_cosine_summary(rows[0]["cosines"])
+    pooled = np.array(rows[0]["cosines"]).ravel()
+    assert summary == {"median": float(np.median(pooled)), "p10": float(np.quantile(pooled, 0.1))}
+    with pytest.raises(DirectionError, match="between 1 and 5"):
+        area_split_cosines(acts, harmful, areas, [6], 1, seed=0)

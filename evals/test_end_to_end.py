@@ -256,3 +256,85 @@ def test_vllm_runs_ablation_as_the_exact_edit_and_the_report_says_so(tiny_experi
     assert "transformers backend, with forward hooks (vLLM cannot run hooks)" in rows["actadd"], report
     claims = json.loads((tmp_path / "reports" / "tiny_vllm-limit8" / "results.json").read_text())["claims"]
     assert claims["test_refusal_drop[ablation]"] == claims["test_refusal_drop[weight_edit]"]
+
+
+PER_LAYER_TOML = """
+description = "tiny random-init Gemma-4 with the per-layer study recipe: exercises the machinery, proves nothing"
+seed = 7
+
+[model]
+id = "tiny-gemma4"
+path = "{path}"
+dtype = "float32"
+device = "cpu"
+
+[data.construction]
+dataset = {{ name = "demo_policy_prompts" }}
+fit_areas = 8
+
+[direction]
+compare_methods = []
+per_layer = true
+read_point = "layer_output"
+safe_mean_projection = true
+fit_prompts = "construction"
+
+[intervention]
+conditions = ["weight_edit"]
+norm_preserving = true
+edit_modules = ["attn_out", "mlp_down"]
+
+[generation]
+max_new_tokens = 16
+batch_size = 8
+
+[stability]
+budgets = [2, 4]
+repeats = 2
+areas = "all"
+
+[capability]
+n_shot = 1
+kl_prompts = 8
+
+# Permissive bounds but for stability: random weights give per-layer cosines far below 0.999, so that claim must fail.
+[thresholds]
+baseline_refusal_harmful_min = 0.0
+baseline_refusal_harmless_max = 1.0
+refusal_drop_pp_min = {{ weight_edit = -100.0 }}
+mcnemar_alpha = 1.01
+stability_cosine_min = 0.999
+harmless_refusal_max = 1.0
+harmless_kl_max = 1e9
+capability_max_drop = 1.0
+ce_max_delta = 1e9
+
+[known_failures]
+"test_mcnemar_significant[weight_edit]" = {{ threshold = "mcnemar_alpha", reason = "random weights: compliance +0.0 pp" }}
+"""
+
+
+def test_per_layer_recipe_runs_its_claims_and_its_stability_bound_can_fail(tmp_path):
+    """The per-layer recipe end to end on a tiny Gemma-4: per-layer directions and an o_proj/down_proj-only edit
+    in the report, the study's table columns, no selection or fidelity claim, and a stability bound the random
+    model misses fails the claim with its figure."""
+    model, tokenizer = tiny_model("gemma4", seed=5)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    toml = tmp_path / "tiny-per-layer.toml"
+    toml.write_text(PER_LAYER_TOML.format(path=tmp_path / "model"))
+    code, out = _run_claims(toml, tmp_path)
+    assert code == 1, out[-4000:]
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert failed and all("test_direction_stability" in line for line in failed), out[-4000:]
+    assert "median per-layer cosine" in out and "< 0.999" in out
+    assert "test_direction_selected" not in out and "test_edit_fidelity" not in out
+    report_dir = tmp_path / "reports" / "tiny-per-layer-limit8"
+    report = (report_dir / "report.md").read_text()
+    assert "one direction per layer (3 layers), position -1, read at each layer's output" in report
+    assert ("norm-preserving weight orthogonalization against each layer's own direction; changed: "
+            "mlp.down_proj.weight (3 layers), self_attn.o_proj.weight (3 layers); embeddings and read-out unchanged"
+            ) in report
+    header = (report_dir / "category_generalization_table.csv").read_text().splitlines()[0]
+    assert header == ("used_policy_areas,held_out_policy_areas,used_prompts,held_out_prompts,repeats,cosine_reference,"
+                      "median_layer_cosine_to_heldout,p10_layer_cosine_to_heldout")

@@ -137,7 +137,15 @@ def test_gemma4_is_the_study_setup():
     assert exp.data.construction.dataset.name == "policy_prompts" and len(exp.data.construction.fit_area_names) == 8
     assert exp.data.harmful_eval.name == "sorry_bench" and exp.judges.headline_name == "sorry-bench"
     assert exp.reference.conditions == {"baseline": "baseline", "weight_edit": "edited"}
-    assert exp.intervention.keep_tie and exp.generation.backend == "vllm"
+    d, iv, gen = exp.direction, exp.intervention, exp.generation
+    assert d.per_layer and d.read_point == "layer_output" and d.safe_mean_projection and d.pos == -1
+    assert d.fit_prompts == "construction" and d.compare_methods == []
+    assert iv.conditions == ["weight_edit"] and iv.norm_preserving and iv.edit_modules == ["attn_out", "mlp_down"]
+    assert not iv.keep_tie
+    # Greedy, up to 4096 new tokens, on a backend that has run on a GPU here (not vLLM only).
+    assert gen.temperature == 0.0 and gen.max_new_tokens == 4096 and gen.backend in ("transformers", "static")
+    assert (exp.stability.budgets, exp.stability.repeats, exp.stability.areas) == ([2, 4, 6, 8], 5, "all")
+    assert exp.chat.strip_answer
 
 
 def test_gemma4_fit_areas_are_the_studys(tmp_path):
@@ -156,6 +164,34 @@ def test_gemma4_fit_areas_are_the_studys(tmp_path):
     frame = pd.read_csv(split)
     study = sorted(frame.loc[frame["split"] == "construction", "category"].unique())
     assert sorted(load_experiment("gemma-4-e4b-it").data.construction.fit_area_names) == study
+
+
+def test_gemma4_fits_on_the_studys_320_construction_prompts():
+    """direction.fit_prompts = "construction": the fit prompts are exactly the study's construction rows (160 unsafe,
+    160 safe), no validation carve-out."""
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+
+    from fixtures.direction import fit_prompts
+    from harness.datasets import is_available, resolve_name
+    from harness.prompt_sets import prompt_sets
+
+    exp = load_experiment("gemma-4-e4b-it")
+    root = Path(os.environ.get("HARNESS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    split = root / "gemma4_policy_reference" / "results" / "prompt_split.csv"
+    ref = exp.data.construction.dataset
+    if not split.is_file() or not is_available(resolve_name(ref), ref):
+        if os.environ.get("CI"):
+            pytest.fail(f"{split} or the policy_prompts dataset missing")
+        pytest.skip(f"{split} or the policy_prompts dataset absent")
+    study = pd.read_csv(split)
+    study = study[study["split"] == "construction"]
+    harmful, harmless = fit_prompts(exp, prompt_sets(exp, placeholders=True))
+    assert (len(harmful), len(harmless)) == (160, 160)
+    assert sorted(harmful) == sorted(study.loc[study["label"] == "unsafe", "prompt"].str.strip())
+    assert sorted(harmless) == sorted(study.loc[study["label"] == "safe", "prompt"].str.strip())
 
 
 def test_pod_capability_sets_are_the_real_benchmarks():

@@ -20,6 +20,9 @@ from harness.config import available_experiments, load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("activations", "selection", "completions", "judgments", "logits", "capability", "coherence")
+# Per-layer directions: per-prompt captures at every layer, no mean activations and no selection sweep.
+PER_LAYER_STAGES = ("prompt_activations", "construction_acts", "completions", "judgments", "logits", "capability",
+                    "coherence")
 
 
 def _run(name: str, work: Path, reports: Path) -> tuple[int, str]:
@@ -97,7 +100,8 @@ def test_rehearsal_runs_every_stage_and_uses_everything_named(name, rehearsals):
     reasoning = results["setup"]["reasoning"].values()
     answered = sum(s["n"] - s["no_answer"] for s in reasoning)
     # Random weights may never leave a reasoning channel (gpt-oss): then nothing is there to judge.
-    for stage in STAGES if answered else [s for s in STAGES if s != "judgments"]:
+    stages = PER_LAYER_STAGES if load_experiment(name).direction.per_layer else STAGES
+    for stage in stages if answered else [s for s in stages if s != "judgments"]:
         assert computed.get(stage), f"{name}: stage {stage!r} computed nothing on a cold cache: {computed}"
     chat = results["setup"]["chat"]
     assert chat["refusal_token_ids"] and chat["date"]
@@ -119,6 +123,38 @@ def test_second_rehearsal_recomputes_nothing_and_leaks_nothing(name, rehearsals)
     # Compared as text: random weights leave NaN rates, and NaN != NaN as floats.
     assert (first[2] / "results.json").read_text() == (report_dir / "results.json").read_text()
     assert harmful_text_in(report_dir, cache) == []
+
+
+def test_gemma4_rehearsal_shows_the_studys_recipe(rehearsals):
+    """gemma-4-e4b-it runs the Gemma-4 study's recipe: per-layer directions read at each layer's output, an edit
+    that changed only o_proj and down_proj of every layer, the study's stability table, no selection sweep."""
+    (first, _), _ = rehearsals("gemma-4-e4b-it")
+    code, out, report_dir = first
+    assert code == 0, out[-6000:]
+    report = (report_dir / "report.md").read_text()
+    results = json.loads((report_dir / "results.json").read_text())
+    assert results["meta"]["direction"].startswith("one direction per layer (")
+    assert "read at each layer's output" in results["meta"]["direction"]
+    note = results["setup"]["generation_paths"]["weight_edit"]["condition"]
+    changed = note.split("changed: ")[1].split(";")[0]
+    assert [part.split(" (")[0] for part in changed.split(", ")] == ["mlp.down_proj.weight", "self_attn.o_proj.weight"]
+    assert note.endswith("embeddings and read-out unchanged") and note in report
+    assert "test_direction_selected" not in results["claims"] and "## Direction selection sweep" not in report
+    assert {f"test_direction_stability[budget={b}]" for b in (2, 4, 6, 8)} <= set(results["claims"])
+    import pandas as pd
+
+    ours = pd.read_csv(report_dir / "category_generalization_table.csv")
+    fit_report = pd.read_csv(report_dir / "direction_fit_report.csv")
+    study_dir = Path(os.environ.get("HARNESS_DATA_DIR") or ROOT.parent / "shared" / "data") / "gemma4_policy_reference"
+    study_table = study_dir / "results" / "category_generalization_table.csv"
+    if not study_table.is_file():
+        pytest.skip(f"{study_table} absent: the row-by-row comparison with the study's table needs it")
+    # Same columns, and row by row the same design (areas, prompt counts, repeats, reference); only figures differ.
+    study = pd.read_csv(study_table)
+    assert list(ours.columns) == list(study.columns)
+    design = [c for c in study.columns if not c.endswith("_to_heldout")]
+    assert ours[design].equals(study[design])
+    assert list(fit_report.columns) == list(pd.read_csv(study_dir / "results" / "direction_fit_report.csv").columns)
 
 
 def test_reasoning_models_are_rehearsed_with_their_parsers(rehearsals):

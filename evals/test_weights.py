@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.arch import FAMILIES, d_model, embeddings, is_tied, residual_writers, unembedding
 from harness.chat import tokenize_instructions
-from harness.interventions import DirectionShapeError, ablate
+from harness.interventions import DirectionShapeError, ablate, unit
 from harness.tiny import TINY_FAMILIES, tiny_model
 from harness.weights import (
     TIED_ONLY_FAMILIES,
@@ -259,3 +259,93 @@ def test_kept_tie_is_not_ablation_for_hook_free_engines():
     assert edit_equals_ablation(gemma, norm_preserving=False, scope="all")
     assert not edit_equals_ablation(gemma, norm_preserving=False, scope="all", keep_tie=True)
     assert edit_equals_ablation(llama, norm_preserving=False, scope="all", keep_tie=True)  # nothing tied to keep
+
+
+# --------------------------------------------------------- per-layer edit of chosen modules (Gemma-4 study)
+
+
+def _study_edit(weight: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The Gemma-4 study's edit of one Linear weight `[d_model, d_in]`, from its stated math: every column (the
+    vector the input unit writes) loses its component along unit r, then is rescaled to its old norm; in float64."""
+    w, r = weight.double(), (r / r.norm()).double()
+    edited = w - torch.outer(r, r @ w)
+    return edited * (w.norm(dim=0) / edited.norm(dim=0))
+
+
+def test_per_layer_edit_of_o_proj_and_down_proj_equals_the_studys_formula():
+    """On a tiny Gemma-4 laid out as the real checkpoint (model.language_model.layers): only each layer's
+    self_attn.o_proj and mlp.down_proj change, each by its own layer's direction as the study's formula says;
+    embeddings, the tied read-out, per-layer-input projections, experts and norms are bit-for-bit unchanged."""
+    model, _ = tiny_model("gemma4", multimodal=True)
+    blocks = model.model.language_model.layers
+    dirs = torch.randn(len(blocks), d_model(model), generator=torch.Generator().manual_seed(9))
+    out = orthogonalize(model, dirs, norm_preserving=True, modules=["attn_out", "mlp_down"])
+    edited_names = set()
+    for i, block in enumerate(blocks):
+        for path in ("self_attn.o_proj", "mlp.down_proj"):
+            before = block.get_submodule(path).weight
+            after = out.model.language_model.layers[i].get_submodule(path).weight
+            torch.testing.assert_close(after.double(), _study_edit(before, dirs[i]), atol=2e-6, rtol=0)
+            assert not torch.equal(after, before)
+            edited_names.add(f"model.language_model.layers.{i}.{path}.weight")
+    original = dict(model.named_parameters())
+    for name, p in out.named_parameters():
+        if name not in edited_names:
+            assert torch.equal(p, original[name]), f"{name} changed"
+    assert is_tied(out) and torch.equal(unembedding(out).weight, unembedding(model).weight)
+
+
+def test_per_layer_edit_uses_each_layers_own_direction():
+    """Layer i's writers have no component along direction i (plain edit), and the edit of layer i does not
+    depend on the other layers' directions."""
+    model, _ = tiny_model("gemma4", multimodal=True)
+    gen = torch.Generator().manual_seed(4)
+    dirs = torch.randn(3, d_model(model), generator=gen)
+    out = orthogonalize(model, dirs, modules=["attn_out", "mlp_down"])
+    changed = dirs.clone()
+    changed[1] = torch.randn(d_model(model), generator=gen)
+    other = orthogonalize(model, changed, modules=["attn_out", "mlp_down"])
+    for i, (a, b) in enumerate(zip(out.model.language_model.layers, other.model.language_model.layers)):
+        w = a.self_attn.o_proj.weight
+        assert float((unit(dirs[i]) @ w).abs().max()) < 1e-5
+        assert torch.equal(w, b.self_attn.o_proj.weight) == (i != 1)
+
+
+def test_edit_modules_resolve_through_the_arch_table():
+    from harness.weights import edited_writers
+
+    model, _ = tiny_model("gemma4")
+    kinds = {r.kind for r in edited_writers(model)}
+    assert kinds == {"embed", "attn_out", "mlp_down", "experts", "extra"}
+    chosen = edited_writers(model, ["attn_out", "mlp_down"])
+    assert {r.path for r in chosen} == {"self_attn.o_proj", "mlp.down_proj"}
+    assert [r.layer for r in chosen] == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="unknown module kinds"):
+        edited_writers(model, ["o_proj"])
+
+
+def test_per_layer_edit_refuses_the_embeddings_and_a_wrong_layer_count():
+    model, _ = tiny_model("gemma4")
+    with pytest.raises(ValueError, match="cannot edit the embeddings"):
+        orthogonalize(model, torch.randn(3, d_model(model)), modules=["embed", "attn_out"])
+    with pytest.raises(ValueError, match="2 rows for a model with 3 layers"):
+        orthogonalize(model, torch.randn(2, d_model(model)), modules=["attn_out"])
+
+
+def test_an_edit_without_embeddings_keeps_the_tie_untouched():
+    model, _ = tiny_model("gemma4")
+    out = orthogonalize(model, _direction(model), modules=["attn_out"])
+    assert is_tied(out) and torch.equal(embeddings(out).weight, embeddings(model).weight)
+    assert not edit_equals_ablation(model, norm_preserving=False, scope="all", modules=["attn_out"])
+
+
+def test_changed_parameters_reads_what_the_edit_changed_from_the_weights():
+    from harness.weights import changed_parameters
+
+    model, _ = tiny_model("gemma4", multimodal=True)
+    dirs = torch.randn(3, d_model(model), generator=torch.Generator().manual_seed(2))
+    out = orthogonalize(model, dirs, modules=["attn_out", "mlp_down"])
+    assert changed_parameters(model, out) == {"mlp.down_proj.weight": [0, 1, 2], "self_attn.o_proj.weight": [0, 1, 2]}
+    whole = changed_parameters(model, orthogonalize(model, dirs[0]))
+    assert "model.language_model.embed_tokens.weight" in whole and "per_layer_projection.weight" in whole
+    assert changed_parameters(model, model) == {}

@@ -1,6 +1,7 @@
 """Residual-stream captures: streaming means over many prompts, and per-prompt vectors.
 
-Activations at layer `l` are the residual stream entering block `l`, read by a forward pre-hook.
+Activations at layer `l` are the residual stream entering block `l`, read by a forward pre-hook; per-prompt
+captures can read each layer's output instead (`read_point="layer_output"`), as transformers reports it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def mean_activations(
     return torch.stack([s.cpu() for s in sums]).div_(len(instructions)).float()
 
 
+READ_POINTS = ("block_input", "layer_output")
+
+
+def _layer_outputs(model, batch, chosen: list[int], pos: int) -> torch.Tensor:
+    """`[batch, len(chosen), d_model]`: `hidden_states[1:]` of an `output_hidden_states` forward, i.e. each
+    block's output, the last one after the final norm (transformers ties it to `last_hidden_state`)."""
+    batch = {k: v.to(input_device(model)) for k, v in batch.items()}
+    out = model(**batch, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[1:]  # n_layer x [batch, seq, d_model]
+    if len(hidden) != len(block_list(model)):
+        raise ValueError(f"{type(model).__name__} reported {len(hidden)} layer outputs for {len(block_list(model))} blocks")
+    return torch.stack([hidden[layer][:, pos, :].float().cpu() for layer in chosen], dim=1)
+
+
 @torch.no_grad()
 def prompt_activations(
     model,
@@ -80,9 +95,13 @@ def prompt_activations(
     pos: int = -1,
     batch_size: int = 32,
     system: str | None = None,
+    read_point: str = "block_input",
 ) -> torch.Tensor:
     """Per-prompt residual stream `[n_prompts, n_layer, d_model]` (float32) at prompt position
-    `pos` (negative, from the end) entering each block in `layers` (default: all)."""
+    `pos` (negative, from the end) entering each block in `layers` (default: all), or, with
+    `read_point="layer_output"`, leaving it (see `_layer_outputs`)."""
+    if read_point not in READ_POINTS:
+        raise ValueError(f"read_point must be one of {READ_POINTS}, got {read_point!r}")
     if pos >= 0:
         raise ValueError(f"pos counts from the end of the prompt and must be negative, got {pos}")
     blocks = block_list(model)
@@ -91,6 +110,10 @@ def prompt_activations(
         if not 0 <= layer < len(blocks):
             raise IndexError(f"layer {layer} out of range for a model with {len(blocks)} blocks")
     out: list[torch.Tensor] = []  # each [batch, n_layer, d_model]
+    if read_point == "layer_output":
+        for chunk in _batches(instructions, batch_size):
+            out.append(_layer_outputs(model, tokenize_instructions(tokenizer, chunk, system), chosen, pos))
+        return torch.cat(out)
     captured: dict[int, torch.Tensor] = {}
 
     def make_hook(layer: int):

@@ -95,6 +95,11 @@ FAMILIES: dict[str, FamilySpec] = {
 
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 
+# Kinds of residual writer a weight edit may be limited to (InterventionConfig.edit_modules): the token
+# embeddings, each block's attention output (`attn_out`), its dense MLP down projection (`mlp_down`), its
+# expert down projections (`experts`) and its extra writers (`extra`, Gemma 4's per-layer-input projection).
+EDIT_MODULE_KINDS: tuple[str, ...] = ("embed", "attn_out", "mlp_down", "experts", "extra")
+
 
 @dataclass
 class WeightRef:
@@ -104,6 +109,9 @@ class WeightRef:
     weight: nn.Parameter
     bias: nn.Parameter | None
     out_dim: int
+    kind: str = "embed"  # one of EDIT_MODULE_KINDS
+    layer: int | None = None  # the block it belongs to (None: the embeddings)
+    path: str = ""  # module path inside the block, e.g. "self_attn.o_proj"
 
 
 @dataclass
@@ -261,12 +269,25 @@ def d_model(model) -> int:
     return int(embeddings(model).weight.shape[1])
 
 
-def residual_writers(model) -> list[WeightRef]:
+def _path_in(block: nn.Module, module: nn.Module) -> str:
+    return next((name for name, m in block.named_modules() if m is module), type(module).__name__)
+
+
+def residual_writers(model, kinds: tuple[str, ...] | list[str] | None = None) -> list[WeightRef]:
     """Every parameter whose output is added to the residual stream: embeddings, then per block
-    the attention output, MLP/expert down projections and extra writers."""
-    refs = [WeightRef("embed_tokens", embeddings(model).weight, None, out_dim=1)]
+    the attention output, MLP/expert down projections and extra writers; `kinds` (EDIT_MODULE_KINDS)
+    keeps only those kinds."""
+    if kinds is not None and (unknown := sorted(set(kinds) - set(EDIT_MODULE_KINDS))):
+        raise ValueError(f"unknown module kinds {unknown}; known: {', '.join(EDIT_MODULE_KINDS)}")
+    refs = [WeightRef("embed_tokens", embeddings(model).weight, None, out_dim=1, kind="embed", path="embed_tokens")]
     for lm in layer_modules(model):
-        refs.append(_weight_ref(f"layers.{lm.index}.attn_out", lm.attn_out))
-        refs += [WeightRef(f"layers.{lm.index}.{r.name}", r.weight, r.bias, r.out_dim) for r in lm.mlp_down]
-        refs += [_weight_ref(f"layers.{lm.index}.extra{j}", m) for j, m in enumerate(lm.extra)]
-    return refs
+        i = lm.index
+        attn = _weight_ref(f"layers.{i}.attn_out", lm.attn_out)
+        refs.append(WeightRef(attn.name, attn.weight, attn.bias, attn.out_dim, "attn_out", i,
+                              _path_in(lm.block, lm.attn_out)))
+        refs += [WeightRef(f"layers.{i}.{r.name}", r.weight, r.bias, r.out_dim,
+                           "mlp_down" if r.weight.ndim == 2 else "experts", i, r.name) for r in lm.mlp_down]
+        for j, m in enumerate(lm.extra):
+            ref = _weight_ref(f"layers.{i}.extra{j}", m)
+            refs.append(WeightRef(ref.name, ref.weight, ref.bias, ref.out_dim, "extra", i, _path_in(lm.block, m)))
+    return refs if kinds is None else [r for r in refs if r.kind in kinds]

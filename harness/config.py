@@ -220,10 +220,29 @@ class SelectionConfig(_Strict):
     layers: list[int] | None = None
 
 
+ReadPoint = Literal["block_input", "layer_output"]
+EditModule = Literal["embed", "attn_out", "mlp_down", "experts", "extra"]
+
+
 class DirectionConfig(_Strict):
     method: Literal["diff_in_means", "inlp"] = "diff_in_means"
     layer: int | None = Field(None, description="fixed layer (as published); None = selection")
     pos: int | None = Field(None, description="fixed post-instruction position, negative from the end")
+    per_layer: bool = Field(
+        False, description="one direction per layer, each fit at that layer (at `pos`, default the last prompt "
+        "token), no selection sweep; the weight edit gives each layer's writers its own direction"
+    )
+    read_point: ReadPoint = Field(
+        "block_input", description="where activations are read: the residual entering each block, or each layer's "
+        "output as transformers reports it (`hidden_states[1:]`: the last layer's after the final norm)"
+    )
+    safe_mean_projection: bool = Field(
+        False, description="remove from each diff-in-means its component along the unit harmless (safe) mean"
+    )
+    fit_prompts: Literal["train", "construction"] = Field(
+        "train", description="`construction`: fit on every fit-area prompt of the construction split (train and "
+        "validation alike, no carve-out); needs a fixed layer or `per_layer`, as nothing is left to select on"
+    )
     selection: SelectionConfig = SelectionConfig()
     inlp_max_iter: int = 10
     inlp_chance_margin: float = 0.05
@@ -317,6 +336,17 @@ class InterventionConfig(_Strict):
     grid: GridConfig | None = Field(
         None, description="the method x intervention x scope grid (conditions `INTERVENTION@SCOPE`), compared by "
         "test_methods_compared")
+    edit_modules: list[EditModule] | None = Field(
+        None, description="which residual writers the weight edit touches, by kind (harness.arch.EDIT_MODULE_KINDS: "
+        "embed, attn_out, mlp_down, experts, extra); None = every residual writer"
+    )
+
+    @field_validator("edit_modules")
+    @classmethod
+    def _modules(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"edit_modules must name distinct module kinds, got {value!r}")
+        return value
 
 
 class GenerationConfig(_Strict):
@@ -390,6 +420,10 @@ class ChatConfig(_Strict):
     answer_prefix: str | None = Field(None, description="fixed text after the generation prompt before the answer")
     reasoning: Literal["none", "think", "harmony"] | None = None
     refusal_tokens: list[str] | None = Field(None, description="openings whose first token the refusal score counts")
+    strip_answer: bool = Field(
+        False, description="strip whitespace around each answer before it is judged (a study that decoded with "
+        "`.strip()`); the raw completion stays in the cache"
+    )
 
     @field_validator("date")
     @classmethod
@@ -422,6 +456,11 @@ class ReferenceConfig(_Strict):
 class StabilityConfig(_Strict):
     budgets: list[int] = [2, 4, 6, 8]
     repeats: int = Field(5, ge=1)
+    areas: Literal["fit", "all"] = Field(
+        "fit", description="`fit` (one direction): draw each budget from the fit areas and compare with the held-out "
+        "areas' direction; `all` (per-layer directions): draw from every construction area and compare each layer's "
+        "direction with that of the areas not drawn"
+    )
 
 
 class CapabilityConfig(_Strict):
@@ -449,9 +488,13 @@ class Thresholds(_Strict):
     harmless_kl_max: float
     capability_max_drop: float
     ce_max_delta: float
-    edit_logit_gap_max: float
-    selection_score_drop_min: float = Field(
-        description="test_direction_selected: how far (log-odds) ablating the selected direction must lower the "
+    edit_logit_gap_max: float | None = Field(None, description="test_edit_fidelity: largest |logit gap| edited vs ablated")
+    stability_p10_cosine_min: float | None = Field(
+        None, description="test_direction_stability with per-layer directions: smallest 10th percentile of the "
+        "per-layer cosines (the median is bounded by stability_cosine_min)"
+    )
+    selection_score_drop_min: float | None = Field(
+        None, description="test_direction_selected: how far (log-odds) ablating the selected direction must lower the "
         "mean refusal score on harmful validation prompts"
     )
     fixed_direction_cosine_min: float | None = Field(
@@ -545,7 +588,8 @@ class Experiment(_Strict):
 
     @model_validator(mode="after")
     def _fixed_direction_bound(self) -> "Experiment":
-        if self.direction.layer is not None and self.thresholds.fixed_direction_cosine_min is None:
+        if self.direction.layer is not None and not self.direction.per_layer \
+                and self.thresholds.fixed_direction_cosine_min is None:
             raise ValueError("direction.layer is fixed, so thresholds.fixed_direction_cosine_min must bound how far "
                              "the selected direction may stray from it")
         return self
@@ -572,6 +616,48 @@ class Experiment(_Strict):
                 ref is not None and ref.system_prompt for ref in (self.data.harmful_train, self.data.harmless_train)):
             raise ValueError("generation.system_prompt applies to every prompt; a train set's `system_prompt` would "
                              "be ambiguous beside it")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe(self) -> "Experiment":
+        d, iv = self.direction, self.intervention
+        if d.per_layer:
+            if d.layer is not None:
+                raise ValueError("direction.per_layer fits every layer; drop direction.layer")
+            if d.method != "diff_in_means" or d.compare_methods:
+                raise ValueError("direction.per_layer supports method = \"diff_in_means\" with compare_methods = [] "
+                                 "(the other methods and their ablation/INLP conditions take one direction)")
+            if iv.conditions != ["weight_edit"]:
+                raise ValueError(f"direction.per_layer runs the weight edit only (intervention.conditions = "
+                                 f"[\"weight_edit\"]), got {iv.conditions}: ablation and ActAdd take one direction")
+            if iv.grid is not None:
+                raise ValueError("direction.per_layer runs the weight edit only; intervention.grid's cells take one "
+                                 "direction")
+            if iv.edit_modules is None or "embed" in iv.edit_modules:
+                raise ValueError("direction.per_layer needs intervention.edit_modules without \"embed\": the "
+                                 "embeddings belong to no layer, so no layer's direction applies to them")
+        elif d.read_point != "block_input":
+            raise ValueError(f"direction.read_point = {d.read_point!r} needs direction.per_layer = true: the "
+                             "selection sweep, ablation and ActAdd act on block inputs")
+        if d.fit_prompts == "construction":
+            if self.data.construction is None:
+                raise ValueError("direction.fit_prompts = \"construction\" needs a data.construction split")
+            if not d.per_layer and d.layer is None:
+                raise ValueError("direction.fit_prompts = \"construction\" leaves no validation prompts to select a "
+                                 "direction on: fix direction.layer or set direction.per_layer")
+        if iv.keep_tie and iv.edit_modules is not None and "embed" not in iv.edit_modules:
+            raise ValueError("intervention.keep_tie applies to an edit of the embeddings; edit_modules leaves them "
+                             "untouched, so drop keep_tie")
+        t = self.thresholds
+        if not d.per_layer and t.selection_score_drop_min is None:
+            raise ValueError("thresholds.selection_score_drop_min is required: test_direction_selected asserts it")
+        if not d.per_layer and t.edit_logit_gap_max is None:
+            raise ValueError("thresholds.edit_logit_gap_max is required: test_edit_fidelity asserts it")
+        if (self.stability.areas == "all") != d.per_layer:
+            raise ValueError(f"stability.areas = {self.stability.areas!r} with direction.per_layer = {d.per_layer}: "
+                             "per-layer directions are compared across draws from all areas (areas = \"all\", "
+                             "median and 10th percentile of the per-layer cosines), one direction across fit-area "
+                             "budgets against the held-out areas (areas = \"fit\")")
         return self
 
     @model_validator(mode="after")

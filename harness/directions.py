@@ -258,3 +258,89 @@ def stability_summary(directions: Tensor, reference: Tensor | None = None) -> di
         out |= {"reference_mean": float(ref.mean()), "reference_min": float(ref.min())}
     return out
 
+
+
+# ------------------------------------------------------------------------------------------ per layer
+
+
+def without_safe_mean(diff: Tensor, safe_mean: Tensor) -> Tensor:
+    """`diff [..., d]` minus its component along the unit `safe_mean [..., d]` (row by row): what is left
+    does not point along the harmless prompts' mean activation."""
+    _check_same_shape(diff, safe_mean, "without_safe_mean")
+    axis = unit(safe_mean)
+    diff = diff.float()
+    return diff - (diff * axis).sum(-1, keepdim=True) * axis
+
+
+def per_layer_directions(harmful: Tensor, harmless: Tensor, *, safe_mean_projection: bool = False) -> Tensor:
+    """Unit directions `[layer, d]`, one per layer, from per-prompt activations `harmful [n, layer, d]` and
+    `harmless [m, layer, d]`: mean harmful minus mean harmless (means in float64), optionally without its
+    component along the unit harmless mean (`without_safe_mean`)."""
+    if harmful.ndim != 3 or harmless.ndim != 3 or harmful.shape[1:] != harmless.shape[1:]:
+        raise DirectionError(f"per_layer_directions needs [n, layer, d] and [m, layer, d], got "
+                             f"{tuple(harmful.shape)} and {tuple(harmless.shape)}")
+    if len(harmful) == 0 or len(harmless) == 0:
+        raise DirectionError(f"per_layer_directions needs both classes, got {len(harmful)} and {len(harmless)} prompts")
+    safe = harmless.double().mean(0)
+    diff = harmful.double().mean(0) - safe
+    if safe_mean_projection:
+        diff = without_safe_mean(diff.double(), safe).double()
+    return unit(diff)
+
+
+def area_split_cosines(
+    acts: Tensor,
+    harmful: Tensor,
+    areas: list[str],
+    budgets: list[int],
+    repeats: int,
+    seed: int,
+    *,
+    safe_mean_projection: bool = False,
+) -> list[dict]:
+    """Per-layer direction stability across policy areas: for each budget (in order) and repeat, draw
+    `budget` of the sorted distinct `areas` with one `numpy.random.default_rng(seed)` shared by every draw
+    (`Generator.choice` without replacement), fit per-layer directions on the drawn areas and on the rest,
+    and take each layer's cosine between the two. `acts [n, layer, d]`, `harmful [n]` bool, `areas [n]`.
+    Returns one row per budget: the areas drawn, mean prompt counts, and the per-layer cosines of every
+    repeat (`cosines [repeat][layer]`)."""
+    import numpy as np
+
+    if acts.ndim != 3 or len(acts) != len(harmful) or len(acts) != len(areas):
+        raise DirectionError(f"area_split_cosines: acts {tuple(acts.shape)}, {len(harmful)} labels, {len(areas)} areas")
+    pool = np.array(sorted(set(areas)))
+    bad = [b for b in budgets if not 0 < b < len(pool)]
+    if bad:
+        raise DirectionError(f"budgets {bad} must lie between 1 and {len(pool) - 1} (there are {len(pool)} areas)")
+    area_arr = np.asarray(areas)
+    harmful = torch.tensor(np.asarray(harmful, dtype=bool))
+    rng = np.random.default_rng(seed)
+
+    def fit(mask: np.ndarray) -> Tensor:
+        m = torch.as_tensor(mask)
+        return per_layer_directions(acts[m & harmful], acts[m & ~harmful], safe_mean_projection=safe_mean_projection)
+
+    rows = []
+    for budget in budgets:
+        draws, cosines, used, held = [], [], [], []
+        for _ in range(repeats):
+            drawn = rng.choice(pool, size=budget, replace=False)
+            used_mask = np.isin(area_arr, drawn)
+            cosines.append((fit(used_mask) * fit(~used_mask)).sum(-1).tolist())
+            draws.append(sorted(str(a) for a in drawn))
+            used.append(int(used_mask.sum()))
+            held.append(int((~used_mask).sum()))
+        rows.append({"budget": budget, "held_out_areas": len(pool) - budget, "areas": draws, "cosines": cosines,
+                     "used_prompts": int(np.mean(used)), "held_out_prompts": int(np.mean(held))})
+    return rows
+
+
+def layer_cosine_summary(cosines: list[list[float]], quantile: float = 0.10) -> dict[str, float]:
+    """Median and `quantile` (linear interpolation, numpy's default) of every per-layer cosine of every
+    repeat pooled together, as a per-layer stability table reports them."""
+    import numpy as np
+
+    pooled = np.concatenate([np.asarray(c, dtype=np.float64) for c in cosines])
+    if pooled.size == 0:
+        raise DirectionError("layer_cosine_summary needs at least one cosine")
+    return {"median": float(np.median(pooled)), f"p{round(100 * quantile)}": float(np.quantile(pooled, quantile))}

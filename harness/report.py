@@ -456,7 +456,20 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     if isinstance(curve, pd.DataFrame) and len(curve):
         curve.to_csv(run_dir / "stability.csv", index=False)
         plots.plot_stability(curve, run_dir / "stability.png", threshold=artifacts.get("stability_threshold"))
-        md += _section_stability(curve)
+        layer_table = artifacts.get("stability_table")
+        if isinstance(layer_table, pd.DataFrame) and len(layer_table):
+            # The columns of a per-layer study's category_generalization_table.csv, to compare row by row.
+            layer_table.to_csv(run_dir / "category_generalization_table.csv", index=False)
+            fit_report = artifacts.get("direction_fit_report")
+            if isinstance(fit_report, pd.DataFrame):
+                fit_report.to_csv(run_dir / "direction_fit_report.csv", index=False)
+            md += ["## Direction stability", "",
+                   "Per-layer directions fit from k policy areas drawn from all of them and from the areas not drawn: "
+                   "median and 10th percentile of every layer's cosine over the repeats (plot: the median per "
+                   "repeat). Table: category_generalization_table.csv.", "", "![stability](stability.png)", "",
+                   _table(layer_table), ""]
+        else:
+            md += _section_stability(curve)
 
     sweep = artifacts.get("selection")
     if isinstance(sweep, pd.DataFrame) and len(sweep):

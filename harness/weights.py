@@ -4,6 +4,7 @@ measurement of how faithfully the edit reproduces activation ablation."""
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,10 @@ _CHUNK = 8192  # d_model vectors edited at a time, bounding the float32 working 
 # Families whose vLLM model classes tie the read-out to the embedding matrix unconditionally (they have no
 # separate lm_head weight to load), so an edited checkpoint saved untied cannot run there.
 TIED_ONLY_FAMILIES: tuple[str, ...] = ("gemma", "gemma2", "gemma3", "gemma4")
+
+
+class EditError(ValueError):
+    """A weight edit that cannot be made as asked (per-layer directions that do not fit the model or its modules)."""
 
 
 class CheckpointError(ValueError):
@@ -72,41 +77,83 @@ def untie_embeddings(model: nn.Module) -> None:
             cfg.tie_word_embeddings = False
 
 
+def _edit_directions(model: nn.Module, direction: torch.Tensor) -> torch.Tensor:
+    """`[d_model]` (one direction) or `[n_layer, d_model]` (one per layer), unit rows."""
+    if direction.ndim == 2:
+        if direction.shape[0] != n_layers(model):
+            raise EditError(f"per-layer directions {tuple(direction.shape)}: {direction.shape[0]} rows for a model "
+                             f"with {n_layers(model)} layers")
+        return torch.stack([unit(check_width(model, row)) for row in direction])
+    return unit(check_width(model, direction).reshape(-1))
+
+
+def edited_writers(model: nn.Module, modules: Sequence[str] | None = None) -> list[WeightRef]:
+    """The parameters `orthogonalize` edits: every residual writer, or the kinds in `modules`
+    (harness.arch.EDIT_MODULE_KINDS), each shared parameter once."""
+    refs, seen = [], set()
+    for ref in residual_writers(model, modules):
+        if id(ref.weight) not in seen:  # a parameter shared by two writers is edited once
+            seen.add(id(ref.weight))
+            refs.append(ref)
+    return refs
+
+
 def orthogonalize(
     model: nn.Module,
     direction: torch.Tensor,
     norm_preserving: bool = False,
     untie: bool = True,
     inplace: bool = False,
+    modules: Sequence[str] | None = None,
 ) -> nn.Module:
     """Edited deep copy whose residual-writing weights (embeddings, attention outputs, MLP and
-    expert down projections with their biases, per-layer-input projections) have no component
-    along r_hat. `norm_preserving` rescales each written vector back to its original norm.
-    Tied embeddings are untied first (`untie`), because editing a tied matrix would also edit the
-    read-out, which activation ablation leaves alone. `untie=False` (the experiment's
-    `intervention.keep_tie`) edits the shared matrix once, so embedding and read-out both lose r_hat
-    and the checkpoint stays tied, as engines that require tied embeddings (vLLM's Gemma classes)
-    need. The input model is not modified unless `inplace` (for models too large to hold twice)."""
-    r = unit(check_width(model, direction).reshape(-1))
+    expert down projections with their biases, per-layer-input projections; or only the kinds in
+    `modules`, see harness.arch.EDIT_MODULE_KINDS) have no component along r_hat.
+    `direction` is `[d_model]`, or `[n_layer, d_model]` to give each block's writers its own direction
+    (the embeddings then cannot be among `modules`). `norm_preserving` rescales each written vector
+    (each column of a Linear weight, over its d_model output axis) back to its original norm.
+    Tied embeddings are untied first where the embeddings are edited (`untie`), because editing a tied
+    matrix would also edit the read-out, which activation ablation leaves alone. `untie=False` (the
+    experiment's `intervention.keep_tie`) edits the shared matrix once, so embedding and read-out both
+    lose r_hat and the checkpoint stays tied, as engines that require tied embeddings (vLLM's Gemma
+    classes) need. The input model is not modified unless `inplace` (for models too large to hold twice)."""
+    r = _edit_directions(model, direction)
     edited = model if inplace else copy.deepcopy(model)
-    if untie and is_tied(edited):
+    refs = edited_writers(edited, modules)
+    if r.ndim == 2 and any(ref.layer is None for ref in refs):
+        raise EditError("per-layer directions cannot edit the embeddings (they belong to no layer); leave "
+                         "\"embed\" out of the edited modules")
+    if untie and is_tied(edited) and any(ref.kind == "embed" for ref in refs):
         untie_embeddings(edited)
-    done: set[int] = set()
-    for ref in residual_writers(edited):
-        if id(ref.weight) in done:  # a parameter shared by two writers is edited once
-            continue
-        done.add(id(ref.weight))
-        _orthogonalize_ref(ref, r, norm_preserving)
+        refs = edited_writers(edited, modules)
+    for ref in refs:
+        _orthogonalize_ref(ref, r if r.ndim == 1 else r[ref.layer], norm_preserving)
     edited.eval().requires_grad_(False)
     return edited
 
 
-def edit_equals_ablation(model: nn.Module, *, norm_preserving: bool, scope: str, keep_tie: bool = False) -> bool:
+@torch.no_grad()
+def changed_parameters(original: nn.Module, edited: nn.Module) -> dict[str, list[int]]:
+    """What an edit changed, read from the weights: parameter path (inside its block, or the full name outside
+    the blocks) -> the layers where it differs from the original."""
+    before = dict(original.named_parameters())
+    changed: dict[str, list[int]] = {}
+    for name, p in edited.named_parameters():
+        if name in before and torch.equal(p, before[name].to(p.device)):
+            continue
+        match = re.search(r"layers\.(\d+)\.(.+)$", name)
+        path, layer = (match.group(2), int(match.group(1))) if match else (name, -1)
+        changed.setdefault(path, []).append(layer)
+    return changed
+
+
+def edit_equals_ablation(model: nn.Module, *, norm_preserving: bool, scope: str, keep_tie: bool = False,
+                         modules: Sequence[str] | None = None) -> bool:
     """Whether the weight edit computes exactly what directional ablation at every layer and position
     does, so an ablation condition may run as the edited checkpoint on an engine without hooks (vLLM):
-    the family's edit must be exact by construction, not norm-preserving, the ablation unscoped, and
-    the read-out untouched (a kept tie edits it too)."""
-    if keep_tie and is_tied(model):
+    the family's edit must be exact by construction, not norm-preserving, the ablation unscoped, every
+    residual writer edited (`modules` None), and the read-out untouched (a kept tie edits it too)."""
+    if (keep_tie and is_tied(model)) or modules is not None:
         return False
     return FAMILIES[family_of(model)].exact_edit and not norm_preserving and scope == "all"
 
