@@ -2,20 +2,32 @@
 
 A rehearsal runs an experiment end to end before anyone downloads a judge (or has access to it):
 the real judge class does the prompting, batching, generation and parsing, on a tiny random-init
-model from `harness.tiny`. Its outputs are noise, so most are unparseable and score None; that is
-the point of the exercise as much as the wiring. Every rehearsal judge says what it is
-(`rehearsal = True`, `revision = "rehearsal-random-init"`), and its `cache_identity()` differs from
-the real judge's, so rehearsal judgments never stand in for real ones in a cache.
+model from `harness.tiny`. Its outputs are noise: nearly all unparseable, or one verdict throughout. Where a
+batch's outputs carry fewer than two distinct verdicts, a scripted judge stands in for that batch: each verdict is
+a bit of the SHA-256 of the prompt and answer, written as the real judge's own output text ("safe" / "unsafe\nS1",
+"0" / "1") and parsed by the real parser (the short-response rule applies after it), so every table a real judge
+fills (rates per question, agreement, the reference comparison, unsafe-rate claims) is filled and exercised in a
+rehearsal, deterministically. Every rehearsal judge says what it is (`rehearsal = True`, `revision =
+"rehearsal-random-init"`, `stand_in` in its identity), and its `cache_identity()` differs from the real judge's,
+so rehearsal judgments never stand in for real ones in a cache.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from harness.judges import Judge
-from harness.judges.llamaguard import GUARD_MODELS, LlamaGuardJudge
-from harness.judges.sorry_bench import JUDGE_PROMPT_NAME, JUDGE_PROMPTS_RELPATH, SorryBenchJudge, load_judge_prompt
+from harness.judges.llamaguard import GUARD_MODELS, LlamaGuardJudge, try_parse_guard_output
+from harness.judges.sorry_bench import (
+    JUDGE_PROMPT_NAME,
+    JUDGE_PROMPTS_RELPATH,
+    SorryBenchJudge,
+    binary_score,
+    load_judge_prompt,
+)
 from harness.judges.substring import SubstringJudge
 
 REHEARSAL_REVISION = "rehearsal-random-init"
@@ -123,11 +135,39 @@ def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | Non
     raise ValueError(f"no rehearsal judge for {name!r}; known: substring, {', '.join(GUARD_MODELS)}, sorry-bench")
 
 
+# The real judge's output text for a scripted verdict (0, 1), which its own parser reads back.
+SCRIPTED_OUTPUTS: dict[str, tuple[str, str]] = {"llama": ("safe", "unsafe\nS1"), "mistral": ("0", "1")}
+STAND_IN_NOTE = ("scripted verdicts (a bit of sha256(prompt, answer)) for each batch where the random-init judge's "
+                 "outputs carry fewer than two distinct verdicts")
+
+
+def scripted_verdict(prompt: str, answer: str) -> int:
+    """A deterministic 0/1 verdict from the SHA-256 of the prompt and answer (the low bit of its first byte)."""
+    return hashlib.sha256(f"{prompt}\0{answer}".encode()).digest()[0] & 1
+
+
+def scripted_outputs(raw_outputs: Callable[[list[str], list[str]], list[str]], parse: Callable[[str], Any],
+                     texts: tuple[str, str]) -> Callable[[list[str], list[str]], list[str]]:
+    """`raw_outputs` (the random-init judge's generation), with the scripted verdicts' output texts in its place for
+    a batch whose parsed outputs carry fewer than two distinct verdicts (unparseable or constant)."""
+
+    def outputs(prompts: list[str], completions: list[str]) -> list[str]:
+        raw = raw_outputs(prompts, completions)
+        if len({parse(o) for o in raw} - {None}) >= 2:
+            return raw
+        return [texts[scripted_verdict(p, c)] for p, c in zip(prompts, completions)]
+
+    return outputs
+
+
 def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_source: str) -> Any:
     judge.rehearsal = True
     judge.CODE_MODULES = judge.CODE_MODULES + REHEARSAL_CODE
     judge.rehearsal_family = family
     judge.rehearsal_tokenizer = tokenizer_source
+    judge.stand_in = STAND_IN_NOTE
+    parse = (lambda o: try_parse_guard_output(o)[0]) if family == "llama" else binary_score
+    judge.raw_outputs = scripted_outputs(judge.raw_outputs, parse, SCRIPTED_OUTPUTS[family])
     return judge
 
 
