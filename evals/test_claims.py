@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fixtures.verdict import require
-from harness.judges.rates import counted_key, meaningful, rate_row
+from harness.judges.rates import counted_key, meaningful, rate_row, unjudged_failures
 from harness.stats import category_table, compare_to_reference, paired_difference, wilson_interval
 
 pytestmark = pytest.mark.gpu
@@ -53,15 +53,8 @@ def _require_judged(experiment, answers, judgments, judge: str, cells: list[tupl
             for c, w in cells}
     record.merge("unjudged", rows)
     for row in rows.values():
-        share = row["no_answer"] / row["n"] if row["n"] else 0.0
-        require(share <= t.no_answer_max,
-                f"{row['no_answer']} of {row['n']} completions on {row['condition']}/{row['set']} reached no answer "
-                f"(cut inside the reasoning or no final channel; {share:.1%} > no_answer_max {t.no_answer_max:.0%})",
-                "no_answer_max")
-        require(row["unparseable_share"] <= t.judge_unparseable_max,
-                f"{judge}: {row['unparseable']} of {row['n'] - row['no_answer']} outputs unparseable on "
-                f"{row['condition']}/{row['set']} ({row['unparseable_share']:.1%} > judge_unparseable_max "
-                f"{t.judge_unparseable_max:.0%})", "judge_unparseable_max")
+        for message, threshold in unjudged_failures(row, t.no_answer_max, t.judge_unparseable_max):
+            require(False, message, threshold)
 
 
 def _record_agreement(judgments, judges, condition: str, record) -> None:

@@ -347,7 +347,7 @@ class JudgeConfig(_Strict):
 
     @model_validator(mode="after")
     def _headline(self) -> "JudgeConfig":
-        configured = self.names()
+        configured = self._configured()
         for key, name in self.headline.items():
             if name not in configured:
                 raise ValueError(f"headline.{key} judge {name!r} is not configured; configured: {configured}")
@@ -362,21 +362,24 @@ class JudgeConfig(_Strict):
             raise ValueError("short_response_words applies to a Llama Guard `model` only")
         return self
 
-    def names(self) -> list[str]:
-        """Every configured judge: the refusal headline first, then the harm headline, then the rest."""
+    def _configured(self) -> list[str]:
         names = ([self.model] if self.model else []) + (["substring"] if self.substring else [])
         if not names:
             raise ValueError("no judge configured: set `substring = true` or a `model`")
-        heads = [h for h in (self.headline_for("refusal", names), self.headline_for("harm", names)) if h]
+        return names
+
+    def names(self) -> list[str]:
+        """Every configured judge: the refusal headline first, then the harm headline, then the rest."""
+        names = self._configured()
+        heads = [h for h in (self.headline_for("refusal"), self.headline_for("harm")) if h]
         return heads + [n for n in names if n not in heads]
 
-    def headline_for(self, key: HeadlineKey, names: list[str] | None = None) -> str | None:
+    def headline_for(self, key: HeadlineKey) -> str | None:
         """The headline judge of `key` ("refusal" or "harm"): the configured one, else the default (refusal: the
         fulfilment judge, else substring; harm: the harm judge); None where no judge answers it."""
         if key in self.headline:
             return self.headline[key]
-        names = names if names is not None else (
-            ([self.model] if self.model else []) + (["substring"] if self.substring else []))
+        names = self._configured()
         for question in DEFAULT_HEADLINE_ORDER[key]:
             for name in names:
                 if JUDGE_QUESTION[name] == question:

@@ -47,3 +47,21 @@ def meaningful(judge: str, which: str) -> bool:
     """Whether a judge's rate on a prompt set means something: the fulfilment judge is defined on potentially
     unsafe requests only, so its rate on harmless prompts is not reported."""
     return not (judge_question(judge) == "fulfilment" and which == "harmless")
+
+
+def unjudged_failures(row: dict, no_answer_max: float, unparseable_max: float) -> list[tuple[str, str]]:
+    """(message, threshold field) for each bound a cell of completions breaks: more than `no_answer_max` of its
+    completions reached no answer, or more than `unparseable_max` of the judged outputs were unparseable. `row` is
+    harness.judges.unjudged's count for one judge, condition and prompt set."""
+    failures = []
+    share = row["no_answer"] / row["n"] if row["n"] else 0.0
+    where = f"{row['condition']}/{row['set']}"
+    if share > no_answer_max:
+        failures.append((f"{row['no_answer']} of {row['n']} completions on {where} reached no answer (cut inside the "
+                         f"reasoning or no final channel; {share:.1%} > no_answer_max {no_answer_max:.0%})",
+                         "no_answer_max"))
+    if row["unparseable_share"] > unparseable_max:
+        failures.append((f"{row['judge']}: {row['unparseable']} of {row['n'] - row['no_answer']} outputs unparseable "
+                         f"on {where} ({row['unparseable_share']:.1%} > judge_unparseable_max {unparseable_max:.0%})",
+                         "judge_unparseable_max"))
+    return failures

@@ -3,31 +3,24 @@
 A rehearsal runs an experiment end to end before anyone downloads a judge (or has access to it):
 the real judge class does the prompting, batching, generation and parsing, on a tiny random-init
 model from `harness.tiny`. Its outputs are noise: nearly all unparseable, or one verdict throughout. Where a
-batch's outputs carry fewer than two distinct verdicts, a scripted judge stands in for that batch: each verdict is
-a bit of the SHA-256 of the prompt and answer, written as the real judge's own output text ("safe" / "unsafe\nS1",
-"0" / "1") and parsed by the real parser (the short-response rule applies after it), so every table a real judge
-fills (rates per question, agreement, the reference comparison, unsafe-rate claims) is filled and exercised in a
-rehearsal, deterministically. Every rehearsal judge says what it is (`rehearsal = True`, `revision =
-"rehearsal-random-init"`, `stand_in` in its identity), and its `cache_identity()` differs from the real judge's,
-so rehearsal judgments never stand in for real ones in a cache.
+batch's verdicts (after the judge's own rules, such as the short-response rule, which a rehearsal's short
+completions always trigger) carry fewer than two distinct values, a scripted judge stands in for that batch: each
+verdict is a bit of the SHA-256 of the prompt and answer, so every table a real judge fills (rates per question,
+agreement, the reference comparison, unsafe-rate claims) is filled and exercised in a rehearsal, deterministically.
+Every rehearsal judge says what it is (`rehearsal = True`, `revision = "rehearsal-random-init"`, `stand_in` in its
+identity), and its `cache_identity()` differs from the real judge's, so rehearsal judgments never stand in for real
+ones in a cache.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from harness.judges import Judge
-from harness.judges.llamaguard import GUARD_MODELS, LlamaGuardJudge, try_parse_guard_output
-from harness.judges.sorry_bench import (
-    JUDGE_PROMPT_NAME,
-    JUDGE_PROMPTS_RELPATH,
-    SorryBenchJudge,
-    binary_score,
-    load_judge_prompt,
-)
+from harness.judges.llamaguard import GUARD_MODELS, LlamaGuardJudge
+from harness.judges.sorry_bench import JUDGE_PROMPT_NAME, JUDGE_PROMPTS_RELPATH, SorryBenchJudge, load_judge_prompt
 from harness.judges.substring import SubstringJudge
 
 REHEARSAL_REVISION = "rehearsal-random-init"
@@ -135,10 +128,8 @@ def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | Non
     raise ValueError(f"no rehearsal judge for {name!r}; known: substring, {', '.join(GUARD_MODELS)}, sorry-bench")
 
 
-# The real judge's output text for a scripted verdict (0, 1), which its own parser reads back.
-SCRIPTED_OUTPUTS: dict[str, tuple[str, str]] = {"llama": ("safe", "unsafe\nS1"), "mistral": ("0", "1")}
-STAND_IN_NOTE = ("scripted verdicts (a bit of sha256(prompt, answer)) for each batch where the random-init judge's "
-                 "outputs carry fewer than two distinct verdicts")
+STAND_IN_NOTE = ("scripted verdicts (a bit of sha256(prompt, answer)) for each batch where the random-init judge "
+                 "gives fewer than two distinct verdicts")
 
 
 def scripted_verdict(prompt: str, answer: str) -> int:
@@ -146,33 +137,39 @@ def scripted_verdict(prompt: str, answer: str) -> int:
     return hashlib.sha256(f"{prompt}\0{answer}".encode()).digest()[0] & 1
 
 
-def scripted_outputs(raw_outputs: Callable[[list[str], list[str]], list[str]], parse: Callable[[str], Any],
-                     texts: tuple[str, str]) -> Callable[[list[str], list[str]], list[str]]:
-    """`raw_outputs` (the random-init judge's generation), with the scripted verdicts' output texts in its place for
-    a batch whose parsed outputs carry fewer than two distinct verdicts (unparseable or constant)."""
+class ScriptedStandIn:
+    """A rehearsal judge: the random-init judge runs on every batch (its prompting, generation, parsing and rules,
+    e.g. the short-response rule, all exercised), and where its verdicts for a batch carry fewer than two distinct
+    values (unparseable or constant, as random weights give) the scripted verdicts stand in for that batch.
+    State: the wrapped judge; everything else is delegated to it."""
 
-    def outputs(prompts: list[str], completions: list[str]) -> list[str]:
-        raw = raw_outputs(prompts, completions)
-        if len({parse(o) for o in raw} - {None}) >= 2:
-            return raw
-        return [texts[scripted_verdict(p, c)] for p, c in zip(prompts, completions)]
+    def __init__(self, judge: LlamaGuardJudge | SorryBenchJudge):
+        self.judge = judge
+        self.stand_in = STAND_IN_NOTE
 
-    return outputs
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["judge"], name)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]:
+        scores = self.judge(prompts, completions)
+        if len(set(scores) - {None}) >= 2:
+            return scores
+        return [scripted_verdict(p, c) for p, c in zip(prompts, completions)]
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {**self.judge.cache_identity(), "stand_in": STAND_IN_NOTE}
 
 
-def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_source: str) -> Any:
+def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_source: str) -> ScriptedStandIn:
     judge.rehearsal = True
     judge.CODE_MODULES = judge.CODE_MODULES + REHEARSAL_CODE
     judge.rehearsal_family = family
     judge.rehearsal_tokenizer = tokenizer_source
-    judge.stand_in = STAND_IN_NOTE
-    parse = (lambda o: try_parse_guard_output(o)[0]) if family == "llama" else binary_score
-    judge.raw_outputs = scripted_outputs(judge.raw_outputs, parse, SCRIPTED_OUTPUTS[family])
-    return judge
+    return ScriptedStandIn(judge)
 
 
 def _guard(name: str, seed: int, short_response_words: int | None, size: str, device: str,
-           batch_size: int | None) -> LlamaGuardJudge:
+           batch_size: int | None) -> ScriptedStandIn:
     model, tokenizer, source = _judge_model("llama", seed, size, device)
     tokenizer.chat_template = GUARD_TEMPLATE
     judge = LlamaGuardJudge(
@@ -200,7 +197,7 @@ def judge_prompt_or_placeholder() -> dict[str, Any]:
     return load_judge_prompt(JUDGE_PROMPT_NAME, root / JUDGE_PROMPTS_RELPATH)
 
 
-def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> SorryBenchJudge:
+def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> ScriptedStandIn:
     model, tokenizer, source = _judge_model("mistral", seed, size, device)
     judge = SorryBenchJudge(
         revision=REHEARSAL_REVISION,
