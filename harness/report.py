@@ -375,6 +375,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
         "outcomes": {k: v.get("outcome", "not run") for k, v in claims.items()},
         "provenance": {k: v["provenance"] for k, v in claims.items() if "provenance" in v},
         "setup": {k: _jsonable(artifacts[k]) for k in SETUP_ARTIFACTS if k in artifacts},
+        "rates": _unique_rows(artifacts.get("conditions", [])),
         "environment": _jsonable(artifacts.get("environment", {})),
         **({"grid": _jsonable(artifacts["grid"])} if artifacts.get("grid") else {}),
     })
