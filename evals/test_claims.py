@@ -129,9 +129,10 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
     _record_agreement(judgments, judges, "baseline", record)
     harmful, harmless = by_judge[refusal]["harmful"], by_judge[over]["harmless"]
     figures = {"harmful": _figure(harmful), "harmless": _figure(harmless)}
-    figures["other_judges"] = {j: {w: {counted_key(r["question"]): r[counted_key(r["question"])], "n": r["n"]}
-                                   for w, r in rs.items()}
-                               for j, rs in by_judge.items() if j not in (refusal, over)}
+    used = {(refusal, "harmful"), (over, "harmless")}
+    others = {j: {w: {counted_key(r["question"]): r[counted_key(r["question"])], "n": r["n"]}
+                  for w, r in rs.items() if (j, w) not in used} for j, rs in by_judge.items()}
+    figures["other_judges"] = {j: rows for j, rows in others.items() if rows}
     text = f"refusal rate ({refusal}) harmful {harmful['rate']:.1%}, ({over}) harmless {harmless['rate']:.1%}"
     if harm:
         text += f"; unsafe rate ({harm}) harmful {by_judge[harm]['harmful']['rate']:.1%}"
