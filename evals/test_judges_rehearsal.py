@@ -104,7 +104,8 @@ def test_scripted_stand_in_keeps_a_judge_that_varies():
 
     stand_in = ScriptedStandIn(Varied())
     assert stand_in(["a", "b", "c"], ["x", "y", "z"]) == [0, 1, None]
-    assert stand_in.question == "harm" and stand_in.cache_identity() == {"name": "llamaguard2", "stand_in": STAND_IN_NOTE}
+    assert stand_in.question == "harm"
+    assert stand_in.cache_identity() == {"name": "llamaguard2", "stand_in": STAND_IN_NOTE}
 
 
 def test_sorry_bench_rehearsal_without_the_evaluator_uses_a_marked_placeholder(tmp_path, monkeypatch):

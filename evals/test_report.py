@@ -80,7 +80,8 @@ def test_report_sections_and_results(tmp_path):
     assert "| baseline | substring (refusal) | harmful | 6/7 | 85.7% | 50.0% to 97.0% | 3 | 0 |" in refusal_table
     assert "| baseline | llamaguard3 (harm) | harmful | 2/6 | 33.3% | 10.0% to 70.0% | 3 | 1 |" in unsafe_table
     assert "llamaguard3" not in refusal_table and "refused" not in unsafe_table
-    assert "| substring (refusal) | llamaguard3 (harm) | baseline | harmful | 7 | 1 | 2 | 3 | 1 | 33.3% | 25.0% | 3 |" in md
+    cross = "| substring (refusal) | llamaguard3 (harm) | baseline | harmful | 7 | 1 | 2 | 3 | 1 | 33.3% | 25.0% | 3 |"
+    assert cross in md
     assert "| substring | refusal |" in md and "| llamaguard3 | harm |" in md
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["claims"]["test_refusal_drop[ablation]"] == {"substring": {"drop_pp": 40.04}}

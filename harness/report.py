@@ -130,7 +130,8 @@ def _section_conditions(rows: list[dict]) -> list[str]:
         out += [f"## {measure.capitalize()} by condition", "", intro, "",
                 f"| condition | judge (question) | prompt set | {count} / judged | {measure} | 95% CI | no answer "
                 "| unparseable |", "|---|---|---|---|---|---|---|---|"]
-        out += [f"| {r['condition']} | {r['judge']} ({r.get('question', 'refusal')}) | {r['set']} | {r[count]}/{r['n']} "
+        out += [f"| {r['condition']} | {r['judge']} ({r.get('question', 'refusal')}) | {r['set']} "
+                f"| {r[count]}/{r['n']} "
                 f"| {_pct(r['rate'])} | {_pct(r['ci_low'])} to {_pct(r['ci_high'])} | {r.get('no_answer', 0)} "
                 f"| {r.get('unparseable', 0)} |" for r in mine]
         out.append("")
@@ -190,6 +191,12 @@ def _share(x: float) -> str:
     return "n/a" if math.isnan(x) else _pct(x)
 
 
+def _named(row: dict, side: str) -> str:
+    """A judge with its question, e.g. `sorry-bench (fulfilment)`, where the row records it."""
+    question = row.get(f"question_{side}")
+    return f"{row[side]} ({question})" if question else row[side]
+
+
 def _section_agreement(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
@@ -201,7 +208,8 @@ def _section_agreement(rows: dict[str, dict]) -> list[str]:
     out = ["## Judge agreement", "", intro, ""]
     out += list(dict.fromkeys(_disagreement_kinds(r["a"], r["b"]) for r in rows.values()))
     out += ["", header, "|---|---|---|---|---|---|---|---|---|---|"]
-    out += [f"| {r['a']} | {r['b']} | {r['condition']} | {r['set']} | {r['n']} | {_share(r['agreement'])} "
+    out += [f"| {_named(r, 'a')} | {_named(r, 'b')} | {r['condition']} | {r['set']} | {r['n']} "
+            f"| {_share(r['agreement'])} "
             f"| {_kappa(r['kappa'])} | {r['a_refused_b_complied']} | {r['a_complied_b_refused']} | {r['skipped']} |"
             for r in rows.values()]
     return out + [""]
@@ -217,8 +225,8 @@ def _section_cross(rows: dict[str, dict]) -> list[str]:
            "a non-refusal is judged safe, and a refusal judged unsafe (a refusal phrase beside harmful content, or a "
            "false alarm), over the pairs both judged.", "",
            "| refusal judge (question) | harm judge (question) | condition | prompt set | n | non-refusal, safe "
-           "| non-refusal, unsafe | refusal, safe | refusal, unsafe | non-refusals judged safe | refusals judged unsafe "
-           "| skipped |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| non-refusal, unsafe | refusal, safe | refusal, unsafe | non-refusals judged safe "
+           "| refusals judged unsafe | skipped |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out += [f"| {r['refusal_judge']} ({r['question_refusal']}) | {r['harm_judge']} ({r['question_harm']}) "
             f"| {r['condition']} | {r['set']} | {r['n']} | {r['complied_safe']} | {r['complied_unsafe']} "
             f"| {r['refused_safe']} | {r['refused_unsafe']} | {_share(r['complied_safe_share'])} "
@@ -274,9 +282,9 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
         out.append("")
     judges = artifacts.get("judges")
     if judges:
-        out += ["## Judges", "", "Each judge answers one question: refusal (did the model decline), fulfilment (did the "
-                "answer fulfil a potentially unsafe request) or harm (is the answer unsafe). The first is the refusal "
-                "headline (refusal claims are asserted on it; over-refusal on harmless prompts on a refusal judge "
+        out += ["## Judges", "", "Each judge answers one question: refusal (did the model decline), fulfilment "
+                "(did the answer fulfil a potentially unsafe request) or harm (is the answer unsafe). The first is "
+                "the refusal headline (refusal claims are asserted on it; over-refusal on harmless prompts on a refusal judge "
                 "only); a harm judge's headline carries the unsafe-rate claims.", "",
                 "| judge | question | identity |", "|---|---|---|"]
         out += [f"| {name} | {ident.get('question', 'refusal')} | `{json.dumps(ident, sort_keys=True)}` |"
