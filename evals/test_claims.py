@@ -462,19 +462,24 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
     require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp", "methods_drop_pp_min")
 
 
-def _grid_cell(cell, experiment, judgments, judges, harmless_logits, capability_scores, conditions) -> dict:
-    """One row of the method x intervention x scope table: refusal drop per judge, harmless refusal (headline
-    judge), mean harmless KL, and the CE rise on the capability text set where the experiment has one."""
+def _grid_cell(cell, experiment, answers, judgments, judges, harmless_logits, capability_scores, conditions) -> dict:
+    """One row of the method x intervention x scope table: refusal drop per refusal/fulfilment judge, unsafe rate
+    per harm judge, harmless refusal (the over-refusal judge, a refusal judge), mean harmless KL, and the CE rise on
+    the capability text set where the experiment has one."""
     from harness.capability import next_token_kl
-    from harness.config import GRID_METHOD, parse_cell
+    from harness.config import GRID_METHOD, MEASURE, judge_question, parse_cell
 
     kind, scope = parse_cell(cell)
-    headline = experiment.judges.headline_name
+    over = experiment.judges.over_refusal_judge()
     row = {"method": GRID_METHOD[kind], "intervention": kind, "scope": scope}
     for judge in judges:
-        before = _rates(judgments, "baseline", judge)["harmful"]["rate"]
-        row[f"drop_pp[{judge}]"] = 100 * (before - _rates(judgments, cell, judge)["harmful"]["rate"])
-    row["harmless_refusal"] = _rates(judgments, cell, headline)["harmless"]["rate"]
+        after = _row(judgments, answers, cell, judge, "harmful")
+        if MEASURE[judge_question(judge)] == "unsafe rate":
+            row[f"unsafe_rate[{judge}]"] = after["rate"]
+            continue
+        before = _row(judgments, answers, "baseline", judge, "harmful")["rate"]
+        row[f"drop_pp[{judge}]"] = 100 * (before - after["rate"])
+    row["harmless_refusal"] = _row(judgments, answers, cell, over, "harmless")["rate"]
     row["harmless_kl"] = float(next_token_kl(harmless_logits("baseline"), harmless_logits(cell)).mean())
     row["ce_delta"] = (capability_scores(cell, "text")["ce"] - capability_scores("baseline", "text")["ce"]
                        if experiment.capability.text is not None else None)
@@ -492,14 +497,15 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
 
     t = experiment.thresholds
     headline = experiment.judges.headline_name
+    over = experiment.judges.over_refusal_judge()
     dim_cell, inlp_cell = comparison.split("~")
-    cells = {c: _grid_cell(c, experiment, judgments, judges, harmless_logits, capability_scores, conditions)
+    cells = {c: _grid_cell(c, experiment, answers, judgments, judges, harmless_logits, capability_scores, conditions)
              for c in (dim_cell, inlp_cell)}
     table = record.merge("grid", cells)
     record.artifact("grid_table", pd.DataFrame(list(table.values())).sort_values(["method", "intervention", "scope"]))
     figures = compare(
         paired_scores(judgments(dim_cell, "harmful", headline), judgments(inlp_cell, "harmful", headline)),
-        paired_scores(judgments(dim_cell, "harmless", headline), judgments(inlp_cell, "harmless", headline)),
+        paired_scores(judgments(dim_cell, "harmless", over), judgments(inlp_cell, "harmless", over)),
         (cells[dim_cell]["harmless_kl"], cells[inlp_cell]["harmless_kl"]),
         (cells[dim_cell]["ce_delta"], cells[inlp_cell]["ce_delta"]),
         alpha=t.mcnemar_alpha, kl_max=t.methods_kl_max, ce_max=t.methods_ce_max)
@@ -518,10 +524,12 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
         headline=(f"{headline}: refusal drop won by {won['refusal_drop']} (expected {expected}), "
                   f"p = {figures.get('harmful_mcnemar_p', float('nan')):.3g}; KL {won['kl']}, CE {won['ce']}, "
                   f"harmless refusal {won['harmless_refusal']}; matched budget: {figures['matched_budget']}"),
-        provenance=_provenance(sets, [headline], "baseline", dim_cell, inlp_cell))
+        provenance=_provenance(sets, list(dict.fromkeys([headline, over])), "baseline", dim_cell, inlp_cell))
     assert figures == claim_snapshot
-    _require_parseable(experiment, answers, judgments, headline,
-                       [(c, w) for c in ("baseline", dim_cell, inlp_cell) for w in ("harmful", "harmless")], record)
+    _require_judged(experiment, answers, judgments, headline,
+                    [(c, "harmful") for c in ("baseline", dim_cell, inlp_cell)], record)
+    _require_judged(experiment, answers, judgments, over, [(c, "harmless") for c in ("baseline", dim_cell, inlp_cell)],
+                    record)
     for c, row in cells.items():
         require(row["harmless_kl"] <= t.methods_kl_max,
                 f"{c}: harmless KL {row['harmless_kl']:.3g} over the budget {t.methods_kl_max}", "methods_kl_max")
