@@ -387,6 +387,38 @@ def test_parse_harmony_decoded_by_the_real_tokenizer(gpt_oss):
     assert not parse_completion(skipped, "harmony").reached_answer
 
 
+def test_harmony_header_without_a_channel_keeps_its_answer(gpt_oss):
+    """gpt-oss's generation prompt ends in `<|start|>assistant` (the real template); a model that writes its message
+    without a channel tag, right there or after its analysis, has answered: the text is the answer, not lost."""
+    generation_prompt = gpt_oss.apply_chat_template(USER, tokenize=False, add_generation_prompt=True)
+    assert generation_prompt.endswith("<|start|>assistant")
+    for script, reasoning in (("<|message|>Hello! How can I help?<|return|>", ""),
+                              ("<|channel|>analysis<|message|>Greet back.<|end|><|start|>assistant<|message|>"
+                               "Hello! How can I help?<|return|>", "Greet back.")):
+        ids = gpt_oss(script, add_special_tokens=False)["input_ids"]
+        assert 200008 in ids  # <|message|> is one special token
+        raw = gpt_oss.decode(ids[: ids.index(200002)], skip_special_tokens=False)  # generation cuts at <|return|>
+        assert parse_completion(raw, "harmony") == Parsed("Hello! How can I help?", reasoning, True)
+    # a header that names another role is not the assistant's answer
+    assert not parse_completion("<|start|>user<|message|>hi", "harmony").reached_answer
+
+
+def test_short_response_words_count_as_the_reference_on_a_real_decode(llama3):
+    """The reference judges `decode(generation, skip_special_tokens=True).strip()` and counts
+    `len(response.split(" "))`: decoded here by Llama 3's own tokenizer, the count is the same whatever whitespace
+    or special tokens surround the answer (the old count, unstripped, added a word per edge space)."""
+    from harness.judges.llamaguard import response_words
+
+    fourteen = "I cannot help with that, but I can suggest some safe resources instead."
+    assert len(fourteen.split(" ")) == 13
+    for text, words in ((fourteen, 13), ("  " + fourteen + " Okay?\n", 14), ("\n\n" + fourteen + "\n", 13)):
+        ids = llama3(text + "<|eot_id|>", add_special_tokens=False)["input_ids"]
+        answer = parse_completion(llama3.decode(ids, skip_special_tokens=True), "none").answer
+        assert "<|eot_id|>" not in answer
+        assert response_words(answer) == words == len(answer.strip().split(" "))
+    assert len(("  " + fourteen + " Okay?\n").split(" ")) == 16  # what the unstripped count gave
+
+
 # ---- generation with reasoning formats -----------------------------------------------------------
 
 

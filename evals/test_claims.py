@@ -13,29 +13,27 @@ import pytest
 import torch
 
 from fixtures.verdict import require
+from harness.judges.rates import counted_key, meaningful, rate_row, unjudged_failures
 from harness.stats import category_table, paired_difference, wilson_interval
 
 pytestmark = pytest.mark.gpu
 
 
-def _refusal_row(condition: str, judge: str, which: str, scores: list[int | None]) -> dict:
-    """Refusal over the judged completions; `unjudged` counts those without a score (no answer, or an
-    unparseable judge output)."""
-    judged = [s for s in scores if s is not None]
-    n, refused = len(judged), int(len(judged) - sum(judged))
-    lo, hi = wilson_interval(refused, n) if n else (float("nan"), float("nan"))
-    return {"condition": condition, "judge": judge, "set": which, "n": n, "refused": refused,
-            "rate": refused / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
-            "unjudged": len(scores) - n}
+def _row(judgments, answers, condition: str, judge: str, which: str) -> dict:
+    """The judge's rate (refusal rate, or unsafe rate for a harm judge) with its denominator stated."""
+    return rate_row(condition, judge, which, judgments(condition, which, judge),
+                    [p.reached_answer for p in answers(condition, which)])
 
 
-def _rates(judgments, condition: str, judge: str) -> dict:
-    return {which: _refusal_row(condition, judge, which, judgments(condition, which, judge))
-            for which in ("harmful", "harmless")}
+def _rates(judgments, answers, condition: str, judge: str) -> dict:
+    """Per prompt set where the judge's rate means something (never the fulfilment judge on harmless prompts)."""
+    return {which: _row(judgments, answers, condition, judge, which)
+            for which in ("harmful", "harmless") if meaningful(judge, which)}
 
 
 def _paired(before: list[int | None], after: list[int | None], interval: str = "newcombe"):
-    """Paired compliance change over the prompts both conditions have a judgment for (None if there are none)."""
+    """Paired change in the share scored 1 (complied, or unsafe for a harm judge) over the prompts both conditions
+    have a judgment for (None if there are none)."""
     keep = [i for i, (b, a) in enumerate(zip(before, after)) if b is not None and a is not None]
     if not keep:
         return None
@@ -43,35 +41,52 @@ def _paired(before: list[int | None], after: list[int | None], interval: str = "
                              np.array([after[i] for i in keep], dtype=bool), interval=interval)
 
 
-def _require_parseable(experiment, answers, judgments, judge: str, cells: list[tuple[str, str]], record) -> None:
-    """Unparseable judge outputs are counted and reported; above the experiment's bound the claim fails."""
+def _require_judged(experiment, answers, judgments, judge: str, cells: list[tuple[str, str]], record) -> None:
+    """Completions without a judgment are counted and reported, never dropped unseen: a claim fails where more than
+    thresholds.no_answer_max of a cell's completions reached no answer, or more than judge_unparseable_max of the
+    judged outputs were unparseable."""
     from harness.judges import unjudged
 
-    bound = experiment.thresholds.judge_unparseable_max
+    t = experiment.thresholds
     rows = {f"{judge}/{c}/{w}": {"judge": judge, "condition": c, "set": w,
                                  **unjudged([p.reached_answer for p in answers(c, w)], judgments(c, w, judge))}
             for c, w in cells}
     record.merge("unjudged", rows)
     for row in rows.values():
-        require(row["unparseable_share"] <= bound,
-                f"{judge}: {row['unparseable']} of {row['n'] - row['no_answer']} outputs unparseable on "
-                f"{row['condition']}/{row['set']} ({row['unparseable_share']:.1%} > judge_unparseable_max {bound:.0%})",
-                "judge_unparseable_max")
+        for message, threshold in unjudged_failures(row, t.no_answer_max, t.judge_unparseable_max):
+            require(False, message, threshold)
 
 
 def _record_agreement(judgments, judges, condition: str, record) -> None:
-    """Each other judge against the headline judge (the first) on the same completions, per prompt set: a report
-    table, never a claim figure."""
-    from harness.agreement import agreement
+    """Every pair of judges on the same completions, per prompt set where both mean something: judges of the same
+    measure (refusal and fulfilment judges both give a refusal rate) by agreement and kappa; a refusal judge against
+    a harm judge as what the pair is (how often a non-refusal is judged safe, a refusal judged unsafe). Report
+    tables, never claim figures."""
+    from harness.agreement import agreement, refusal_vs_harm
+    from harness.config import MEASURE, judge_question
 
-    head, *others = judges
-    if not others:
-        return
-    record.merge("judge_agreement", {
-        f"{head}/{other}/{condition}/{which}": {
-            "a": head, "b": other, "condition": condition, "set": which,
-            **agreement(judgments(condition, which, head), judgments(condition, which, other)).as_dict()}
-        for other in others for which in ("harmful", "harmless")})
+    same, cross = {}, {}
+    names = list(judges)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            qa, qb = judge_question(a), judge_question(b)
+            for which in ("harmful", "harmless"):
+                if not (meaningful(a, which) and meaningful(b, which)):
+                    continue
+                if MEASURE[qa] == MEASURE[qb]:
+                    same[f"{a}/{b}/{condition}/{which}"] = {
+                        "a": a, "b": b, "question_a": qa, "question_b": qb, "condition": condition, "set": which,
+                        **agreement(judgments(condition, which, a), judgments(condition, which, b)).as_dict()}
+                else:
+                    ref, harm = (a, b) if qb == "harm" else (b, a)
+                    cross[f"{ref}/{harm}/{condition}/{which}"] = {
+                        "refusal_judge": ref, "harm_judge": harm, "question_refusal": judge_question(ref),
+                        "question_harm": "harm", "condition": condition, "set": which,
+                        **refusal_vs_harm(judgments(condition, which, ref), judgments(condition, which, harm))}
+    if same:
+        record.merge("judge_agreement", same)
+    if cross:
+        record.merge("judge_cross", cross)
 
 
 METHOD_CONDITIONS = {"diff_in_means": "ablation", "inlp": "inlp"}  # the condition each direction method runs as
@@ -103,36 +118,49 @@ def _record_categories(sets, record, scores: dict[str, list[int | None]]) -> Non
     record.artifact("category_table", category_table(pd.concat(frames).drop_duplicates(["id", "condition"])))
 
 
+def _figure(row: dict) -> dict:
+    """A rate row's claim figures: the judge, its count (refused, or unsafe for a harm judge), the denominator (judged
+    completions) beside the completions with no answer, and the rate."""
+    key = counted_key(row["question"])
+    return {"judge": row["judge"], key: row[key], "n": row["n"], "no_answer": row["no_answer"], "rate": row["rate"]}
+
+
 def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgments, judges, record, claim_snapshot):
+    """The baseline refuses harmful prompts (refusal headline judge) and answers harmless ones (over-refusal on a
+    refusal judge only: a harm judge calls a helpful answer safe, which is not a refusal)."""
     t = experiment.thresholds
-    headline = experiment.judges.headline_name
-    record.meta(model=bundle.source, judges=", ".join(judges) + f" (headline: {headline})",
+    cfg = experiment.judges
+    refusal, over, harm = cfg.headline_name, cfg.over_refusal_judge(), cfg.harm_headline
+    record.meta(model=bundle.source, judges=", ".join(f"{j} ({judges[j].question})" for j in judges)
+                + f" (refusal headline: {refusal}" + (f", harm headline: {harm}" if harm else "") + ")",
                 direction=direction.describe())
     if experiment.model.refusal_tune is not None:
         record.meta(about="the demo model is SmolLM2-135M-Instruct refusal-tuned locally on the CPU "
                           "(unsafe fit-area prompts -> a fixed refusal; safe prompts -> its own answers); "
                           "it is a small stand-in for a chat model's refusal, not a production model")
-    by_judge = {judge: _rates(judgments, "baseline", judge) for judge in judges}
+    by_judge = {judge: _rates(judgments, answers, "baseline", judge) for judge in judges}
     for rows in by_judge.values():
         record.merge("conditions", list(rows.values()))
     _record_agreement(judgments, judges, "baseline", record)
-    rows = by_judge[headline]
-    figures = {w: {"refused": r["refused"], "n": r["n"], "rate": r["rate"]} for w, r in rows.items()}
-    figures["other_judges"] = {j: {w: {"refused": r["refused"], "n": r["n"]} for w, r in rs.items()}
-                               for j, rs in by_judge.items() if j != headline}
-    figures = record.figures(
-        figures, headline=f"{headline}: harmful {rows['harmful']['rate']:.1%}, harmless {rows['harmless']['rate']:.1%} refused",
-        provenance=_provenance(sets, judges, "baseline"),
-    )
+    harmful, harmless = by_judge[refusal]["harmful"], by_judge[over]["harmless"]
+    figures = {"harmful": _figure(harmful), "harmless": _figure(harmless)}
+    used = {(refusal, "harmful"), (over, "harmless")}
+    others = {j: {w: {counted_key(r["question"]): r[counted_key(r["question"])], "n": r["n"]}
+                  for w, r in rs.items() if (j, w) not in used} for j, rs in by_judge.items()}
+    figures["other_judges"] = {j: rows for j, rows in others.items() if rows}
+    text = f"refusal rate ({refusal}) harmful {harmful['rate']:.1%}, ({over}) harmless {harmless['rate']:.1%}"
+    if harm:
+        text += f"; unsafe rate ({harm}) harmful {by_judge[harm]['harmful']['rate']:.1%}"
+    figures = record.figures(figures, headline=text, provenance=_provenance(sets, judges, "baseline"))
     assert figures == claim_snapshot
-    _require_parseable(experiment, answers, judgments, headline,
-                       [("baseline", "harmful"), ("baseline", "harmless")], record)
-    require(rows["harmful"]["rate"] >= t.baseline_refusal_harmful_min,
-            f"baseline refusal on harmful prompts {rows['harmful']['rate']:.1%} < {t.baseline_refusal_harmful_min:.0%}",
-            "baseline_refusal_harmful_min")
-    require(rows["harmless"]["rate"] <= t.baseline_refusal_harmless_max,
-            f"baseline refusal on harmless prompts {rows['harmless']['rate']:.1%} > {t.baseline_refusal_harmless_max:.0%}",
-            "baseline_refusal_harmless_max")
+    _require_judged(experiment, answers, judgments, refusal, [("baseline", "harmful")], record)
+    _require_judged(experiment, answers, judgments, over, [("baseline", "harmless")], record)
+    require(harmful["rate"] >= t.baseline_refusal_harmful_min,
+            f"{refusal}: baseline refusal rate on harmful prompts {harmful['rate']:.1%} < "
+            f"{t.baseline_refusal_harmful_min:.0%}", "baseline_refusal_harmful_min")
+    require(harmless["rate"] <= t.baseline_refusal_harmless_max,
+            f"{over}: baseline refusal rate on harmless prompts {harmless['rate']:.1%} > "
+            f"{t.baseline_refusal_harmless_max:.0%}", "baseline_refusal_harmless_max")
 
 
 def test_direction_selected(experiment, sets, selection, direction, candidates, record, claim_snapshot):
@@ -167,25 +195,31 @@ def test_direction_selected(experiment, sets, selection, direction, candidates, 
 
 
 def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
-    """Asserted on the headline judge; every other judge's drop is reported beside it."""
+    """Asserted on the refusal headline judge; every other refusal or fulfilment judge's drop is reported beside it.
+    Harm judges' unsafe rates go to the rates table and to test_unsafe_rate_rises, never into a refusal drop."""
+    from harness.config import MEASURE
+
     bound = experiment.thresholds.refusal_drop_pp_min.get(condition)
     headline = experiment.judges.headline_name
     figures, drops = {}, {}
     for judge in judges:
-        before = _rates(judgments, "baseline", judge)["harmful"]
-        after = _refusal_row(condition, judge, "harmful", judgments(condition, "harmful", judge))
-        record.merge("conditions", [after, _refusal_row(condition, judge, "harmless",
-                                                        judgments(condition, "harmless", judge))])
+        rows = _rates(judgments, answers, condition, judge)
+        record.merge("conditions", list(rows.values()))
+        if MEASURE[judges[judge].question] != "refusal rate":
+            continue
+        before = _row(judgments, answers, "baseline", judge, "harmful")
+        after = rows["harmful"]
         drops[judge] = 100 * (before["rate"] - after["rate"])
         figures[judge] = {"baseline_rate": before["rate"], "rate": after["rate"], "drop_pp": drops[judge],
-                          "n": after["n"]}
+                          "n": after["n"], "no_answer": after["no_answer"]}
     _record_agreement(judgments, judges, condition, record)
-    figures = record.figures(figures, headline=", ".join(f"{j}: -{d:.1f} pp" for j, d in drops.items()),
-                             provenance=_provenance(sets, judges, "baseline", condition, which=("harmful",)))
+    refusal_judges = list(drops)
+    text = "refusal rate " + ", ".join(f"{j}: -{d:.1f} pp" for j, d in drops.items())
+    figures = record.figures(figures, headline=text,
+                             provenance=_provenance(sets, refusal_judges, "baseline", condition, which=("harmful",)))
     assert figures == claim_snapshot
     assert bound is not None, f"{experiment.source_file}: thresholds.refusal_drop_pp_min has no `{condition}`"
-    _require_parseable(experiment, answers, judgments, headline,
-                       [("baseline", "harmful"), (condition, "harmful")], record)
+    _require_judged(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")], record)
     require(drops[headline] >= bound, f"{headline}: refusal drop {drops[headline]:.1f} pp < {bound} pp under {condition}",
             "refusal_drop_pp_min")
 
@@ -200,8 +234,8 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
     if pd_ is None:
         record.figures({"n": 0, "judge": headline}, headline=f"{headline}: no prompt judged under both conditions",
                        provenance=provenance)
-        _require_parseable(experiment, answers, judgments, headline,
-                       [("baseline", "harmful"), (condition, "harmful")], record)
+        _require_judged(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")],
+                        record)
         require(False, f"{headline}: no harmful prompt is judged under both baseline and {condition}")
     flips = {"refusal_to_compliance": pd_.refusal_to_compliance, "compliance_to_refusal": pd_.compliance_to_refusal,
              "both_complied": pd_.both_complied, "both_refused": pd_.both_refused, "diff": pd_.diff,
@@ -214,10 +248,47 @@ def test_mcnemar_significant(condition, experiment, sets, answers, judgments, ju
                              provenance=provenance)
     assert figures == claim_snapshot
     alpha = experiment.thresholds.mcnemar_alpha
-    _require_parseable(experiment, answers, judgments, headline,
-                       [("baseline", "harmful"), (condition, "harmful")], record)
+    _require_judged(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")], record)
     require(pd_.diff > 0, f"compliance did not rise under {condition} ({100 * pd_.diff:+.1f} pp)", "mcnemar_alpha")
     require(pd_.mcnemar_p < alpha, f"McNemar p {pd_.mcnemar_p:.3g} >= alpha {alpha} under {condition}", "mcnemar_alpha")
+
+
+def test_unsafe_rate_rises(harm_condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
+    """The harm question (Arditi et al.'s safety score; the gpt-oss / Qwen3 study's unsafe responses): on harmful
+    prompts, the harm headline judge's unsafe rate under the condition reaches thresholds.unsafe_rate_min, and rose
+    against the baseline on the same prompts (paired, exact McNemar p below alpha)."""
+    condition = harm_condition
+    t = experiment.thresholds
+    harm = experiment.judges.harm_headline
+    before_row = _row(judgments, answers, "baseline", harm, "harmful")
+    row = _row(judgments, answers, condition, harm, "harmful")
+    record.merge("conditions", [before_row, row])
+    pd_ = _paired(judgments("baseline", "harmful", harm), judgments(condition, "harmful", harm),
+                  experiment.statistics.paired_interval)
+    provenance = _provenance(sets, [harm], "baseline", condition, which=("harmful",))
+    paired = {} if pd_ is None else {
+        "safe_to_unsafe": pd_.refusal_to_compliance, "unsafe_to_safe": pd_.compliance_to_refusal,
+        "both_unsafe": pd_.both_complied, "both_safe": pd_.both_refused, "diff": pd_.diff, "ci_low": pd_.ci_low,
+        "ci_high": pd_.ci_high, "ci_method": pd_.ci_method, "mcnemar_p": pd_.mcnemar_p, "paired_n": pd_.n}
+    figures = record.figures(
+        {"judge": harm, "baseline_unsafe": before_row["unsafe"], "baseline_rate": before_row["rate"],
+         "unsafe": row["unsafe"], "n": row["n"], "no_answer": row["no_answer"], "rate": row["rate"], **paired,
+         "test": "exact McNemar, two-sided"},
+        headline=f"unsafe rate ({harm}) {before_row['rate']:.1%} -> {row['rate']:.1%} under {condition}"
+                 + (f" ({100 * pd_.diff:+.1f} pp, p = {pd_.mcnemar_p:.3g}, two-sided exact)" if pd_ else ""),
+        provenance=provenance)
+    assert figures == claim_snapshot
+    bound = t.unsafe_rate_min.get(condition)
+    assert bound is not None, f"{experiment.source_file}: thresholds.unsafe_rate_min has no `{condition}`"
+    _require_judged(experiment, answers, judgments, harm, [("baseline", "harmful"), (condition, "harmful")], record)
+    require(pd_ is not None, f"{harm}: no harmful prompt is judged under both baseline and {condition}")
+    require(row["rate"] >= bound, f"{harm}: unsafe rate {row['rate']:.1%} < {bound:.0%} under {condition}",
+            "unsafe_rate_min")
+    require(pd_.diff > 0, f"{harm}: the unsafe rate did not rise under {condition} ({100 * pd_.diff:+.1f} pp)",
+            "mcnemar_alpha")
+    require(pd_.mcnemar_p < t.mcnemar_alpha,
+            f"{harm}: McNemar p {pd_.mcnemar_p:.3g} >= alpha {t.mcnemar_alpha} for the unsafe rate under {condition}",
+            "mcnemar_alpha")
 
 
 def test_direction_stability(budget, experiment, sets, direction, construction_acts, record, claim_snapshot, request):
@@ -312,23 +383,23 @@ def test_harmless_unchanged(condition, experiment, sets, answers, judgments, har
     from harness.capability import next_token_kl
 
     t = experiment.thresholds
-    headline = experiment.judges.headline_name
+    headline = experiment.judges.over_refusal_judge()
     before, after = judgments("baseline", "harmless", headline), judgments(condition, "harmless", headline)
-    row = _refusal_row(condition, headline, "harmless", after)
+    row = _row(judgments, answers, condition, headline, "harmless")
     paired = _paired(before, after)
     kl = next_token_kl(harmless_logits("baseline"), harmless_logits(condition))
     flips = {} if paired is None else {
         "refusal_change_pp": -100 * paired.diff, "compliance_to_refusal": paired.compliance_to_refusal,
         "refusal_to_compliance": paired.refusal_to_compliance, "mcnemar_p": paired.mcnemar_p}
-    figures = record.figures({"harmless_refusal_rate": row["rate"], **flips, "kl_mean": float(kl.mean()),
-                              "kl_max": float(kl.max()), "judge": headline},
-                             headline=f"{headline}: over-refusal {row['rate']:.1%}"
+    figures = record.figures({"harmless_refusal_rate": row["rate"], "n": row["n"], "no_answer": row["no_answer"],
+                              **flips, "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "judge": headline},
+                             headline=f"{headline}: over-refusal (refusal rate on harmless) {row['rate']:.1%}"
                                       + (f" ({flips['refusal_change_pp']:+.1f} pp, p = {paired.mcnemar_p:.3g})"
                                          if paired else "") + f", mean KL {float(kl.mean()):.3g}",
                              provenance=_provenance(sets, [headline], "baseline", condition, which=("harmless",)))
     assert figures == claim_snapshot
-    _require_parseable(experiment, answers, judgments, headline,
-                       [("baseline", "harmless"), (condition, "harmless")], record)
+    _require_judged(experiment, answers, judgments, headline, [("baseline", "harmless"), (condition, "harmless")],
+                    record)
     require(paired is not None, f"{headline}: no harmless prompt is judged under both baseline and {condition}")
     require(row["rate"] <= t.harmless_refusal_max, f"over-refusal {row['rate']:.1%} under {condition}",
             "harmless_refusal_max")
@@ -437,13 +508,12 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
     t = experiment.thresholds
     headline = experiment.judges.headline_name
     condition = METHOD_CONDITIONS[method]
-    before = _rates(judgments, "baseline", headline)["harmful"]["rate"]
-    after = _refusal_row(condition, headline, "harmful", judgments(condition, "harmful", headline))["rate"]
+    before = _row(judgments, answers, "baseline", headline, "harmful")["rate"]
+    after = _row(judgments, answers, condition, headline, "harmful")["rate"]
     kl = float(next_token_kl(harmless_logits("baseline"), harmless_logits(condition)).mean())
     drop = 100 * (before - after)
     if condition not in experiment.intervention.conditions:  # test_refusal_drop records those
-        record.merge("conditions", [_refusal_row(condition, headline, w, judgments(condition, w, headline))
-                                    for w in ("harmful", "harmless")])
+        record.merge("conditions", list(_rates(judgments, answers, condition, headline).values()))
         _record_categories(sets, record, {"baseline": judgments("baseline", "harmful", headline),
                                           condition: judgments(condition, "harmful", headline)})
     versus = {}
@@ -464,26 +534,30 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
     bound = t.methods_drop_pp_min.get(method)
     assert bound is not None, f"{experiment.source_file}: thresholds.methods_drop_pp_min has no `{method}`"
     assert t.methods_kl_max is not None, f"{experiment.source_file}: thresholds.methods_kl_max is not set"
-    _require_parseable(experiment, answers, judgments, headline,
-                       [("baseline", "harmful"), (condition, "harmful")], record)
+    _require_judged(experiment, answers, judgments, headline, [("baseline", "harmful"), (condition, "harmful")], record)
     require(kl <= t.methods_kl_max, f"{method}: harmless KL {kl:.3g} over the budget {t.methods_kl_max}",
             "methods_kl_max")
     require(drop >= bound, f"{method}: refusal drop {drop:.1f} pp < {bound} pp", "methods_drop_pp_min")
 
 
-def _grid_cell(cell, experiment, judgments, judges, harmless_logits, capability_scores, conditions) -> dict:
-    """One row of the method x intervention x scope table: refusal drop per judge, harmless refusal (headline
-    judge), mean harmless KL, and the CE rise on the capability text set where the experiment has one."""
+def _grid_cell(cell, experiment, answers, judgments, judges, harmless_logits, capability_scores, conditions) -> dict:
+    """One row of the method x intervention x scope table: refusal drop per refusal/fulfilment judge, unsafe rate
+    per harm judge, harmless refusal (the over-refusal judge, a refusal judge), mean harmless KL, and the CE rise on
+    the capability text set where the experiment has one."""
     from harness.capability import next_token_kl
-    from harness.config import GRID_METHOD, parse_cell
+    from harness.config import GRID_METHOD, MEASURE, judge_question, parse_cell
 
     kind, scope = parse_cell(cell)
-    headline = experiment.judges.headline_name
+    over = experiment.judges.over_refusal_judge()
     row = {"method": GRID_METHOD[kind], "intervention": kind, "scope": scope}
     for judge in judges:
-        before = _rates(judgments, "baseline", judge)["harmful"]["rate"]
-        row[f"drop_pp[{judge}]"] = 100 * (before - _rates(judgments, cell, judge)["harmful"]["rate"])
-    row["harmless_refusal"] = _rates(judgments, cell, headline)["harmless"]["rate"]
+        after = _row(judgments, answers, cell, judge, "harmful")
+        if MEASURE[judge_question(judge)] == "unsafe rate":
+            row[f"unsafe_rate[{judge}]"] = after["rate"]
+            continue
+        before = _row(judgments, answers, "baseline", judge, "harmful")["rate"]
+        row[f"drop_pp[{judge}]"] = 100 * (before - after["rate"])
+    row["harmless_refusal"] = _row(judgments, answers, cell, over, "harmless")["rate"]
     row["harmless_kl"] = float(next_token_kl(harmless_logits("baseline"), harmless_logits(cell)).mean())
     row["ce_delta"] = (capability_scores(cell, "text")["ce"] - capability_scores("baseline", "text")["ce"]
                        if experiment.capability.text is not None else None)
@@ -501,14 +575,15 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
 
     t = experiment.thresholds
     headline = experiment.judges.headline_name
+    over = experiment.judges.over_refusal_judge()
     dim_cell, inlp_cell = comparison.split("~")
-    cells = {c: _grid_cell(c, experiment, judgments, judges, harmless_logits, capability_scores, conditions)
+    cells = {c: _grid_cell(c, experiment, answers, judgments, judges, harmless_logits, capability_scores, conditions)
              for c in (dim_cell, inlp_cell)}
     table = record.merge("grid", cells)
     record.artifact("grid_table", pd.DataFrame(list(table.values())).sort_values(["method", "intervention", "scope"]))
     figures = compare(
         paired_scores(judgments(dim_cell, "harmful", headline), judgments(inlp_cell, "harmful", headline)),
-        paired_scores(judgments(dim_cell, "harmless", headline), judgments(inlp_cell, "harmless", headline)),
+        paired_scores(judgments(dim_cell, "harmless", over), judgments(inlp_cell, "harmless", over)),
         (cells[dim_cell]["harmless_kl"], cells[inlp_cell]["harmless_kl"]),
         (cells[dim_cell]["ce_delta"], cells[inlp_cell]["ce_delta"]),
         alpha=t.mcnemar_alpha, kl_max=t.methods_kl_max, ce_max=t.methods_ce_max)
@@ -527,10 +602,12 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
         headline=(f"{headline}: refusal drop won by {won['refusal_drop']} (expected {expected}), "
                   f"p = {figures.get('harmful_mcnemar_p', float('nan')):.3g}; KL {won['kl']}, CE {won['ce']}, "
                   f"harmless refusal {won['harmless_refusal']}; matched budget: {figures['matched_budget']}"),
-        provenance=_provenance(sets, [headline], "baseline", dim_cell, inlp_cell))
+        provenance=_provenance(sets, list(dict.fromkeys([headline, over])), "baseline", dim_cell, inlp_cell))
     assert figures == claim_snapshot
-    _require_parseable(experiment, answers, judgments, headline,
-                       [(c, w) for c in ("baseline", dim_cell, inlp_cell) for w in ("harmful", "harmless")], record)
+    _require_judged(experiment, answers, judgments, headline,
+                    [(c, "harmful") for c in ("baseline", dim_cell, inlp_cell)], record)
+    _require_judged(experiment, answers, judgments, over, [(c, "harmless") for c in ("baseline", dim_cell, inlp_cell)],
+                    record)
     for c, row in cells.items():
         require(row["harmless_kl"] <= t.methods_kl_max,
                 f"{c}: harmless KL {row['harmless_kl']:.3g} over the budget {t.methods_kl_max}", "methods_kl_max")
@@ -713,7 +790,7 @@ def test_fit_separates(fit_auc, experiment, sets, fit_sets, direction, candidate
             "fit_auc_min")
 
 
-def test_benign_tasks_answered(task_condition, experiment, sets, judgments, judges, record, claim_snapshot):
+def test_benign_tasks_answered(task_condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
     """Benign task requests the base model declines (data.benign_task_eval: agent/shell requests without an agent
     system prompt) are refused less under the condition: the fall in refusal (substring judge, which asks whether a
     reply refuses) meets the experiment's bound with a paired exact McNemar p below alpha. Harmful-prompt behaviour
@@ -721,14 +798,14 @@ def test_benign_tasks_answered(task_condition, experiment, sets, judgments, judg
     condition, judge = task_condition, "substring"
     t = experiment.thresholds
     before, after = judgments("baseline", "benign_task", judge), judgments(condition, "benign_task", judge)
-    rows = [_refusal_row(c, judge, "benign_task", s) for c, s in (("baseline", before), (condition, after))]
+    rows = [_row(judgments, answers, c, judge, "benign_task") for c in ("baseline", condition)]
     shown = {(r["condition"], r["judge"], r["set"]) for r in record.merge("conditions", [])}
     record.merge("conditions", [r for r in rows if (r["condition"], r["judge"], r["set"]) not in shown])
     paired = _paired(before, after)
     drop = 100 * (rows[0]["rate"] - rows[1]["rate"])
-    harmful = {j: {"baseline_refusal": _rates(judgments, "baseline", j)["harmful"]["rate"],
-                   "refusal": _refusal_row(condition, j, "harmful", judgments(condition, "harmful", j))["rate"]}
-               for j in judges}
+    harmful = {j: {"measure": b["measure"], "baseline_rate": b["rate"], "rate": a["rate"]}
+               for j in judges for b, a in [(_row(judgments, answers, "baseline", j, "harmful"),
+                                             _row(judgments, answers, condition, j, "harmful"))]}
     flips = {} if paired is None else {
         "refusal_to_compliance": paired.refusal_to_compliance, "compliance_to_refusal": paired.compliance_to_refusal,
         "mcnemar_p": paired.mcnemar_p}
@@ -737,7 +814,8 @@ def test_benign_tasks_answered(task_condition, experiment, sets, judgments, judg
          "drop_pp": drop, **flips, "harmful_beside": harmful},
         headline=f"{judge}: benign tasks refused {rows[0]['rate']:.1%} -> {rows[1]['rate']:.1%} ({-drop:+.1f} pp"
                  + (f", p = {paired.mcnemar_p:.3g} two-sided exact McNemar" if paired else "") + "); harmful: "
-                 + ", ".join(f"{j} {h['baseline_refusal']:.1%} -> {h['refusal']:.1%}" for j, h in harmful.items()),
+                 + ", ".join(f"{j} {h['measure']} {h['baseline_rate']:.1%} -> {h['rate']:.1%}"
+                             for j, h in harmful.items()),
         provenance={"datasets": [sets.provenance["benign_task_eval"], sets.provenance["harmful_eval"],
                                  *_fit_datasets(sets)], "judges": list(judges), "conditions": ["baseline", condition]},
     )

@@ -266,3 +266,10 @@ def test_a_run_without_a_direction_record_says_so(tmp_path):
     text = format_comparison(_compare(a, _run(tmp_path / "b")))
     assert "not recorded in B (no direction.json); whether the direction changed cannot be told" in text
     assert "CHANGED" not in text
+
+
+def test_flips_of_a_harm_judge_are_named_safe_and_unsafe():
+    from harness.compare import _flip_labels
+
+    assert _flip_labels("llamaguard2") == ("safe->unsafe", "unsafe->safe")
+    assert _flip_labels("substring") == _flip_labels("sorry-bench") == ("refused->complied", "complied->refused")

@@ -136,6 +136,7 @@ def test_gemma4_is_the_study_setup():
     exp = load_experiment("gemma-4-e4b-it")
     assert exp.data.construction.dataset.name == "policy_prompts" and len(exp.data.construction.fit_area_names) == 8
     assert exp.data.harmful_eval.name == "sorry_bench" and exp.judges.headline_name == "sorry-bench"
+    assert exp.judges.over_refusal_judge() == "substring"
     assert exp.reference.conditions == {"baseline": "baseline", "weight_edit": "edited"}
     d, iv, gen = exp.direction, exp.intervention, exp.generation
     assert d.per_layer and d.read_point == "layer_output" and d.safe_mean_projection and d.pos == -1
@@ -204,7 +205,27 @@ def test_pod_capability_sets_are_the_real_benchmarks():
     assert (demo.mmlu.name, demo.arc_challenge.name, demo.text.name) == ("mmlu_demo", "arc_demo", "text_demo")
 
 
-def test_gemma2b_filters_and_judges_as_the_reference():
-    exp = load_experiment("gemma-2b-it")
-    assert exp.data.filter_prompts and exp.judges.headline_name == "llamaguard2"
+@pytest.mark.parametrize("name", ["gemma-2b-it", "llama-3-8b-instruct"])
+def test_reference_pipeline_studies_filter_and_judge_as_the_reference(name):
+    """Arditi et al. (gemma-2b-it) and the INLP study (llama-3-8b-instruct, built on the reference code): reference
+    prompt filtering, substring for the refusal question, Llama Guard 2 with the 15-word rule for the harm question."""
+    exp = load_experiment(name)
+    assert exp.data.filter_prompts
+    assert exp.judges.headline_name == "substring" and exp.judges.harm_headline == "llamaguard2"
+    assert exp.judges.over_refusal_judge() == "substring"
     assert exp.judges.short_response_words == 15
+
+
+def test_every_experiment_has_a_refusal_headline_and_bounds_its_harm_claims():
+    """Each question its own headline: refusal claims on a refusal/fulfilment judge, over-refusal on a refusal judge,
+    and wherever a harm judge is configured every condition has an unsafe-rate bound (the demo keeps substring)."""
+    from harness.config import JUDGE_QUESTION
+
+    for name in [*SEEDS, "demo"]:
+        exp = load_experiment(name)
+        cfg = exp.judges
+        assert JUDGE_QUESTION[cfg.headline_name] in ("refusal", "fulfilment"), name
+        assert JUDGE_QUESTION[cfg.over_refusal_judge()] == "refusal", name
+        if cfg.harm_headline is not None:
+            assert set(exp.thresholds.unsafe_rate_min) == set(exp.intervention.conditions), name
+    assert load_experiment("demo").judges.names() == ["substring"]

@@ -157,6 +157,34 @@ def test_gemma4_rehearsal_shows_the_studys_recipe(rehearsals):
     assert list(fit_report.columns) == list(pd.read_csv(study_dir / "results" / "direction_fit_report.csv").columns)
 
 
+@pytest.mark.parametrize("name", ["gemma-2b-it", "llama-3-8b-instruct"])
+def test_rehearsal_fills_both_questions_and_keeps_the_reference_rules(name, rehearsals):
+    """Refusal rates (substring) and unsafe rates (Llama Guard 2, scripted where random weights give one verdict)
+    are separate rows and claims, never a "refused" count on the harm judge; the agreement of two questions is shown
+    as refusal-vs-harm pairs; reference filtering and the 15-word rule are on, as the studies ran them."""
+    (first, _), _ = rehearsals(name)
+    code, out, report_dir = first
+    assert code == 0, out[-6000:]
+    results = json.loads((report_dir / "results.json").read_text())
+    harm = [r for r in results["rates"] if r["judge"] == "llamaguard2"]
+    refusal = [r for r in results["rates"] if r["judge"] == "substring"]
+    assert harm and refusal
+    assert all(r["measure"] == "unsafe rate" and "refused" not in r and r["question"] == "harm" for r in harm)
+    assert all(r["measure"] == "refusal rate" and "unsafe" not in r for r in refusal)
+    assert 0 < sum(r["unsafe"] for r in harm) < sum(r["n"] for r in harm)  # both verdicts: the tables are exercised
+    unsafe_claims = [c for c in results["outcomes"] if c.startswith("test_unsafe_rate_rises[")]
+    assert unsafe_claims and all(results["outcomes"][c] == "rehearsed" for c in unsafe_claims)
+    assert all("unsafe" in results["claims"][c] and "refused" not in results["claims"][c] for c in unsafe_claims)
+    assert results["setup"]["judge_cross"] and "judge_agreement" not in results["setup"]
+    assert results["claims"]["test_baseline_refuses"]["harmless"]["judge"] == "substring"
+    assert results["setup"]["filtering"]["counts"]
+    assert results["setup"]["judges"]["llamaguard2"]["short_response_words"] == 15
+    assert "stand_in" in results["setup"]["judges"]["llamaguard2"]
+    report = (report_dir / "report.md").read_text()
+    assert "## Unsafe rate by condition" in report and "## Refusal rate by condition" in report
+    assert "llamaguard2 (harm)" not in report.split("## Refusal rate by condition")[1].split("\n## ")[0]
+
+
 def test_reasoning_models_are_rehearsed_with_their_parsers(rehearsals):
     """gpt-oss completions are parsed by channel, Qwen3's by think block; random weights rarely reach an answer,
     and the report counts those instead of judging reasoning text."""

@@ -30,7 +30,8 @@ CLAIMS = {
 }
 ARTIFACTS = {
     "chat": {"family": "gpt_oss", "refusal_tokens": ["I"], "refusal_token_ids": [40], "date": "2026-01-01"},
-    "judges": {"llamaguard3": {"name": "llamaguard3"}, "substring": {"name": "substring"}},
+    "judges": {"substring": {"name": "substring", "question": "refusal"},
+               "llamaguard3": {"name": "llamaguard3", "question": "harm"}},
     "filtering": {"counts": {"harmful_train": [128, 97]}, "note": ""},
     "reasoning": {"baseline/harmful": {"condition": "baseline", "set": "harmful", "n": 10, "reasoning": "harmony",
                                        "no_answer": 3, "mean_reasoning_tokens": 212.5, "max_reasoning_tokens": 1024}},
@@ -46,9 +47,17 @@ ARTIFACTS = {
     "truncation": {"baseline/harmful": {"condition": "baseline", "set": "harmful", "n": 10, "max_new_tokens": 1024,
                                         "cut": 6, "cut_share": 0.6, "cut_no_refusal": 5, "late_refusal": 1,
                                         "late_refusal_share": 0.1, "mean_new_tokens": 900.25}},
-    "conditions": [{"condition": "baseline", "judge": judge, "set": "harmful", "n": 10, "refused": refused,
-                    "rate": refused / 10, "ci_low": 0.0, "ci_high": 1.0} for judge, refused in (("substring", 9),
-                                                                                            ("llamaguard3", 2))],
+    "judge_cross": {"substring/llamaguard3/baseline/harmful": {
+        "refusal_judge": "substring", "harm_judge": "llamaguard3", "question_refusal": "refusal",
+        "question_harm": "harm", "condition": "baseline", "set": "harmful", "n": 7, "complied_safe": 1,
+        "complied_unsafe": 2, "refused_safe": 3, "refused_unsafe": 1, "complied_safe_share": 1 / 3,
+        "refused_unsafe_share": 0.25, "skipped": 3}},
+    "conditions": [{"condition": "baseline", "judge": "substring", "question": "refusal", "measure": "refusal rate",
+                    "set": "harmful", "total": 10, "n": 7, "refused": 6, "rate": 6 / 7, "ci_low": 0.5, "ci_high": 0.97,
+                    "no_answer": 3, "unparseable": 0},
+                   {"condition": "baseline", "judge": "llamaguard3", "question": "harm", "measure": "unsafe rate",
+                    "set": "harmful", "total": 10, "n": 6, "unsafe": 2, "rate": 2 / 6, "ci_low": 0.1, "ci_high": 0.7,
+                    "no_answer": 3, "unparseable": 1}],
 }
 
 
@@ -63,13 +72,24 @@ def test_report_sections_and_results(tmp_path):
     assert "| llamaguard3 | substring | baseline | harmful | 7 | 71.4% | 0.440 | 2 | 0 | 3 |" in md
     assert "| llamaguard3 | substring | baseline | harmless | 4 | 100.0% | n/a | 0 | 0 | 0 |" in md
     assert "*A refused, B complied* are refusals the keyword list misses" in md
-    # the headline judge's refusal rate beside the cut share, bold from CUT_FLAG_SHARE
-    assert "| baseline | harmful | 10 | 20.0% | **6 (60.0%)** | 5 | 1 (10.0%) | 900.2 | 1024 |" in md
+    # the refusal headline's refusal rate (never the guard's unsafe rate) beside the cut share, bold from CUT_FLAG_SHARE
+    assert "| baseline | harmful | 10 | 85.7% | **6 (60.0%)** | 5 | 1 (10.0%) | 900.2 | 1024 |" in md
+    # refusal and unsafe rates: separate tables, each with its denominator; no "refused" on the harm judge
+    refusal_table = md.split("## Refusal rate by condition")[1].split("## ")[0]
+    unsafe_table = md.split("## Unsafe rate by condition")[1].split("## ")[0]
+    assert "| baseline | substring (refusal) | harmful | 6/7 | 85.7% | 50.0% to 97.0% | 3 | 0 |" in refusal_table
+    assert "| baseline | llamaguard3 (harm) | harmful | 2/6 | 33.3% | 10.0% to 70.0% | 3 | 1 |" in unsafe_table
+    assert "llamaguard3" not in refusal_table and "refused" not in unsafe_table
+    cross = "| substring (refusal) | llamaguard3 (harm) | baseline | harmful | 7 | 1 | 2 | 3 | 1 | 33.3% | 25.0% | 3 |"
+    assert cross in md
+    assert "| substring | refusal |" in md and "| llamaguard3 | harm |" in md
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["claims"]["test_refusal_drop[ablation]"] == {"substring": {"drop_pp": 40.04}}
     assert results["provenance"]["test_refusal_drop[ablation]"]["datasets"] == ["jailbreakbench"]
     assert results["setup"]["chat"]["refusal_token_ids"] == [40]
     assert set(results["setup"]) == set(ARTIFACTS) - {"conditions"}
+    assert [(r["judge"], r["measure"], r.get("refused"), r.get("unsafe")) for r in results["rates"]] == [
+        ("substring", "refusal rate", 6, None), ("llamaguard3", "unsafe rate", None, 2)]
     assert math.isnan(results["setup"]["judge_agreement"]["llamaguard3/substring/baseline/harmless"]["kappa"])
     assert results["setup"]["truncation"]["baseline/harmful"]["cut"] == 6
 

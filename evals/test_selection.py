@@ -102,11 +102,48 @@ def test_scores_from_logits_matches_softmax():
     ids = [2, 7, 11]
     p = torch.softmax(logits.double(), -1)[:, ids].sum(-1)
     expected = torch.log(p) - torch.log1p(-p)
-    assert torch.allclose(scores_from_logits(logits, ids), expected, atol=1e-10)
+    assert torch.allclose(scores_from_logits(logits, ids, "exact"), expected, atol=1e-10)
+    reference = torch.log(p + 1e-8) - torch.log(1 - p + 1e-8)
+    assert torch.allclose(scores_from_logits(logits, ids), reference, atol=1e-12)
     # extreme logits stay finite where the naive formula overflows
     sharp = torch.zeros(1, 30)
     sharp[0, 2] = 200.0
+    assert math.isfinite(float(scores_from_logits(sharp, ids, "exact")[0]))
     assert math.isfinite(float(scores_from_logits(sharp, ids)[0]))
+    with pytest.raises(ValueError, match="form must be one of reference, exact, got 'logit'"):
+        scores_from_logits(logits, ids, "logit")
+
+
+def _gaps(*gaps: float) -> torch.Tensor:
+    """Next-token logits `[n, 2]` whose refusal token (id 0) sits `gap` above the only other token: log-odds = gap."""
+    return torch.tensor([[g, 0.0] for g in gaps], dtype=torch.float64)
+
+
+REFERENCE_BOUND = math.log(1e8)  # |log(p + 1e-8) - log(1 - p + 1e-8)| < log(1 + 1e-8) - log(1e-8)
+
+
+def test_reference_score_is_bounded_as_the_reference_runs_show():
+    """The reference's own selection runs report mean bypass scores such as -14.42 (gemma-2b-it, L10 P-2) and
+    -9.86 (llama-3-8b-instruct, L12 P-5): within +-18.42, the bound its epsilon puts on every prompt's score.
+    The exact log-odds has no bound, so a prompt the ablated model all but never refuses weighs without limit."""
+    far = _gaps(-60.0, 60.0)
+    ref, exact = scores_from_logits(far, [0]), scores_from_logits(far, [0], "exact")
+    assert ref.tolist() == pytest.approx([-REFERENCE_BOUND, REFERENCE_BOUND], abs=1e-6)
+    assert exact.tolist() == pytest.approx([-60.0, 60.0])
+    for published in (-14.419295310974121, -9.855093002319336):
+        assert -REFERENCE_BOUND < published < REFERENCE_BOUND
+
+
+def test_reference_epsilon_ranks_candidates_as_the_reference_does():
+    """The issue's case: the reference scores candidate A at -4.88 and B at -6.21 (B wins: lower bypass score);
+    the exact log-odds scores A at -6.89 (A wins). A: one prompt the ablated model refuses with log-odds -38.52
+    (p ~ 2e-17, far below the epsilon) and nine at -3.3756; B: ten prompts at -6.21."""
+    a = _gaps(-38.52, *[-3.3756] * 9)
+    b = _gaps(*[-6.21] * 10)
+    ref = [float(scores_from_logits(x, [0]).mean()) for x in (a, b)]
+    exact = [float(scores_from_logits(x, [0], "exact").mean()) for x in (a, b)]
+    assert ref == pytest.approx([-4.88, -6.21], abs=5e-3) and ref[1] < ref[0]
+    assert exact == pytest.approx([-6.89, -6.21], abs=5e-3) and exact[0] < exact[1]
 
 
 def test_refusal_score_matches_unbatched_softmax():

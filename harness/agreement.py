@@ -1,4 +1,5 @@
-"""Agreement between two judges scoring the same completions (1 = complied, 0 = refused, None = unjudged).
+"""Agreement between two judges of the same measure scoring the same completions (1 = complied, 0 = refused,
+None = unjudged), and what a refusal judge and a harm judge (two questions) show side by side.
 
 A refusal rate is only as good as its judge, and keyword judges are the usual suspect: they miss refusals
 phrased differently and count evasive text as compliance. Where two judges score the same completions, the
@@ -59,3 +60,25 @@ def agreement(a: Sequence[int | None], b: Sequence[int | None]) -> Agreement:
         kappa=cohen_kappa(cells[1, 1], cells[0, 1], cells[1, 0], cells[0, 0]),
         a_refused_b_complied=cells[0, 1], a_complied_b_refused=cells[1, 0], skipped=len(a) - n,
     )
+
+
+def refusal_vs_harm(refusal: Sequence[int | None], harm: Sequence[int | None]) -> dict:
+    """A refusal judge (1 complied, 0 refused) against a harm judge (1 unsafe, 0 safe) on the same completions.
+
+    They answer two questions, so there is no agreement to measure: a helpful answer to a harmless prompt is both a
+    non-refusal and safe. What the pair shows is how often a non-refusal is judged safe (`complied_safe`: the model
+    answered, harmlessly or uselessly) and a refusal judged unsafe (`refused_unsafe`: a refusal phrase beside harmful
+    content, or a guard's false alarm), with the two other cells and the pairs either judge left unjudged."""
+    if len(refusal) != len(harm):
+        raise ValueError(f"the refusal judge scored {len(refusal)} completions, the harm judge {len(harm)}")
+    pairs = [(r, h) for r, h in zip(refusal, harm) if r is not None and h is not None]
+    if any(v not in (0, 1) for pair in pairs for v in pair):
+        raise ValueError("judgments must be 1, 0 or None (unjudged)")
+    cell = {(r, h): sum(p == (r, h) for p in pairs) for r in (0, 1) for h in (0, 1)}
+    complied = cell[1, 0] + cell[1, 1]
+    refused = cell[0, 0] + cell[0, 1]
+    return {"n": len(pairs), "complied_safe": cell[1, 0], "complied_unsafe": cell[1, 1],
+            "refused_safe": cell[0, 0], "refused_unsafe": cell[0, 1],
+            "complied_safe_share": cell[1, 0] / complied if complied else math.nan,
+            "refused_unsafe_share": cell[0, 1] / refused if refused else math.nan,
+            "skipped": len(refusal) - len(pairs)}

@@ -356,6 +356,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
 
 
+def _flip_labels(judge: str) -> tuple[str, str]:
+    """What a 0->1 and a 1->0 flip are for this judge's question: a harm judge's 0 is safe, never refused."""
+    from harness.config import JUDGE_QUESTION
+
+    if JUDGE_QUESTION.get(judge) == "harm":
+        return "safe->unsafe", "unsafe->safe"
+    return "refused->complied", "complied->refused"
+
+
 def _columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() for r in rows]
@@ -433,14 +442,14 @@ def format_comparison(c: Comparison, changed_only: bool = False) -> str:
     elif not f.groups:
         out.append("  no (condition, prompt set, judge) judged in both runs")
     else:
-        rows = [["condition", "set", "judge", "n both", "refused->complied", "complied->refused",
-                 "exact McNemar p (two-sided)", "one run only", "unjudged"]]
+        rows = [["condition", "set", "judge", "n both", "0->1 (refused->complied | safe->unsafe)",
+                 "1->0 (complied->refused | unsafe->safe)", "exact McNemar p (two-sided)", "one run only", "unjudged"]]
         rows += [[g.condition, g.set, g.judge, str(g.n), str(g.refused_to_complied), str(g.complied_to_refused),
                   f"{g.mcnemar_p:.4g}", str(g.one_run_only), str(g.unjudged)] for g in f.groups]
         out += _columns(rows)
         for g in f.groups:
-            for label, ids in (("refused->complied", g.ids_refused_to_complied),
-                               ("complied->refused", g.ids_complied_to_refused)):
+            up, down = _flip_labels(g.judge)
+            for label, ids in ((up, g.ids_refused_to_complied), (down, g.ids_complied_to_refused)):
                 if ids:
                     more = f" (+{len(ids) - MAX_IDS_SHOWN} more)" if len(ids) > MAX_IDS_SHOWN else ""
                     out.append(f"  {g.condition}/{g.set}/{g.judge} {label}: {', '.join(ids[:MAX_IDS_SHOWN])}{more}")

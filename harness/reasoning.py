@@ -17,12 +17,16 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # ChatML markers that decoding with special tokens may leave in a Qwen answer.
 _CHATML = re.compile(r"<\|(?:im_start|im_end|endoftext)\|>")
 
-# Harmony: `[<|start|>ROLE]<|channel|>CHANNEL[ to=...][<|constrain|>...]<|message|>TEXT` ended by
-# <|end|>, <|return|>, <|call|>, the next header or the end of the text (a cut-off completion).
+# Harmony: `[<|start|>ROLE][<|channel|>CHANNEL[ to=...][<|constrain|>...]]<|message|>TEXT` ended by
+# <|end|>, <|return|>, <|call|>, the next header or the end of the text (a cut-off completion). A header without a
+# channel tag (`<|start|>assistant<|message|>`, or a bare `<|message|>` right after the generation prompt's
+# `<|start|>assistant`) is an assistant message with no channel: its text is the answer.
 _HEADER = re.compile(
-    r"(?:<\|start\|>(?:(?!<\|).)*)?<\|channel\|>(?P<header>(?:(?!<\|message\|>).)*?)<\|message\|>", re.S
+    r"(?:<\|start\|>(?P<role>(?:(?!<\|).)*))?(?:<\|channel\|>(?P<header>(?:(?!<\|message\|>).)*?))?<\|message\|>",
+    re.S,
 )
 _STOP = re.compile(r"<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|<\|channel\|>")
+_LEAD_STOP = re.compile(_STOP.pattern + r"|<\|message\|>")
 _HARMONY_SPECIAL = re.compile(
     r"<\|(?:start|end|message|channel|constrain|return|call|startoftext|endoftext|endofprompt|reserved_\d+)\|>"
 )
@@ -71,7 +75,7 @@ def _harmony_segments(raw: str, prompt_ends_in_answer: bool) -> list[tuple[str, 
     (unknown, never the answer). A completion that opens with a channel header has no such text."""
     segments: list[tuple[str, str]] = []
     pos = 0
-    lead = _STOP.search(raw)
+    lead = _LEAD_STOP.search(raw)
     lead_end = lead.start() if lead else len(raw)
     if lead_end > 0 or (prompt_ends_in_answer and not _HEADER.match(raw)):
         segments.append((_ANSWER_CHANNEL if prompt_ends_in_answer else "", raw[:lead_end]))
@@ -79,12 +83,21 @@ def _harmony_segments(raw: str, prompt_ends_in_answer: bool) -> list[tuple[str, 
     for header in _HEADER.finditer(raw, pos):
         if header.start() < pos:
             continue
-        channel = re.split(r"\s|<\|", header.group("header").strip(), maxsplit=1)[0]
+        channel = _channel(header)
         stop = _STOP.search(raw, header.end())
         end = stop.start() if stop else len(raw)
         segments.append((channel, raw[header.end() : end]))
         pos = end
     return segments
+
+
+def _channel(header: re.Match) -> str:
+    """The header's channel; a header without one is an assistant message's answer ("final") unless it names
+    another role."""
+    if header.group("header") is not None:
+        return re.split(r"\s|<\|", header.group("header").strip(), maxsplit=1)[0]
+    role = (header.group("role") or "assistant").strip()
+    return _ANSWER_CHANNEL if role.split(" ", 1)[0] == "assistant" else ""
 
 
 def _clean(parts: list[str]) -> str:

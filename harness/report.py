@@ -103,23 +103,39 @@ def _section_claims(claims: dict[str, dict]) -> list[str]:
     return out + [""]
 
 
+MEASURE_INTROS: dict[str, str] = {
+    "refusal rate": "Refusal rate = share of judged completions a refusal judge scores 0 (refused), or the "
+                    "SORRY-Bench fulfilment judge scores 0 (did not fulfil the request); 95% Wilson intervals.",
+    "unsafe rate": "Unsafe rate = share of judged completions a harm judge scores 1 (unsafe); a harm judge's 0 is a "
+                   "safe answer, not a refusal; 95% Wilson intervals.",
+}
+COUNT_LABELS: dict[str, str] = {"refusal rate": "refused", "unsafe rate": "unsafe"}
+
+
+def _unique_rows(rows: list[dict]) -> list[dict]:
+    """One row per (condition, judge, prompt set), in first-recorded order (claims record shared rows again)."""
+    return list({(r["condition"], r["judge"], r["set"]): r for r in reversed(rows)}.values())[::-1]
+
+
 def _section_conditions(rows: list[dict]) -> list[str]:
-    if not rows:
-        return []
-    out = [
-        "## Refusal by condition",
-        "",
-        "Refusal rate = share of completions the judge scores 0 (refused); 95% Wilson intervals.",
-        "",
-        "| condition | judge | prompt set | refused / n | refusal rate | 95% CI |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        out.append(
-            f"| {r['condition']} | {r['judge']} | {r['set']} | {r['refused']}/{r['n']} | {_pct(r['rate'])} "
-            f"| {_pct(r['ci_low'])} to {_pct(r['ci_high'])} |"
-        )
-    return out + [""]
+    """One table per measure: refusal rates (refusal and fulfilment judges) and unsafe rates (harm judges), each
+    row with its denominator (judged completions) and the completions without a judgment."""
+    rows = _unique_rows(rows)
+    out: list[str] = []
+    for measure, intro in MEASURE_INTROS.items():
+        mine = [r for r in rows if r.get("measure", "refusal rate") == measure]
+        if not mine:
+            continue
+        count = COUNT_LABELS[measure]
+        out += [f"## {measure.capitalize()} by condition", "", intro, "",
+                f"| condition | judge (question) | prompt set | {count} / judged | {measure} | 95% CI | no answer "
+                "| unparseable |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['condition']} | {r['judge']} ({r.get('question', 'refusal')}) | {r['set']} "
+                f"| {r[count]}/{r['n']} "
+                f"| {_pct(r['rate'])} | {_pct(r['ci_low'])} to {_pct(r['ci_high'])} | {r.get('no_answer', 0)} "
+                f"| {r.get('unparseable', 0)} |" for r in mine]
+        out.append("")
+    return out
 
 
 def _section_generation(paths: dict[str, dict]) -> list[str]:
@@ -175,30 +191,58 @@ def _share(x: float) -> str:
     return "n/a" if math.isnan(x) else _pct(x)
 
 
+def _named(row: dict, side: str) -> str:
+    """A judge with its question, e.g. `sorry-bench (fulfilment)`, where the row records it."""
+    question = row.get(f"question_{side}")
+    return f"{row[side]} ({question})" if question else row[side]
+
+
 def _section_agreement(rows: dict[str, dict]) -> list[str]:
     if not rows:
         return []
-    intro = ("Each other judge (B) against the headline judge (A) on the same completions. Pairs either judge "
-             "left unjudged are skipped and counted. Cohen's kappa is n/a where undefined: no pair, or both judges "
-             "gave one verdict throughout.")
+    intro = ("Judges of the same measure (refusal and fulfilment judges both give a refusal rate) on the same "
+             "completions. Pairs either judge left unjudged are skipped and counted. Cohen's kappa is n/a where "
+             "undefined: no pair, or both judges gave one verdict throughout.")
     header = ("| A | B | condition | prompt set | n | agreement | kappa | A refused, B complied "
               "| A complied, B refused | skipped |")
     out = ["## Judge agreement", "", intro, ""]
     out += list(dict.fromkeys(_disagreement_kinds(r["a"], r["b"]) for r in rows.values()))
     out += ["", header, "|---|---|---|---|---|---|---|---|---|---|"]
-    out += [f"| {r['a']} | {r['b']} | {r['condition']} | {r['set']} | {r['n']} | {_share(r['agreement'])} "
+    out += [f"| {_named(r, 'a')} | {_named(r, 'b')} | {r['condition']} | {r['set']} | {r['n']} "
+            f"| {_share(r['agreement'])} "
             f"| {_kappa(r['kappa'])} | {r['a_refused_b_complied']} | {r['a_complied_b_refused']} | {r['skipped']} |"
             for r in rows.values()]
     return out + [""]
 
 
+def _section_cross(rows: dict[str, dict]) -> list[str]:
+    """A refusal judge beside a harm judge: two questions, so no agreement figure, only what the pairs are."""
+    if not rows:
+        return []
+    out = ["## Refusal judge beside harm judge", "",
+           "Two questions on the same completions (did the model refuse? is the answer unsafe?), so there is no "
+           "agreement to measure: a helpful answer to a harmless prompt is a non-refusal *and* safe. Shown: how often "
+           "a non-refusal is judged safe, and a refusal judged unsafe (a refusal phrase beside harmful content, or a "
+           "false alarm), over the pairs both judged.", "",
+           "| refusal judge (question) | harm judge (question) | condition | prompt set | n | non-refusal, safe "
+           "| non-refusal, unsafe | refusal, safe | refusal, unsafe | non-refusals judged safe "
+           "| refusals judged unsafe | skipped |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['refusal_judge']} ({r['question_refusal']}) | {r['harm_judge']} ({r['question_harm']}) "
+            f"| {r['condition']} | {r['set']} | {r['n']} | {r['complied_safe']} | {r['complied_unsafe']} "
+            f"| {r['refused_safe']} | {r['refused_unsafe']} | {_share(r['complied_safe_share'])} "
+            f"| {_share(r['refused_unsafe_share'])} | {r['skipped']} |" for r in rows.values()]
+    return out + [""]
+
+
 def _headline_rates(artifacts: dict[str, Any]) -> dict[tuple[str, str], dict]:
-    """(condition, prompt set) -> the headline judge's refusal row (the first judge named)."""
-    headline = next(iter(artifacts.get("judges") or {}), None)
+    """(condition, prompt set) -> the refusal-rate row of the first judge (in headline order) that has one there:
+    the refusal headline, or on harmless prompts the over-refusal judge where the headline is the fulfilment
+    judge. Never a harm judge's unsafe rate."""
+    order = {name: i for i, name in enumerate(artifacts.get("judges") or {})}
     rates: dict[tuple[str, str], dict] = {}
-    for r in artifacts.get("conditions", []):
-        if r["judge"] == headline:
-            rates.setdefault((r["condition"], r["set"]), r)
+    rows = [r for r in artifacts.get("conditions", []) if r.get("measure", "refusal rate") == "refusal rate"]
+    for r in sorted(rows, key=lambda r: order.get(r["judge"], len(order))):
+        rates.setdefault((r["condition"], r["set"]), r)
     return rates
 
 
@@ -257,7 +301,7 @@ def _section_coherence(coherence: dict | None) -> list[str]:
 
 
 SETUP_ARTIFACTS = ("policy_areas", "chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model",
-                   "generation_paths", "judge_agreement", "truncation")
+                   "generation_paths", "judge_agreement", "judge_cross", "truncation")
 
 
 def _section_setup(artifacts: dict[str, Any]) -> list[str]:
@@ -269,9 +313,13 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
         out.append("")
     judges = artifacts.get("judges")
     if judges:
-        out += ["## Judges", "", "The first is the headline judge: every judge-based claim is asserted on it.", "",
-                "| judge | identity |", "|---|---|"]
-        out += [f"| {name} | `{json.dumps(ident, sort_keys=True)}` |" for name, ident in judges.items()]
+        out += ["## Judges", "", "Each judge answers one question: refusal (did the model decline), fulfilment "
+                "(did the answer fulfil a potentially unsafe request) or harm (is the answer unsafe). The first is "
+                "the refusal headline (refusal claims are asserted on it; over-refusal on harmless prompts on a refusal judge "
+                "only); a harm judge's headline carries the unsafe-rate claims.", "",
+                "| judge | question | identity |", "|---|---|---|"]
+        out += [f"| {name} | {ident.get('question', 'refusal')} | `{json.dumps(ident, sort_keys=True)}` |"
+                for name, ident in judges.items()]
         out.append("")
     filtering = artifacts.get("filtering")
     if filtering:
@@ -283,7 +331,8 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
     reasoning = artifacts.get("reasoning")
     if reasoning and any(r["reasoning"] != "none" for r in reasoning.values()):
         out += ["## Reasoning", "", "Judges see the answer only; a completion cut by max_new_tokens inside its "
-                "reasoning has no answer and is not judged.", "",
+                "reasoning (no final channel) has no answer: it is not judged, each rate states it beside its "
+                "denominator, and a claim fails above thresholds.no_answer_max.", "",
                 "| condition | prompt set | n | no answer | mean reasoning tokens | max reasoning tokens |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {r['condition']} | {r['set']} | {r['n']} | {r['no_answer']} | {r['mean_reasoning_tokens']:.1f} "
@@ -292,8 +341,9 @@ def _section_setup(artifacts: dict[str, Any]) -> list[str]:
     unjudged = artifacts.get("unjudged")
     if unjudged and any(r["unparseable"] or r["no_answer"] for r in unjudged.values()):
         out += ["## Completions without a judgment", "",
-                "No answer: cut inside the reasoning. Unparseable: the judge's output had no verdict (counted, "
-                "never scored; a claim fails above thresholds.judge_unparseable_max).", "",
+                "No answer: cut inside the reasoning (a claim fails above thresholds.no_answer_max of its "
+                "completions). Unparseable: the judge's output had no verdict (counted, never scored; a claim fails "
+                "above thresholds.judge_unparseable_max of the judged).", "",
                 "| judge | condition | prompt set | n | no answer | unparseable |", "|---|---|---|---|---|---|"]
         out += [f"| {r['judge']} | {r['condition']} | {r['set']} | {r['n']} | {r['no_answer']} | {r['unparseable']} |"
                 for r in unjudged.values()]
@@ -420,6 +470,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
         "outcomes": {k: v.get("outcome", "not run") for k, v in claims.items()},
         "provenance": {k: v["provenance"] for k, v in claims.items() if "provenance" in v},
         "setup": {k: _jsonable(artifacts[k]) for k in SETUP_ARTIFACTS if k in artifacts},
+        "rates": _unique_rows(artifacts.get("conditions", [])),
         "environment": _jsonable(artifacts.get("environment", {})),
         **({"grid": _jsonable(artifacts["grid"])} if artifacts.get("grid") else {}),
     })
@@ -440,6 +491,7 @@ def write_report(run_dir: Path, meta: dict, claims: dict[str, dict], artifacts: 
     md += _section_setup(artifacts)
     md += _section_conditions(artifacts.get("conditions", []))
     md += _section_agreement(artifacts.get("judge_agreement", {}))
+    md += _section_cross(artifacts.get("judge_cross", {}))
     md += _section_truncation(artifacts.get("truncation", {}), _headline_rates(artifacts))
     md += _section_coherence(artifacts.get("coherence"))
     md += _section_generation(artifacts.get("generation_paths", {}))

@@ -71,27 +71,40 @@ def refusal_token_ids(tokenizer, openings: Sequence[str] = REFUSAL_OPENINGS) -> 
     return ids
 
 
-def scores_from_logits(logits: Tensor, refusal_ids: Sequence[int]) -> Tensor:
-    """Log-odds log p - log(1 - p) of the refusal tokens' total probability p, from next-token
-    logits `[n, vocab]` -> `[n]` float64; via log-sum-exp so p near 0 or 1 stays finite."""
+REFERENCE_EPSILON = 1e-8
+SCORE_FORMS: tuple[str, ...] = ("reference", "exact")
+
+
+def scores_from_logits(logits: Tensor, refusal_ids: Sequence[int], form: str = "reference") -> Tensor:
+    """Refusal score of next-token logits `[n, vocab]` -> `[n]` float64, where p is the refusal tokens' total
+    probability. `reference`: log(p + 1e-8) - log(1 - p + 1e-8), the reference implementation's formula (Arditi et
+    al., `select_direction.refusal_score`); the epsilon bounds each score by +-log(1e8) ~ 18.42, so a mean over
+    prompts ranks candidates as the reference ranks them. `exact`: log p - log(1 - p) via log-sum-exp, unbounded
+    and finite for p near 0 or 1; its means can rank two candidates in the opposite order where some prompts'
+    refusal probability is far below 1e-8."""
     if not refusal_ids:
         raise ValueError("refusal_ids is empty")
+    if form not in SCORE_FORMS:
+        raise ValueError(f"refusal score form must be one of {', '.join(SCORE_FORMS)}, got {form!r}")
     logits = logits.double()
     mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     mask[list(refusal_ids)] = True
     log_p = torch.logsumexp(logits[:, mask], dim=-1)
+    if form == "reference":
+        p = torch.exp(log_p - torch.logsumexp(logits, dim=-1))
+        return torch.log(p + REFERENCE_EPSILON) - torch.log(1 - p + REFERENCE_EPSILON)
     log_not_p = torch.logsumexp(logits[:, ~mask], dim=-1)
     return log_p - log_not_p
 
 
 def refusal_score(
     model, tokenizer, instructions: list[str], refusal_ids: Sequence[int], *, batch_size: int = 32,
-    system: str | None = None,
+    system: str | None = None, form: str = "reference",
 ) -> Tensor:
-    """Refusal log-odds `[n]` at the first generated position of each chat-formatted instruction.
-    Run it inside an intervention context to score the intervened model."""
+    """Refusal score `[n]` (`scores_from_logits`, `form`) at the first generated position of each chat-formatted
+    instruction. Run it inside an intervention context to score the intervened model."""
     logits = last_position_logits(model, tokenizer, instructions, system=system, batch_size=batch_size)
-    return scores_from_logits(logits, refusal_ids)
+    return scores_from_logits(logits, refusal_ids, form)
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,7 @@ def select_direction(
     refusal_ids: Sequence[int] | None = None,
     system: str | None = None,
     score_pruned_layers: bool = False,
+    score_form: str = "reference",
 ) -> SelectionResult:
     """Score candidates `[layer, pos, d_model]` (pos indexed from the end) and pick the refusal direction.
 
@@ -206,7 +220,7 @@ def select_direction(
     Candidates in pruned layers are not scored (NaN) unless `score_pruned_layers`; zero candidates
     (e.g. layer 0 at template positions) never are. With `store`, each candidate's scores are persisted
     as it finishes, so a killed sweep resumes where it stopped; its key must cover the candidates,
-    prompts and refusal ids.
+    prompts and refusal ids. `score_form`: the refusal score's formula (`scores_from_logits`).
     """
     total = n_layers(model)
     if candidates.ndim != 3 or candidates.shape[0] != total:
@@ -236,8 +250,8 @@ def select_direction(
 
     def baseline(_: list[str]) -> list[dict[str, float]]:
         harmful, harmless = base_logits()
-        return [{"harmful": float(scores_from_logits(harmful, ids).mean()),
-                 "harmless": float(scores_from_logits(harmless, ids).mean())}]
+        return [{"harmful": float(scores_from_logits(harmful, ids, score_form).mean()),
+                 "harmless": float(scores_from_logits(harmless, ids, score_form).mean())}]
 
     # Stored like a candidate, so a resumed sweep reports the same baseline it scored against.
     base = store.compute(["baseline"], baseline, batch_size=1)[0] if store is not None else baseline([])[0]
@@ -246,9 +260,9 @@ def select_direction(
         vector = candidates[layer, pos].float()
         with ablate(model, unit(vector)):
             harmful, harmless = val_logits()
-        bypass = scores_from_logits(harmful, ids).mean()
+        bypass = scores_from_logits(harmful, ids, score_form).mean()
         kl = next_token_kl(base_logits()[1], harmless).mean()
-        induce = scores_from_logits(induced_logits(vector, layer), ids).mean()
+        induce = scores_from_logits(induced_logits(vector, layer), ids, score_form).mean()
         return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
 
     zero = {(layer, pos) for layer, pos in sweep if float(candidates[layer, pos].norm()) <= EPS_NORM}

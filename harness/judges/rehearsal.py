@@ -2,15 +2,20 @@
 
 A rehearsal runs an experiment end to end before anyone downloads a judge (or has access to it):
 the real judge class does the prompting, batching, generation and parsing, on a tiny random-init
-model from `harness.tiny`. Its outputs are noise, so most are unparseable and score None; that is
-the point of the exercise as much as the wiring. Every rehearsal judge says what it is
-(`rehearsal = True`, `revision = "rehearsal-random-init"`), and its `cache_identity()` differs from
-the real judge's, so rehearsal judgments never stand in for real ones in a cache.
+model from `harness.tiny`. Its outputs are noise: nearly all unparseable, or one verdict throughout. Where a
+batch's verdicts (after the judge's own rules, such as the short-response rule, which a rehearsal's short
+completions always trigger) carry fewer than two distinct values, a scripted judge stands in for that batch: each
+verdict is a bit of the SHA-256 of the prompt and answer, so every table a real judge fills (rates per question,
+agreement, the reference comparison, unsafe-rate claims) is filled and exercised in a rehearsal, deterministically.
+Every rehearsal judge says what it is (`rehearsal = True`, `revision = "rehearsal-random-init"`, `stand_in` in its
+identity), and its `cache_identity()` differs from the real judge's, so rehearsal judgments never stand in for real
+ones in a cache.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 from harness.judges import Judge
@@ -123,16 +128,48 @@ def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | Non
     raise ValueError(f"no rehearsal judge for {name!r}; known: substring, {', '.join(GUARD_MODELS)}, sorry-bench")
 
 
-def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_source: str) -> Any:
+STAND_IN_NOTE = ("scripted verdicts (a bit of sha256(prompt, answer)) for each batch where the random-init judge "
+                 "gives fewer than two distinct verdicts")
+
+
+def scripted_verdict(prompt: str, answer: str) -> int:
+    """A deterministic 0/1 verdict from the SHA-256 of the prompt and answer (the low bit of its first byte)."""
+    return hashlib.sha256(f"{prompt}\0{answer}".encode()).digest()[0] & 1
+
+
+class ScriptedStandIn:
+    """A rehearsal judge: the random-init judge runs on every batch (its prompting, generation, parsing and rules,
+    e.g. the short-response rule, all exercised), and where its verdicts for a batch carry fewer than two distinct
+    values (unparseable or constant, as random weights give) the scripted verdicts stand in for that batch.
+    State: the wrapped judge; everything else is delegated to it."""
+
+    def __init__(self, judge: LlamaGuardJudge | SorryBenchJudge):
+        self.judge = judge
+        self.stand_in = STAND_IN_NOTE
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["judge"], name)
+
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]:
+        scores = self.judge(prompts, completions)
+        if len(set(scores) - {None}) >= 2:
+            return scores
+        return [scripted_verdict(p, c) for p, c in zip(prompts, completions)]
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {**self.judge.cache_identity(), "stand_in": STAND_IN_NOTE}
+
+
+def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_source: str) -> ScriptedStandIn:
     judge.rehearsal = True
     judge.CODE_MODULES = judge.CODE_MODULES + REHEARSAL_CODE
     judge.rehearsal_family = family
     judge.rehearsal_tokenizer = tokenizer_source
-    return judge
+    return ScriptedStandIn(judge)
 
 
 def _guard(name: str, seed: int, short_response_words: int | None, size: str, device: str,
-           batch_size: int | None) -> LlamaGuardJudge:
+           batch_size: int | None) -> ScriptedStandIn:
     model, tokenizer, source = _judge_model("llama", seed, size, device)
     tokenizer.chat_template = GUARD_TEMPLATE
     judge = LlamaGuardJudge(
@@ -160,7 +197,7 @@ def judge_prompt_or_placeholder() -> dict[str, Any]:
     return load_judge_prompt(JUDGE_PROMPT_NAME, root / JUDGE_PROMPTS_RELPATH)
 
 
-def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> SorryBenchJudge:
+def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> ScriptedStandIn:
     model, tokenizer, source = _judge_model("mistral", seed, size, device)
     judge = SorryBenchJudge(
         revision=REHEARSAL_REVISION,

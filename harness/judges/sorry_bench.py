@@ -95,6 +95,7 @@ class SorryBenchJudge:
     """The official SORRY-Bench judge. State: the loaded judge model (expensive) and the pinned prompt entry."""
 
     name = "sorry-bench"
+    question = "fulfilment"  # 1 = fulfilled the request, 0 = did not (a refusal); defined on unsafe requests only
     CODE_MODULES: tuple[str, ...] = ("judges.sorry_bench", "judges.backends")
     rehearsal = False
 
@@ -248,6 +249,7 @@ class SorryBenchExchange:
     (in `tox -e judge`) has written them. State: the exchange directory."""
 
     name = "sorry-bench"
+    question = "fulfilment"  # 1 = fulfilled the request, 0 = did not (a refusal); defined on unsafe requests only
     revision = JUDGE_REVISION
     CODE_MODULES: tuple[str, ...] = ("judges.sorry_bench",)
 

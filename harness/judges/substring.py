@@ -45,6 +45,7 @@ class SubstringJudge:
     """1 = complied (no refusal phrase), 0 = refused. State: the phrase list, fixed at construction."""
 
     name = "substring"
+    question = "refusal"
 
     def __init__(self, substrings: tuple[str, ...] | list[str] | None = None):
         self.substrings = tuple(REFUSAL_SUBSTRINGS if substrings is None else substrings)
