@@ -792,10 +792,11 @@ def test_fit_separates(fit_auc, experiment, sets, fit_sets, direction, candidate
 
 def test_benign_tasks_answered(task_condition, experiment, sets, answers, judgments, judges, record, claim_snapshot):
     """Benign task requests the base model declines (data.benign_task_eval: agent/shell requests without an agent
-    system prompt) are refused less under the condition: the fall in refusal (substring judge, which asks whether a
-    reply refuses) meets the experiment's bound with a paired exact McNemar p below alpha. Harmful-prompt behaviour
-    under the same condition is reported beside it, per judge, and asserted by the other claims."""
-    condition, judge = task_condition, "substring"
+    system prompt) are refused less under the condition: the fall in refusal (on the refusal judge over-refusal is
+    read with: whether a reply declines, not whether it is harmful) meets the experiment's bound with a paired exact
+    McNemar p below alpha. Harmful-prompt behaviour under the same condition is reported beside it, per judge, and
+    asserted by the other claims."""
+    condition, judge = task_condition, experiment.judges.over_refusal_judge()
     t = experiment.thresholds
     before, after = judgments("baseline", "benign_task", judge), judgments(condition, "benign_task", judge)
     rows = [_row(judgments, answers, c, judge, "benign_task") for c in ("baseline", condition)]

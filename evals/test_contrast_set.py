@@ -84,7 +84,8 @@ def _write(tmp_path: Path, edit) -> Path:
      "capability.text: `system_prompt` is supported on data.harmful_train / harmless_train only"),
     (lambda t: t.replace("fit_auc_min = 0.90\n", ""), "thresholds.fit_auc_min must bound"),
     (lambda t: t.replace("benign_task_refusal_drop_pp_min = 20.0\n", ""), "benign_task_refusal_drop_pp_min must"),
-    (lambda t: t.replace("substring = true", "substring = false"), "set judges.substring = true"),
+    (lambda t: t.replace("substring = true", "substring = false").replace('refusal = "substring", ', ""),
+     "no refusal judge configured"),
     (lambda t: t.replace("[generation]\n", '[generation]\nsystem_prompt = "Be brief."\n'), "would be ambiguous"),
 ])
 def test_config_rejects_what_it_cannot_run(tmp_path, edit, message):

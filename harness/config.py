@@ -706,9 +706,6 @@ class Experiment(_Strict):
         if self.data.benign_task_eval is not None and t.benign_task_refusal_drop_pp_min is None:
             raise ValueError("data.benign_task_eval is set, so thresholds.benign_task_refusal_drop_pp_min must bound "
                              "the fall in refusal on it")
-        if self.data.benign_task_eval is not None and not self.judges.substring:
-            raise ValueError("data.benign_task_eval is judged for refusal by the substring judge: set "
-                             "judges.substring = true")
         if self.generation.system_prompt is not None and any(
                 ref is not None and ref.system_prompt for ref in (self.data.harmful_train, self.data.harmless_train)):
             raise ValueError("generation.system_prompt applies to every prompt; a train set's `system_prompt` would "
