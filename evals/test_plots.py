@@ -188,3 +188,15 @@ def test_clipped_text_and_covered_bars_are_detected():
     ax.set_ylim(0, 1.05)
     ax.legend(loc="upper right")
     assert legend_overlaps(fig) and not clipped_texts(fig)
+
+
+def test_many_long_category_names_stay_readable(tmp_path):
+    """JailbreakBench's ten categories, names up to 26 characters: slanted labels would run into one another, so
+    they stand upright, and the figure saves (the save refuses overlapping labels)."""
+    from harness.plots import plot_category_bars
+
+    names = ["Disinformation", "Economic harm", "Expert advice", "Fraud/Deception", "Government decision-making",
+             "Harassment/Discrimination", "Malware/Hacking", "Physical harm", "Privacy", "Sexual/Adult content"]
+    frame = pd.DataFrame([{"category": c, "condition": cond, "rate": 0.5, "ci_low": 0.3, "ci_high": 0.7}
+                          for c in names for cond in ("baseline", "ablation", "weight_edit")])
+    assert plot_category_bars(frame, tmp_path / "categories.png", ylabel="refusal rate").is_file()

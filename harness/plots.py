@@ -253,6 +253,9 @@ def plot_category_bars(frame: pd.DataFrame, path: str | Path, *, ylabel: str) ->
     slanted = len(categories) > 6 or max(len(c) for c in categories) > 12
     ax.set_xticks(x, categories, rotation=30 if slanted else 0, ha="right" if slanted else "center",
                   rotation_mode="anchor" if slanted else "default")
+    if slanted and _overlapping(ax.get_xticklabels(), fig.canvas.get_renderer()):
+        # Many long names: upright labels take one line-height each, so they never run into one another.
+        ax.set_xticks(x, categories, rotation=90, ha="center", rotation_mode="default")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(ylabel)
     ax.set_title("Harmful prompts by category")
