@@ -29,6 +29,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_sha256(value: str | None) -> str | None:
+    if value is not None and not HEX64.match(value):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {value!r}")
+    return value
+
+
 def _check_revision(value: str | None) -> str | None:
     if value is not None and not HEX40.match(value):
         raise ValueError(f"revision must be a 40-hex commit, got {value!r}")
@@ -96,9 +102,7 @@ class ModelConfig(_Strict):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str | None) -> str | None:
-        if v is not None and not HEX64.match(v):
-            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {v!r}")
-        return v
+        return _check_sha256(v)
 
     @model_validator(mode="after")
     def _pinned(self) -> "ModelConfig":
@@ -132,9 +136,7 @@ class DatasetRef(_Strict):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str | None) -> str | None:
-        if v is not None and not HEX64.match(v):
-            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {v!r}")
-        return v
+        return _check_sha256(v)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
