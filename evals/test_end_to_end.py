@@ -134,7 +134,7 @@ def test_report_shows_every_condition_and_names_what_it_measures(two_runs):
     conditions = ("baseline", "ablation", "weight_edit", "actadd", "inlp")
     for cond in conditions:
         for which in ("harmful", "harmless"):
-            assert f"| {cond} | substring | {which} |" in section("Refusal by condition"), (cond, which)
+            assert f"| {cond} | substring (refusal) | {which} |" in section("Refusal rate by condition"), (cond, which)
             assert f"| {cond} | {which} |" in section("Coherence by condition"), (cond, which)
         assert f"| {cond} | harmful | 8 | n/a |" not in section("Truncation and late refusals"), cond
     assert set(pd.read_csv(report_dir / "categories.csv")["condition"]) == set(conditions)
