@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.activations import mean_activations, prompt_activations
-from harness.arch import n_layers
-from harness.chat import format_instructions, post_instruction_tokens
-from harness.tiny import TINY_FAMILIES, tiny_model
+from harness.models.arch import n_layers
+from harness.models.chat import format_instructions, post_instruction_tokens
+from harness.models.tiny import TINY_FAMILIES, tiny_model
+from harness.steering.activations import mean_activations, prompt_activations
 
 PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea please", "list three fruits"]
 
@@ -66,9 +66,9 @@ def test_prompt_activations_rejects_bad_layer_and_pos():
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_resume_at_a_block_equals_the_full_forward(family):
     """Skipping the blocks below `layer` and feeding their captured output gives the same logits."""
-    from harness.activations import block_inputs, resume_at
-    from harness.capability import forward_kwargs
-    from harness.chat import tokenize_instructions
+    from harness.models.chat import tokenize_instructions
+    from harness.models.logits import forward_kwargs
+    from harness.steering.activations import block_inputs, resume_at
 
     model, tok = tiny_model(family)
     enc = tokenize_instructions(tok, PROMPTS[:3])
@@ -86,7 +86,7 @@ def test_resume_at_a_block_equals_the_full_forward(family):
 
 
 def test_resume_refuses_models_that_share_kv_across_layers():
-    from harness.activations import ResumeError, can_resume, resume_at
+    from harness.steering.activations import ResumeError, can_resume, resume_at
 
     model, _ = tiny_model("llama")
     assert can_resume(model)

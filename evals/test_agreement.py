@@ -1,4 +1,4 @@
-"""harness.agreement against hand-computed 2x2 tables, the textbook kappa formula and the degenerate cases."""
+"""harness.judges.agreement against hand-computed 2x2 tables, the textbook kappa formula and the degenerate cases."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from harness.agreement import agreement, cohen_kappa
+from harness.judges.agreement import agreement, cohen_kappa
 
 
 def _lists(both_complied: int, a_refused_b_complied: int, a_complied_b_refused: int, both_refused: int):

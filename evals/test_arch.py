@@ -6,10 +6,10 @@ import pytest
 import torch
 import transformers
 
-from harness import arch
 from harness.config import ModelConfig
-from harness.model import ModelLoadError, load_model
-from harness.tiny import TINY_FAMILIES, tiny_model
+from harness.models import arch
+from harness.models.loading import ModelLoadError, load_model
+from harness.models.tiny import TINY_FAMILIES, tiny_model
 
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.bench
 
 
 def test_shared_prefix_speedup_on_the_demo_model():
-    from harness.capability import few_shot_sets, mmlu_prompt, multiple_choice_accuracy, questions_from_frame
     from harness.config import DatasetRef, load_experiment
-    from harness.datasets import load_dataset, shots_ref
-    from harness.model import load_model
+    from harness.data.capability_sets import questions_from_frame
+    from harness.data.loading import load_dataset, shots_ref
+    from harness.measures.capability import few_shot_sets, mmlu_prompt, multiple_choice_accuracy
+    from harness.models.loading import load_model
 
     model, tok = load_model(load_experiment("demo").model, device="cpu")
     questions = questions_from_frame(load_dataset("mmlu_demo"), with_subject=True)

@@ -4,7 +4,7 @@ config (bf16), batch 100, the static backend's CUDA-graph decode step, beside it
 At batch 100 x top-4 of 32 experts every expert is hit on every step, so a step must read all 20.9 B
 parameters (42 GB): at the H200's 4.8 TB/s that is ~8.7 ms per step, the floor printed beside each figure.
 Variants: the stock modules (the model's experts implementation, eager attention with sinks), the dense
-experts of `harness.moe`, the sink decode attention of `harness.generation`, both (what the static
+experts of `harness.generation.moe`, the sink decode attention of `harness.generation.completions`, both (what the static
 backend now runs on CUDA), and both under the compiled step. Greedy agreement with the stock path is
 recorded (bf16: summation order moves a few near-ties). Target (issue 23): decode within 2x its floor.
 Results go to $HARNESS_BENCH_DIR (default reports/bench/) as moe_decode.json with GPU and library versions.
@@ -41,7 +41,7 @@ def _bench_path() -> Path:
 @pytest.fixture(scope="module")
 def gpt_oss():
     from harness.config import load_experiment
-    from harness.rehearsal import rehearsal_model
+    from harness.models.rehearsal import rehearsal_model
 
     cfg = load_experiment("gpt-oss-20b").model
     model = rehearsal_model(cfg, "full", device="cuda").model
@@ -67,18 +67,19 @@ def _copy_bandwidth() -> float:
 
 
 def _generate(model, input_ids, mask, new_tokens, experts: bool, attention: bool, compile_step: bool = False):
-    from harness.generation import _grouped_attention, _sink_decode_attention, _static_generate
-    from harness.moe import dense_decode_experts
+    from harness.generation.attention import grouped_attention, sink_decode_attention
+    from harness.generation.moe import dense_decode_experts
+    from harness.generation.static import static_generate
 
     with ExitStack() as stack, torch.inference_mode():
-        stack.enter_context(_grouped_attention(model.config))
+        stack.enter_context(grouped_attention(model.config))
         if attention:
-            stack.enter_context(_sink_decode_attention(model))
+            stack.enter_context(sink_decode_attention(model))
         if experts:
             stack.enter_context(dense_decode_experts(model))
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = _static_generate(model, input_ids, mask, new_tokens, 0.0, [], compile_step)
+        out = static_generate(model, input_ids, mask, new_tokens, 0.0, [], compile_step)
         torch.cuda.synchronize()
         return time.perf_counter() - t0, out
 
@@ -89,8 +90,8 @@ def _first_step_logits(model, input_ids) -> dict:
     change of kernel shape alone), so the fast path's difference can be judged against it."""
     import copy
 
-    from harness.generation import _sink_decode_attention
-    from harness.moe import dense_decode_experts
+    from harness.generation.attention import sink_decode_attention
+    from harness.generation.moe import dense_decode_experts
 
     with torch.inference_mode():
         cache = model(input_ids=input_ids[:, :-1], use_cache=True).past_key_values
@@ -98,7 +99,7 @@ def _first_step_logits(model, input_ids) -> dict:
         stock = model(input_ids=last, past_key_values=copy.deepcopy(cache)).logits[:, -1].float()
         half = model(input_ids=input_ids[: BATCH // 2, :-1], use_cache=True).past_key_values
         stock_half = model(input_ids=last[: BATCH // 2], past_key_values=half).logits[:, -1].float()
-        with _sink_decode_attention(model), dense_decode_experts(model):
+        with sink_decode_attention(model), dense_decode_experts(model):
             fast = model(input_ids=last, past_key_values=cache).logits[:, -1].float()
 
     def rel(a, b):
@@ -199,8 +200,8 @@ def test_fast_decode_error_against_float32(gpt_oss):
     """Runs last (it turns the model to float32). One decode step of 8 rows in bf16 through the stock and
     the fast modules, each against the same step in float32 (stock modules): the fast path must not be
     further from float32 than the stock path is (its scores and softmax run in fp32, the stock ones in bf16)."""
-    from harness.generation import _sink_decode_attention
-    from harness.moe import dense_decode_experts
+    from harness.generation.attention import sink_decode_attention
+    from harness.generation.moe import dense_decode_experts
 
     model, input_ids, _ = gpt_oss
     ids = input_ids[:8]
@@ -210,7 +211,7 @@ def test_fast_decode_error_against_float32(gpt_oss):
             cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
             if not fast:
                 return model(input_ids=ids[:, -1:], past_key_values=cache).logits[:, -1].double()
-            with _sink_decode_attention(model), dense_decode_experts(model):
+            with sink_decode_attention(model), dense_decode_experts(model):
                 return model(input_ids=ids[:, -1:], past_key_values=cache).logits[:, -1].double()
 
     stock, fast = step(False), step(True)

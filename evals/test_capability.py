@@ -12,19 +12,10 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from harness.capability import (
-    CapabilityDataError,
-    answer_tokens,
-    cross_entropy,
-    last_position_logits,
-    load_capability_set,
-    load_text_set,
-    mmlu_prompt,
-    multiple_choice_accuracy,
-    next_token_kl,
-    questions_from_frame,
-)
-from harness.tiny import tiny_model, tiny_tokenizer
+from harness.data.capability_sets import CapabilityDataError, load_capability_set, load_text_set, questions_from_frame
+from harness.measures.capability import answer_tokens, cross_entropy, mmlu_prompt, multiple_choice_accuracy
+from harness.models.logits import last_position_logits, next_token_kl
+from harness.models.tiny import tiny_model, tiny_tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "capability"
 
@@ -259,7 +250,7 @@ def test_last_position_logits_plain_equals_one_by_one(model, tokenizer):
 
 
 def test_last_position_logits_chat_uses_chat_module(model, tokenizer):
-    chat = pytest.importorskip("harness.chat", reason="harness.chat not written yet")
+    chat = pytest.importorskip("harness.models.chat", reason="harness.models.chat not written yet")
     tok = _word_tokenizer()
     tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
     prompts = TEXTS[:3]
@@ -364,7 +355,7 @@ def _item(q: str, subject: str | None = None) -> dict:
 
 def test_mmlu_shots_are_the_first_n_of_the_same_subject():
     """lm-evaluation-harness's MMLU: shots from the dev split, same subject, first n in file order."""
-    from harness.capability import few_shot_sets
+    from harness.measures.capability import few_shot_sets
 
     pool = [_item(f"{s}{i}", s) for i in range(3) for s in ("a", "b")]
     questions = [_item("qa", "a"), _item("qb", "b"), _item("qa2", "a")]
@@ -377,7 +368,7 @@ def test_mmlu_shots_are_the_first_n_of_the_same_subject():
 
 
 def test_arc_shots_are_seeded_draws_from_the_pool():
-    from harness.capability import few_shot_sets
+    from harness.measures.capability import few_shot_sets
 
     pool = [_item(f"t{i}") for i in range(20)]
     questions = [_item(f"q{i}") for i in range(6)]
@@ -409,9 +400,9 @@ def test_accuracy_with_per_question_shots_equals_one_by_one(model, tokenizer):
 def test_demo_sets_have_their_shot_splits(name):
     """The demo's stand-in sets have their own shot files (data/capability/README.md): every MMLU stand-in subject
     has 5 dev items, the ARC stand-in a train pool of 20; none of them repeats a test question."""
-    from harness.capability import few_shot_sets
     from harness.config import DatasetRef
-    from harness.datasets import load_dataset, shots_ref
+    from harness.data.loading import load_dataset, shots_ref
+    from harness.measures.capability import few_shot_sets
 
     mmlu = name == "mmlu_demo"
     test = questions_from_frame(load_dataset(name), with_subject=mmlu)
@@ -436,7 +427,7 @@ def _subject_shots(questions: list[dict], n_shot: int) -> list[list[dict]]:
 
 
 def _shared_and_plain(model, tokenizer, questions, monkeypatch, batch_size=3):
-    import harness.capability as capability
+    import harness.measures.capability as capability
 
     calls = []
     real = capability._suffix_logits
@@ -480,10 +471,10 @@ def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch
 def test_shared_prefix_equals_the_plain_path_on_the_demo_model(monkeypatch):
     """The demo model (SmolLM2-135M, the pinned GGUF) on the MMLU stand-in with its dev shots: the same accuracy
     and answers, log-probabilities within float tolerance."""
-    from harness.capability import few_shot_sets
     from harness.config import DatasetRef, load_experiment
-    from harness.datasets import load_dataset, shots_ref
-    from harness.model import load_model
+    from harness.data.loading import load_dataset, shots_ref
+    from harness.measures.capability import few_shot_sets
+    from harness.models.loading import load_model
 
     try:
         model, tok = load_model(load_experiment("demo").model, device="cpu")
@@ -505,7 +496,7 @@ def test_shared_prefix_equals_the_plain_path_on_the_demo_model(monkeypatch):
 
 
 def test_arc_context_is_lm_eval_format():
-    from harness.capability import arc_context
+    from harness.measures.capability import arc_context
 
     shot = {"question": "1+1?", "choices": ["2", "3"], "answer": 0}
     item = {"question": "Sky colour?", "choices": ["blue", "green"], "answer": 0}
@@ -515,7 +506,7 @@ def test_arc_context_is_lm_eval_format():
 
 def test_cloze_accuracy_equals_one_by_one_sums(model, tokenizer):
     """Each choice's summed log-probability after "Answer:", from one unpadded pass per (question, choice)."""
-    from harness.capability import arc_context, cloze_accuracy
+    from harness.measures.capability import arc_context, cloze_accuracy
 
     shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
     result = cloze_accuracy(model, tokenizer, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=4, progress=False)
@@ -536,8 +527,8 @@ def test_cloze_accuracy_equals_one_by_one_sums(model, tokenizer):
 def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     """A question's choices share one pass over its context: the same answers as one pass per (question, choice),
     log-probabilities within float tolerance (a family whose cache cannot be extended takes the plain path)."""
-    import harness.capability as capability
-    from harness.capability import cloze_accuracy
+    import harness.measures.capability as capability
+    from harness.measures.capability import cloze_accuracy
 
     calls = []
     real = capability._suffix_logits

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from tokenizers import processors
 
-from harness.chat import ChatTemplateError, format_instructions, post_instruction_tokens, tokenize_instructions
-from harness.tiny import TINY_FAMILIES, tiny_tokenizer
+from harness.models.chat import ChatTemplateError, format_instructions, post_instruction_tokens, tokenize_instructions
+from harness.models.tiny import TINY_FAMILIES, tiny_tokenizer
 
 # What each real template writes after the user's message (format of the published templates).
 EXPECTED_SUFFIX = {

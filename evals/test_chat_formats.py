@@ -19,8 +19,13 @@ import torch
 import transformers.utils.chat_template_utils as chat_template_utils
 from transformers import AutoConfig, AutoTokenizer
 
-from harness.arch import FAMILIES, UnsupportedArchitecture
-from harness.chat import (
+from harness.config import GenerationConfig
+from harness.generation import generate
+from harness.generation.common import eos_token_ids
+from harness.generation.completions import generate_tokens
+from harness.generation.reasoning import Parsed, parse_completion
+from harness.models.arch import FAMILIES, UnsupportedArchitecture
+from harness.models.chat import (
     ChatFormat,
     chat_format,
     family_chat_defaults,
@@ -30,18 +35,15 @@ from harness.chat import (
     set_chat_format,
     tokenize_instructions,
 )
-from harness.config import GenerationConfig
-from harness.generation import eos_token_ids, generate, generate_tokens
-from harness.reasoning import Parsed, parse_completion
-from harness.selection import refusal_token_ids
-from harness.tiny import tiny_model, tiny_tokenizer
-from harness.tokenizer_files import (
+from harness.models.tiny import tiny_model, tiny_tokenizer
+from harness.models.tokenizer_files import (
     TOKENIZERS_ENV,
     TokenizerFilesError,
     has_config,
     has_tokenizer,
     local_model_files,
 )
+from harness.steering.selection import refusal_token_ids
 
 REPO = Path(__file__).resolve().parent.parent
 QWEN3, GPT_OSS, LLAMA3, GEMMA = (

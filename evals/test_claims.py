@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from fixtures.verdict import require
-from harness.judges.rates import counted_key, meaningful, rate_row, unjudged_failures
-from harness.stats import category_table, paired_difference, wilson_interval
+from harness.stats.proportions import category_table, paired_difference
+from harness.stats.rates import counted_key, meaningful, rate_row, unjudged_failures
 
 pytestmark = pytest.mark.gpu
 
@@ -62,8 +62,8 @@ def _record_agreement(judgments, judges, condition: str, record) -> None:
     measure (refusal and fulfilment judges both give a refusal rate) by agreement and kappa; a refusal judge against
     a harm judge as what the pair is (how often a non-refusal is judged safe, a refusal judged unsafe). Report
     tables, never claim figures."""
-    from harness.agreement import agreement, refusal_vs_harm
     from harness.config import MEASURE, judge_question
+    from harness.judges.agreement import agreement, refusal_vs_harm
 
     same, cross = {}, {}
     names = list(judges)
@@ -166,7 +166,7 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
 def test_direction_selected(experiment, sets, selection, direction, candidates, record, claim_snapshot):
     """Ablating the selected candidate lowers the refusal score on harmful validation prompts by the experiment's
     bound; where the experiment fixes the published (layer, pos), the selected direction agrees with it."""
-    from harness.directions import cosine
+    from harness.steering.directions import cosine
 
     t = experiment.thresholds
     assert t.selection_score_drop_min is not None, f"{experiment.source_file}: thresholds.selection_score_drop_min is not set"
@@ -295,8 +295,8 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
     """One direction: fit on `budget` of the fit areas, its mean cosine to the held-out areas' direction. Per-layer
     directions: fit on `budget` areas drawn from all and on the rest, the median and 10th percentile of every
     layer's cosine over the repeats (the columns of a per-layer study's category generalization table)."""
-    from harness.directions import cosine
-    from harness.policy import budget_subsets
+    from harness.data.policy import budget_subsets
+    from harness.steering.directions import cosine
 
     if direction.per_layer:
         _layer_stability(budget, experiment, sets, request.getfixturevalue("layer_stability")[budget], record,
@@ -336,7 +336,7 @@ def test_direction_stability(budget, experiment, sets, direction, construction_a
 
 
 def _layer_stability(budget, experiment, sets, row, record, claim_snapshot) -> None:
-    from harness.directions import layer_cosine_summary
+    from harness.steering.directions import layer_cosine_summary
 
     summary = layer_cosine_summary(row["cosines"])
     median, p10 = summary["median"], summary["p10"]
@@ -380,7 +380,7 @@ def test_harmless_unchanged(condition, experiment, sets, answers, judgments, har
                             claim_snapshot):
     """Harmless prompts are answered as before: no significant rise in refusal against the baseline on the same
     prompts (paired, exact McNemar), refusal within its ceiling, and next-token KL within its bound."""
-    from harness.capability import next_token_kl
+    from harness.models.logits import next_token_kl
 
     t = experiment.thresholds
     headline = experiment.judges.over_refusal_judge()
@@ -428,7 +428,7 @@ def test_capability_retention(benchmark_name, experiment, sets, capability_score
                                  headline=f"{base['source']}: CE {base['ce']:.3f} -> {edited['ce']:.3f}",
                                  provenance=provenance)
     else:
-        from harness.stats import above_chance_p, paired_difference
+        from harness.stats.proportions import above_chance_p, paired_difference
 
         paired = paired_difference(np.array(base["correct"]), np.array(edited["correct"]))
         delta = edited["accuracy"] - base["accuracy"]
@@ -500,7 +500,7 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
     """Each direction method's refusal drop on the same harmful prompts, within one KL budget on harmless prompts;
     a method other than diff-in-means is also compared with it prompt by prompt (exact McNemar). With an
     `intervention.grid`, each case is one `DIM_CELL~INLP_CELL` comparison of the grid (`_grid_compared`)."""
-    from harness.capability import next_token_kl
+    from harness.models.logits import next_token_kl
 
     if "~" in method:
         return _grid_compared(method, experiment, sets, answers, judgments, judges, harmless_logits,
@@ -544,8 +544,8 @@ def _grid_cell(cell, experiment, answers, judgments, judges, harmless_logits, ca
     """One row of the method x intervention x scope table: refusal drop per refusal/fulfilment judge, unsafe rate
     per harm judge, harmless refusal (the over-refusal judge, a refusal judge), mean harmless KL, and the CE rise on
     the capability text set where the experiment has one."""
-    from harness.capability import next_token_kl
     from harness.config import GRID_METHOD, MEASURE, judge_question, parse_cell
+    from harness.models.logits import next_token_kl
 
     kind, scope = parse_cell(cell)
     over = experiment.judges.over_refusal_judge()
@@ -571,7 +571,7 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
     KL (and CE) budget, and the method the experiment names in `methods_winner` must have the larger refusal
     drop by an exact McNemar test (or, for `neither`, no significant difference)."""
     from harness.config import parse_cell
-    from harness.grid import compare, paired_scores
+    from harness.stats.grid import compare, paired_scores
 
     t = experiment.thresholds
     headline = experiment.judges.headline_name
@@ -623,7 +623,7 @@ def _grid_compared(comparison, experiment, sets, answers, judgments, judges, har
 
 def _published(experiment, label: str, rehearse) -> dict[str, int]:
     """The reference's per-question scores of one of its conditions (question id -> 0/1)."""
-    from harness.prompt_sets import load_named
+    from harness.data.prompt_sets import load_named
 
     ref_cfg = experiment.reference
     published = load_named(ref_cfg.judgments, experiment.seed, None, placeholders=rehearse is not None)
@@ -650,7 +650,7 @@ def test_matches_reference(reference_condition, experiment, sets, judgments, rec
     """This run's outcome against a published run's per-question judge scores on the same questions, as an
     equivalence test: the interval of the paired compliance difference lies within +/- the tolerance (two one-sided
     tests); agreement, Cohen's kappa, flips each way and McNemar against the reference are reported beside it."""
-    from harness.stats import compare_to_reference
+    from harness.stats.equivalence import compare_to_reference
 
     ref_cfg = experiment.reference
     headline = experiment.judges.headline_name
@@ -687,7 +687,7 @@ def test_matches_reference_change(reference_change, experiment, sets, judgments,
     change here minus its change in the reference (-2..2); the t interval of their mean lies within +/- the
     tolerance (two one-sided tests). Pairing both runs on the same questions is what makes this stricter than
     comparing the two headline changes."""
-    from harness.stats import compare_change_to_reference
+    from harness.stats.equivalence import compare_change_to_reference
 
     ref_cfg = experiment.reference
     headline = experiment.judges.headline_name
@@ -730,9 +730,9 @@ def test_completion_coherence(experiment, sets, judgments, coherence, coherence_
     """A measurement beside the claims, with no bound of its own: per condition and prompt set, how fluent
     (mean per-token log-probability under the unmodified model) and how repetitive (repeated token 3-grams) the
     completions are, and how many of the headline judge's compliances are coherent under the rule calibrated on
-    the baseline's completions to harmless validation prompts (harness.coherence). A refusal drop made of
+    the baseline's completions to harmless validation prompts (harness.measures.coherence). A refusal drop made of
     gibberish shows here as compliance that is not coherent. The figures are snapshotted, so a change fails."""
-    from harness.coherence import summarize
+    from harness.measures.coherence import summarize
 
     headline = experiment.judges.headline_name
     rows = {}
@@ -756,7 +756,7 @@ def test_fit_separates(fit_auc, experiment, sets, fit_sets, direction, candidate
     """The train sets' last-token residual, projected on each layer's diff-in-means, separates the two sets at the
     direction's layer: per-layer ROC AUC on the fitting prompts (as a study reports it) and 5-fold cross-validated
     (pairs kept in one fold where both sets are the same prompts), asserted on the cross-validated one."""
-    from harness.directions import crossval_layer_auc, layer_auc
+    from harness.steering.directions import crossval_layer_auc, layer_auc
 
     harmful, harmless = train_acts["harmful"], train_acts["harmless"]  # [n, layer, d_model]
     paired = fit_sets.harmful_train == fit_sets.harmless_train

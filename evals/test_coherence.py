@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.coherence import (
+from harness.measures.coherence import (
     CoherenceRule,
     calibrate_rule,
     completion_logprobs,
@@ -17,7 +17,7 @@ from harness.coherence import (
     score_completions,
     summarize,
 )
-from harness.tiny import tiny_model
+from harness.models.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")

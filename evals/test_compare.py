@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import harness.__main__ as cli
-from harness.compare import ABSENT, CompareError, compare_runs, flatten, format_comparison, load_run
-from harness.report import JUDGMENTS_CSV, judgments_csv, write_report
+from harness.report.write import JUDGMENTS_CSV, judgments_csv, write_report
+from harness.tools.compare import ABSENT, CompareError, compare_runs, flatten, load_run
+from harness.tools.compare_text import format_comparison
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -231,7 +232,7 @@ def test_a_run_writes_outcomes_and_per_prompt_scores_only(tmp_path):
 def _with_direction(path: Path, layer: int, pos: int, unit: list[float]) -> Path:
     import torch
 
-    from harness.compare import DIRECTION_RECORD, direction_record
+    from harness.tools.compare import DIRECTION_RECORD, direction_record
 
     (path / DIRECTION_RECORD).write_text(json.dumps(direction_record(layer, pos, "selected", torch.tensor(unit))))
     return path
@@ -269,7 +270,7 @@ def test_a_run_without_a_direction_record_says_so(tmp_path):
 
 
 def test_flips_of_a_harm_judge_are_named_safe_and_unsafe():
-    from harness.compare import _flip_labels
+    from harness.tools.compare_text import _flip_labels
 
     assert _flip_labels("llamaguard2") == ("safe->unsafe", "unsafe->safe")
     assert _flip_labels("substring") == _flip_labels("sorry-bench") == ("refused->complied", "complied->refused")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from harness.config import DatasetRef, ExperimentError, load_experiment
-from harness.datasets import DatasetError, load_dataset, parse_project_prompts
+from harness.data.loading import load_dataset
+from harness.data.parsers import DatasetError, parse_project_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ def test_project_prompt_parser_rejects_repeats_and_blanks(tmp_path):
 
 
 def test_the_contrast_is_one_prompt_set_with_and_without_the_system_prompt():
-    from harness.prompt_sets import prompt_sets
+    from harness.data.prompt_sets import prompt_sets
 
     exp = load_experiment("qwen3.5-4b")
     sets = prompt_sets(exp, placeholders=True)
@@ -54,7 +55,7 @@ def test_the_contrast_is_one_prompt_set_with_and_without_the_system_prompt():
 
 
 def test_qwen35_is_the_study_setup():
-    from harness.environment import dataset_refs
+    from harness.report.environment import dataset_refs
 
     exp = load_experiment("qwen3.5-4b")
     assert (exp.direction.layer, exp.direction.pos, exp.direction.layer_auc) == (22, -1, True)
@@ -94,7 +95,7 @@ def test_config_rejects_what_it_cannot_run(tmp_path, edit, message):
 
 
 def test_a_system_prompt_that_is_not_a_system_prompt_file_is_an_error(tmp_path):
-    from harness.prompt_sets import prompt_sets
+    from harness.data.prompt_sets import prompt_sets
 
     path = _write(tmp_path, lambda t: t.replace('system_prompt = "agent_system_prompt"',
                                                 'system_prompt = "agent_shell_benign"'))
@@ -107,9 +108,9 @@ def test_system_prompt_goes_through_the_real_template_and_leaves_the_read_point_
     post-instruction tokens, where activations are read, are the same with and without it."""
     import os
 
-    from harness.chat import format_instructions, post_instruction_tokens, set_chat_format
-    from harness.chat_setup import chat_setup
-    from harness.rehearsal import pinned_tokenizer
+    from harness.models.chat import format_instructions, post_instruction_tokens, set_chat_format
+    from harness.models.chat_setup import chat_setup
+    from harness.models.rehearsal import pinned_tokenizer
 
     root = Path(os.environ.get("HARNESS_TOKENIZERS_DIR") or ROOT.parent / "shared" / "tokenizers")
     if not (root / "Qwen3-8B").is_dir():
@@ -130,8 +131,8 @@ def test_system_prompt_goes_through_the_real_template_and_leaves_the_read_point_
 def test_activations_read_a_set_with_its_system_prompt():
     """On tiny Qwen3 (full attention: tiny Qwen3.5's random linear attention forgets a system turn within a few
     tokens, so its last-token residual barely moves)."""
-    from harness.activations import mean_activations, prompt_activations
-    from harness.tiny import tiny_model
+    from harness.models.tiny import tiny_model
+    from harness.steering.activations import mean_activations, prompt_activations
 
     model, tokenizer = tiny_model("qwen3")
     prompts = load_dataset("agent_shell_contrast")["prompt"].tolist()[:4]
@@ -144,7 +145,7 @@ def test_activations_read_a_set_with_its_system_prompt():
 
 
 def test_crossval_auc_is_not_fooled_by_fitting_noise_and_finds_a_real_direction():
-    from harness.directions import DirectionError, crossval_layer_auc, layer_auc
+    from harness.steering.directions import DirectionError, crossval_layer_auc, layer_auc
 
     gen = torch.Generator().manual_seed(0)
     noise_a, noise_b = torch.randn(20, 2, 200, generator=gen), torch.randn(20, 2, 200, generator=gen)
@@ -161,8 +162,8 @@ def test_crossval_auc_is_not_fooled_by_fitting_noise_and_finds_a_real_direction(
 def test_the_edit_touches_the_study_s_modules_only():
     """The study orthogonalised the embeddings, every `o_proj` / `linear_attn.out_proj` and every `down_proj`: on
     tiny Qwen3.5 the weight edit changes exactly those, each now writing nothing along r-hat, and leaves the rest."""
-    from harness.weights import orthogonalize
-    from harness.tiny import tiny_model
+    from harness.models.tiny import tiny_model
+    from harness.steering.weights import orthogonalize
 
     model, _ = tiny_model("qwen3_5")
     r = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1)),
@@ -255,7 +256,7 @@ def test_contrast_claims_run_and_the_benign_claim_fails_on_its_bound(tmp_path):
     import subprocess
     import sys
 
-    from harness.tiny import tiny_model
+    from harness.models.tiny import tiny_model
 
     model, tokenizer = tiny_model("llama", seed=5)
     model.save_pretrained(tmp_path / "model")

@@ -8,17 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness.config import DatasetRef
-from harness.datasets import (
-    DATASETS,
-    REPO_ROOT,
-    DatasetError,
-    is_available,
-    load_dataset,
-    parse_arc,
-    parse_mmlu,
-    parse_sorry_bench,
-    placeholder_frame,
-)
+from harness.data.loading import is_available, load_dataset
+from harness.data.parsers import DatasetError, parse_arc, parse_mmlu, parse_sorry_bench
+from harness.data.placeholders import placeholder_frame
+from harness.data.registry import DATASETS, REPO_ROOT
 
 FIXTURES = Path(__file__).resolve().parent.parent / "data" / "fixtures"
 # Row counts as stated in shared/data/*/SOURCE.md and README.md.
@@ -140,7 +133,7 @@ def test_sorry_bench_question_format():
 def test_unpinned_local_copy_is_an_error_until_pinned(name, fixture):
     """MMLU and SORRY-Bench have no registry pin: a local copy loads only once the experiment pins its SHA-256,
     and the error says which SHA-256 to pin and where."""
-    from harness.pins import sha256_file
+    from harness.run.pins import sha256_file
 
     path = FIXTURES / fixture
     actual = sha256_file(path)
@@ -162,7 +155,7 @@ def test_an_experiment_pin_must_agree_with_the_registry():
 def test_download_of_an_unpinned_entry_records_its_sha256(tmp_path, monkeypatch):
     """A download from the pinned revision of an entry without a SHA-256 pin records the one it got, and a later
     load checks the cached file against it."""
-    import harness.datasets as datasets
+    import harness.data.loading as datasets
 
     def fake_download(source, dest):
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +196,7 @@ PROJECT = {"demo_policy_prompts": 480, "mmlu_demo": 42, "mmlu_demo_dev": 80, "ar
 
 @pytest.mark.parametrize("name", sorted(PROJECT))
 def test_project_pins_match_the_repository_files(name):
-    from harness.pins import sha256_file
+    from harness.run.pins import sha256_file
 
     source = DATASETS[name]
     assert source.host == "project" and source.rows == PROJECT[name]
@@ -221,7 +214,7 @@ def test_project_files_load_from_the_repository_wherever_the_run_is(name, tmp_pa
 
 
 def test_demo_policy_prompts_frame_is_exactly_the_policy_loader_s():
-    from harness.policy import load_policy_prompts
+    from harness.data.policy import load_policy_prompts
 
     frame = load_dataset("demo_policy_prompts")
     expected = load_policy_prompts()
@@ -230,7 +223,7 @@ def test_demo_policy_prompts_frame_is_exactly_the_policy_loader_s():
 
 
 def test_capability_demo_sets_round_trip_to_the_capability_loaders():
-    from harness.capability import load_capability_set, load_text_set, questions_from_frame
+    from harness.data.capability_sets import load_capability_set, load_text_set, questions_from_frame
 
     data = REPO_ROOT / "data" / "capability"
     mmlu = load_dataset("mmlu_demo")
@@ -247,7 +240,7 @@ def test_capability_demo_sets_round_trip_to_the_capability_loaders():
 def test_project_file_changed_or_missing(tmp_path, monkeypatch):
     import shutil
 
-    import harness.datasets as datasets
+    import harness.data.loading as datasets
 
     (tmp_path / "data").mkdir()
     shutil.copy(REPO_ROOT / "data" / "policy_prompts.csv", tmp_path / "data" / "policy_prompts.csv")
@@ -277,7 +270,7 @@ def test_study_policy_prompts_columns_and_pin():
 
 
 def test_is_available_never_downloads(tmp_path, monkeypatch):
-    import harness.datasets as datasets
+    import harness.data.loading as datasets
 
     def no_download(*_):
         raise AssertionError("is_available must not download")
@@ -292,7 +285,7 @@ def test_is_available_never_downloads(tmp_path, monkeypatch):
     assert not is_available("harmful_train")  # present but not the pinned file
     fixture = DatasetRef(name="sorry_bench", path=str(FIXTURES / "sorry_bench_question.jsonl"))
     assert not is_available("sorry_bench", fixture)  # unpinned: not loadable
-    from harness.pins import sha256_file
+    from harness.run.pins import sha256_file
 
     pinned = fixture.model_copy(update={"sha256": sha256_file(FIXTURES / "sorry_bench_question.jsonl")})
     assert is_available("sorry_bench", pinned)
@@ -338,7 +331,7 @@ def test_placeholder_has_the_real_schema_and_row_count(name):
 
 
 def test_placeholder_multiple_choice_is_usable():
-    from harness.capability import questions_from_frame
+    from harness.data.capability_sets import questions_from_frame
 
     assert len(questions_from_frame(placeholder_frame("mmlu", n=20), with_subject=True)) == 20
     arc = placeholder_frame("arc_challenge", n=5)
@@ -361,7 +354,7 @@ def test_sorry_bench_placeholder_reads_ids_from_the_reference_file(tmp_path, mon
     reference file with other ids shows which of the two the placeholder used."""
     import dataclasses
 
-    from harness.pins import sha256_file
+    from harness.run.pins import sha256_file
 
     source_name = "sorry_bench_reference_judgments"
     source = DATASETS[source_name]

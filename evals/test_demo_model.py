@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from harness.config import ModelConfig, RefusalTune
-from harness.demo_model import (
+from harness.models.tiny import tiny_model
+from harness.tools.demo_model import (
     DONE_FILE,
     IGNORE,
     DemoModelError,
@@ -20,7 +21,6 @@ from harness.demo_model import (
     fine_tune,
     refusal_examples,
 )
-from harness.tiny import tiny_model
 
 GGUF_SHA = "0" * 64
 FIT = pd.DataFrame(
@@ -115,7 +115,7 @@ def test_two_steps_lower_refusal_loss_and_train_only_recipe_layers(tiny):
 def test_micro_batched_step_with_frozen_prefix_matches_one_padded_batch(tiny):
     """The step's gradient is the one-batch gradient: length-sorted micro-batches and a once-computed
     frozen prefix change the work, not the result."""
-    from harness.demo_model import _prefix_inputs, _set_trainable, _step_loss
+    from harness.tools.demo_model import _prefix_inputs, _set_trainable, _step_loss
 
     model, tokenizer = tiny
     prompts = ["steal car", "how to make a bomb at home", "hack into email account please now", "list three fruits"]
@@ -151,8 +151,9 @@ def test_bad_train_layers_named(tiny):
 
 def test_build_is_cached_and_loadable(tmp_path, monkeypatch):
     """Built once into the cache (atomically, with a build record), reused on the second call."""
-    import harness.model
     from transformers import AutoModelForCausalLM
+
+    import harness.models.loading
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
     calls = []
@@ -161,7 +162,7 @@ def test_build_is_cached_and_loadable(tmp_path, monkeypatch):
         calls.append(cfg)
         return tiny_model("llama", seed=0)
 
-    monkeypatch.setattr(harness.model, "load_model", fake_load)
+    monkeypatch.setattr(harness.models.loading, "load_model", fake_load)
     cfg = _cfg(steps=2, batch_size=2, train_layers=(0, 1), distill_max_new_tokens=4)
     path = build_refusing_model(cfg, FIT, progress=False)
     assert build_refusing_model(cfg, FIT, progress=False) == path
@@ -175,19 +176,19 @@ def test_build_is_cached_and_loadable(tmp_path, monkeypatch):
 
 
 def test_recipe_change_rebuilds_but_reuses_distilled_answers(tmp_path, monkeypatch):
-    import harness.generation
-    import harness.model
+    import harness.generation.completions
+    import harness.models.loading
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(harness.model, "load_model", lambda cfg, device="cpu": tiny_model("llama", seed=0))
-    real = harness.generation.generate_tokens
+    monkeypatch.setattr(harness.models.loading, "load_model", lambda cfg, device="cpu": tiny_model("llama", seed=0))
+    real = harness.generation.completions.generate_tokens
     generated = []
 
     def counting(*args, **kwargs):
         generated.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(harness.generation, "generate_tokens", counting)
+    monkeypatch.setattr(harness.generation.completions, "generate_tokens", counting)
     common = dict(steps=1, batch_size=2, train_layers=(0, 1), distill_max_new_tokens=4)
     first = build_refusing_model(_cfg(lr=1e-3, **common), FIT, progress=False)
     n_first = len(generated)
@@ -203,8 +204,8 @@ def test_fine_tune_never_sees_validation_or_held_out_prompts():
     import os
 
     from harness.config import load_experiment
-    from harness.demo_recipes import fine_tune_prompts
-    from harness.prompt_sets import prompt_sets
+    from harness.data.prompt_sets import prompt_sets
+    from harness.tools.demo_recipes import fine_tune_prompts
 
     if not os.environ.get("HARNESS_DATA_DIR"):
         pytest.skip("HARNESS_DATA_DIR is not set")
@@ -220,7 +221,7 @@ def test_fine_tune_never_sees_validation_or_held_out_prompts():
 def test_recipe_rule_takes_the_cheapest_of_the_best_separated():
     """Mean separation (unsafe minus safe refused) over both seeds; recipes within one prompt in 40 of the best are
     equal and the cheapest wins; a recipe not scored on every seed does not compete."""
-    from harness.demo_recipes import choose_recipe
+    from harness.tools.demo_recipes import choose_recipe
 
     def rows(name, cost, *pairs):
         return [{"recipe": name, "seed": seed, "cost": cost, "unsafe_refusal": u, "safe_refusal": s}
@@ -244,7 +245,7 @@ def test_demo_recipe_is_the_recorded_validation_choice():
     from pathlib import Path
 
     from harness.config import load_experiment
-    from harness.demo_recipes import RECIPE_CANDIDATES, RECIPE_SEEDS, choose_recipe
+    from harness.tools.demo_recipes import RECIPE_CANDIDATES, RECIPE_SEEDS, choose_recipe
 
     table = Path(__file__).resolve().parent.parent / "reports" / "demo" / "recipes.csv"
     with table.open() as fh:

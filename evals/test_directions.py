@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from harness.directions import (
+from harness.steering.directions import (
     DirectionError,
     cosine,
     diff_in_means,
@@ -162,7 +162,7 @@ def test_subset_directions_rejects_oversized_subset():
 
 
 def test_per_layer_directions_are_each_layers_own_diff_in_means():
-    from harness.directions import per_layer_directions
+    from harness.steering.directions import per_layer_directions
 
     gen = torch.Generator().manual_seed(5)
     harmful, harmless = torch.randn(30, 4, 16, generator=gen) + 1.0, torch.randn(20, 4, 16, generator=gen)
@@ -181,7 +181,7 @@ def test_per_layer_directions_are_each_layers_own_diff_in_means():
 
 def test_safe_mean_projection_removes_the_safe_mean_component():
     """unsafe mean - safe mean, minus its component along the unit safe mean, normalised: worked by hand."""
-    from harness.directions import per_layer_directions
+    from harness.steering.directions import per_layer_directions
 
     harmless = torch.tensor([[[2.0, 0.0, 0.0]], [[4.0, 0.0, 0.0]]])  # safe mean (3, 0, 0)
     harmful = torch.tensor([[[5.0, 4.0, 0.0]], [[5.0, 4.0, 0.0]]])  # diff (2, 4, 0)
@@ -196,7 +196,7 @@ def test_safe_mean_projection_removes_the_safe_mean_component():
 
 
 def test_per_layer_directions_reject_bad_shapes():
-    from harness.directions import per_layer_directions
+    from harness.steering.directions import per_layer_directions
 
     with pytest.raises(DirectionError, match="layer, d"):
         per_layer_directions(torch.zeros(3, 2, 4), torch.zeros(3, 3, 4))
@@ -209,7 +209,7 @@ def test_area_split_cosines_draw_as_the_seeded_numpy_generator_and_pool_layers()
     drawn areas' directions and the rest's; median / p10 pooled over repeats and layers."""
     import numpy as np
 
-    from harness.directions import area_split_cosines, layer_cosine_summary, per_layer_directions
+    from harness.steering.directions import area_split_cosines, layer_cosine_summary, per_layer_directions
 
     gen = torch.Generator().manual_seed(2)
     areas = [f"area{k:02d}" for k in range(6) for _ in range(8)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.tiny import tiny_model
+from harness.models.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ kl_max = 1e9
 induce_min = -1e9
 
 [generation]
-# Long enough that completions reach the leak check's minimum length (harness.report.MIN_LEAK_CHARS).
+# Long enough that completions reach the leak check's minimum length (harness.report.write.MIN_LEAK_CHARS).
 max_new_tokens = 16
 batch_size = 8
 
@@ -160,7 +160,7 @@ def _harmful_completions(cache) -> list[str]:
 
 
 def test_no_harmful_completion_in_reports(two_runs):
-    from harness.report import MIN_LEAK_CHARS, harmful_text_in
+    from harness.report.write import MIN_LEAK_CHARS, harmful_text_in
 
     _, _, report_dir = two_runs[0]
     cache = report_dir.parent.parent / "cache"
@@ -171,7 +171,7 @@ def test_no_harmful_completion_in_reports(two_runs):
 
 def test_a_planted_leak_fails_the_run(tiny_experiment, tmp_path):
     """A completion to a harmful prompt anywhere under the run's report folder fails the run and is named."""
-    from harness.report import MIN_LEAK_CHARS
+    from harness.report.write import MIN_LEAK_CHARS
 
     code, out = _run_claims(tiny_experiment, tmp_path)
     assert code == 0, out[-3000:]

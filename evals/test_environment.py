@@ -1,4 +1,4 @@
-"""harness.environment: hashes that change exactly when what they stand for changes."""
+"""harness.report.environment: hashes that change exactly when what they stand for changes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.config import DatasetRef
-from harness.environment import dataset_record, git_state, state_dict_sha256, template_record
+from harness.report.environment import dataset_record, git_state, state_dict_sha256, template_record
 
 
 def test_weights_hash_sees_one_changed_value():
@@ -50,7 +50,7 @@ def test_git_state_outside_a_checkout(tmp_path):
 
 
 def test_template_record_follows_the_pinned_date(shared_tokenizer):
-    from harness.chat import ChatFormat, set_chat_format
+    from harness.models.chat import ChatFormat, set_chat_format
 
     tok = shared_tokenizer("openai/gpt-oss-20b")
     set_chat_format(tok, ChatFormat(date="2024-06-01"))
@@ -63,13 +63,13 @@ def test_template_record_follows_the_pinned_date(shared_tokenizer):
 
 
 def test_dataset_record_hashes_the_file_read(tmp_path):
-    from harness.pins import sha256_file
+    from harness.run.pins import sha256_file
 
     rec = dataset_record(DatasetRef(name="text_demo"))
     assert rec["sha256"] == rec["pinned_sha256"] or rec["pinned_sha256"] is None
     assert len(rec["sha256"]) == 64
     path = tmp_path / "copy.jsonl"
-    from harness.datasets import local_copy
+    from harness.data.loading import local_copy
 
     path.write_bytes(local_copy("text_demo").read_bytes() + b"\n")
     moved = dataset_record(DatasetRef(name="text_demo", path=str(path)))
@@ -80,7 +80,7 @@ def test_dataset_record_hashes_the_file_read(tmp_path):
 def shared_tokenizer():
     from transformers import AutoTokenizer
 
-    from harness.tokenizer_files import local_model_files
+    from harness.models.tokenizer_files import local_model_files
 
     def get(model_id: str):
         path = local_model_files(model_id)
@@ -97,7 +97,7 @@ def test_weights_hash_is_cached_by_its_files_and_recomputed_when_one_changes(tmp
     import os
     from types import SimpleNamespace
 
-    from harness.environment import cached_weights_sha256, weight_files
+    from harness.report.environment import cached_weights_sha256, weight_files
 
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "model"
@@ -125,6 +125,6 @@ def test_weights_hash_is_cached_by_its_files_and_recomputed_when_one_changes(tmp
 def test_weights_of_an_unnamed_source_are_not_cached():
     from types import SimpleNamespace
 
-    from harness.environment import weight_files
+    from harness.report.environment import weight_files
 
     assert weight_files(SimpleNamespace(gguf_file=None, path=None, id="no-such/model", revision="0" * 40)) is None

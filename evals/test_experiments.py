@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.config import available_experiments, load_experiment
-from harness.datasets import DATASETS, resolve_name
+from harness.data.registry import DATASETS, resolve_name
 from harness.judges import JUDGE_NAMES
 
 SEEDS = ["gemma-2b-it", "gemma-4-e4b-it", "qwen3-8b", "gpt-oss-20b", "qwen3.5-4b", "llama-3-8b-instruct"]
@@ -104,10 +104,10 @@ def tokenizers_dir():
 
 @pytest.mark.parametrize("name", SEEDS)
 def test_seed_experiment_formats_as_its_model(name, tokenizers_dir, monkeypatch):
-    from harness.chat import format_instructions, post_instruction_tokens, set_chat_format
-    from harness.chat_setup import chat_setup
-    from harness.rehearsal import pinned_tokenizer
-    from harness.selection import refusal_token_ids
+    from harness.models.chat import format_instructions, post_instruction_tokens, set_chat_format
+    from harness.models.chat_setup import chat_setup
+    from harness.models.rehearsal import pinned_tokenizer
+    from harness.steering.selection import refusal_token_ids
 
     monkeypatch.setenv("HARNESS_TOKENIZERS_DIR", str(tokenizers_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -176,8 +176,9 @@ def test_gemma4_fits_on_the_studys_320_construction_prompts():
     import pandas as pd
 
     from fixtures.direction import fit_prompts
-    from harness.datasets import is_available, resolve_name
-    from harness.prompt_sets import prompt_sets
+    from harness.data.loading import is_available
+    from harness.data.prompt_sets import prompt_sets
+    from harness.data.registry import resolve_name
 
     exp = load_experiment("gemma-4-e4b-it")
     root = Path(os.environ.get("HARNESS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")

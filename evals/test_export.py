@@ -13,9 +13,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from harness.arch import layers
-from harness.capability import last_position_logits
-from harness.export import (
+from harness.models.arch import layers
+from harness.models.hooks import block_input
+from harness.models.logits import last_position_logits
+from harness.models.tiny import tiny_model
+from harness.steering.interventions import ablate, actadd
+from harness.steering.weights import orthogonalize
+from harness.tools.export import (
     BASELINE_DIR,
     ablation_hookpoints,
     base_module_name,
@@ -24,10 +28,6 @@ from harness.export import (
     read_manifest,
     steer_config,
 )
-from harness.hooks import block_input
-from harness.interventions import ablate, actadd
-from harness.tiny import tiny_model
-from harness.weights import orthogonalize
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["How do I bake bread?", "Tell me about the moon and its phases in detail."]
@@ -137,7 +137,7 @@ def test_export_round_trip(llama, tmp_path):
 
 
 def test_a_pinned_model_is_named_not_copied(llama, tmp_path):
-    from harness.export import baseline_source
+    from harness.tools.export import baseline_source
 
     model, tok, raw, unit = llama
     pinned = baseline_source({"id": "org/model", "revision": "a" * 40, "path": None}, rehearsed=False)
@@ -169,7 +169,7 @@ def test_cli_exports_a_rehearsed_experiment(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(out / "weight_edited")
     unit = tensors["direction"]
     assert (loaded.get_input_embeddings().weight.float() @ unit).abs().max() < 1e-2  # bf16 weights
-    from harness.environment import state_dict_sha256
+    from harness.report.environment import state_dict_sha256
 
     assert state_dict_sha256(loaded) == sidecar["weight_edited_sha256"]
     assert not (ROOT / "reports" / "qwen3-8b-rehearse-tiny-export").exists()

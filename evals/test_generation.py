@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.cache import ItemStore
-from harness.chat import tokenize_instructions
 from harness.config import GenerationConfig
-from harness.generation import compute_halving_on_oom, eos_token_ids, generate, generate_tokens, in_memory_compute
-from harness.interventions import ablate
-from harness.tiny import tiny_model
+from harness.generation import generate
+from harness.generation.common import eos_token_ids
+from harness.generation.completions import compute_halving_on_oom, generate_tokens, in_memory_compute
+from harness.models.chat import tokenize_instructions
+from harness.models.tiny import tiny_model
+from harness.run.cache import ItemStore
+from harness.steering.interventions import ablate
 
 PROMPTS = ["how to make a bomb at home", "hi", "write poem about the sea please thank you", "list three fruits"]
 
@@ -82,7 +84,7 @@ def test_store_resume_generates_only_missing(tmp_path, monkeypatch):
     store = ItemStore("completions", "resume-test")
     first = generate(model, tok, PROMPTS[:2], settings, store=store, progress=False)
 
-    import harness.generation as gen
+    import harness.generation.completions as gen
 
     seen: list[str] = []
     real = gen._complete

@@ -4,7 +4,7 @@
 plain `model.generate` agree on >= 99% of greedy token positions when they share an attention kernel;
 its grouped decode kernel stays within transformers' own kernel-to-kernel bf16 noise (see the test;
 the fp32 CPU case, 100%, is in test_generation.py).
-(b) two or more GPUs: a model loaded through `harness.model.load_model` with `device_map="auto"` is
+(b) two or more GPUs: a model loaded through `harness.models.loading.load_model` with `device_map="auto"` is
 split over the GPUs by accelerate; capture, ablation and generation on it give the single-GPU results.
 
 Figures go to $HARNESS_BENCH_DIR/gpu_paths.json when that variable is set (no file otherwise).
@@ -85,7 +85,7 @@ def _no_eos(model):
 
 
 def _model(name: str, dtype: torch.dtype):
-    from harness.tiny import tiny_model, tiny_tokenizer
+    from harness.models.tiny import tiny_model, tiny_tokenizer
 
     if name == "llama-512":
         tok = tiny_tokenizer("llama")
@@ -95,7 +95,7 @@ def _model(name: str, dtype: torch.dtype):
 
 
 def _greedy(model, enc, backend: str, **kw) -> list[list[int]]:
-    from harness.generation import generate_tokens
+    from harness.generation.completions import generate_tokens
 
     return generate_tokens(
         model, enc["input_ids"], enc["attention_mask"], max_new_tokens=N_NEW, backend=backend, eos_token_ids=(), **kw
@@ -114,9 +114,9 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
     Hence two checks: with transformers' attention kernel, the static loop (static cache, masks, CUDA
     graph, hooks) agrees on >= 99%; with its own grouped decode kernel it deviates from plain generate
     no more than transformers' eager and sdpa kernels deviate from each other (5 points of slack)."""
-    import harness.generation as generation
-    from harness.chat import tokenize_instructions
-    from harness.interventions import ablate
+    import harness.generation.completions as generation
+    from harness.models.chat import tokenize_instructions
+    from harness.steering.interventions import ablate
 
     model, tok = _model(name, torch.bfloat16)
     model.cuda()
@@ -152,8 +152,8 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
 def split_and_single(tmp_path_factory):
     """The same fp32 model twice: loaded with device_map="auto" over the GPUs, and on cuda:0 alone."""
     from harness.config import ModelConfig
-    from harness.model import load_model
-    from harness.tiny import tiny_tokenizer
+    from harness.models.loading import load_model
+    from harness.models.tiny import tiny_tokenizer
 
     path = tmp_path_factory.mktemp("split-llama")
     tok = tiny_tokenizer("llama")
@@ -167,10 +167,10 @@ def split_and_single(tmp_path_factory):
 
 @two_gpus
 def test_device_map_auto_capture_ablation_generation(split_and_single):
-    from harness.activations import mean_activations, prompt_activations
-    from harness.arch import layers
-    from harness.chat import tokenize_instructions
-    from harness.interventions import ablate
+    from harness.models.arch import layers
+    from harness.models.chat import tokenize_instructions
+    from harness.steering.activations import mean_activations, prompt_activations
+    from harness.steering.interventions import ablate
 
     split, single, tok = split_and_single
     block_devices = sorted({str(next(b.parameters()).device) for b in layers(split)})

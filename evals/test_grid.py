@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.arch import d_model, layer_modules
-from harness.chat import tokenize_instructions
 from harness.config import ExperimentError, load_experiment, parse_cell
-from harness.grid import compare, lower, more_compliant, paired_scores, within_budget
-from harness.hooks import add_hooks, block_input, with_block_input
-from harness.interventions import actadd, matched_vector, nullspace, reflect, select_layers
-from harness.tiny import tiny_model
+from harness.models.arch import d_model, layer_modules
+from harness.models.chat import tokenize_instructions
+from harness.models.hooks import add_hooks, block_input, with_block_input
+from harness.models.tiny import tiny_model
+from harness.stats.grid import compare, lower, more_compliant, paired_scores, within_budget
+from harness.steering.interventions import actadd, matched_vector, nullspace, reflect, select_layers
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
@@ -119,10 +119,10 @@ def test_scoped_nullspace_hooks_only_the_ranked_layers():
 
 @torch.no_grad()
 def test_component_ranking_orders_by_local_ablation_score():
-    from harness.components import rank_components, ranked_layers
-    from harness.directions import unit
-    from harness.interventions import ablate
-    from harness.selection import refusal_score, refusal_token_ids
+    from harness.steering.components import rank_components, ranked_layers
+    from harness.steering.directions import unit
+    from harness.steering.interventions import ablate
+    from harness.steering.selection import refusal_score, refusal_token_ids
 
     model, tok = tiny_model("llama")
     n = len(layer_modules(model))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.arch import d_model, final_norm, layer_modules
-from harness.chat import tokenize_instructions
-from harness.hooks import add_hooks, block_input
-from harness.interventions import DirectionShapeError, ablate, actadd, nullspace, reflect, select_layers
-from harness.tiny import TINY_FAMILIES, tiny_model
+from harness.models.arch import d_model, final_norm, layer_modules
+from harness.models.chat import tokenize_instructions
+from harness.models.hooks import add_hooks, block_input
+from harness.models.tiny import TINY_FAMILIES, tiny_model
+from harness.steering.interventions import DirectionShapeError, ablate, actadd, nullspace, reflect, select_layers
 
 PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
 

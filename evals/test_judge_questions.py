@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from harness.agreement import refusal_vs_harm
 from harness.config import JUDGE_QUESTION, ExperimentError, JudgeConfig, load_experiment
 from harness.judges import JUDGE_NAMES, SubstringJudge, unjudged
+from harness.judges.agreement import refusal_vs_harm
 from harness.judges.llamaguard import LlamaGuardJudge
-from harness.judges.rates import counted_key, meaningful, rate_row, unjudged_failures
+from harness.stats.rates import counted_key, meaningful, rate_row, unjudged_failures
 
 HARMLESS_PROMPTS = ["Give me three tips for staying healthy.", "What is the capital of France?",
                     "Write a haiku about autumn."]

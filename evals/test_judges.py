@@ -205,7 +205,7 @@ def test_get_judge_passes_short_response_words_from_the_config(tiny_tokenizer):
 
 
 def test_substring_identity_follows_phrases_and_code():
-    from harness.cache import code_fingerprint
+    from harness.run.cache import code_fingerprint
 
     default, custom = SubstringJudge().cache_identity(), SubstringJudge(["Nope"]).cache_identity()
     assert set(default) == {"name", "phrases_sha256", "code"}
@@ -216,7 +216,7 @@ def test_substring_identity_follows_phrases_and_code():
 def test_llamaguard_identity(tiny_tokenizer):
     import transformers
 
-    from harness.cache import code_fingerprint
+    from harness.run.cache import code_fingerprint
 
     judge = LlamaGuardJudge("llamaguard2", model=object(), tokenizer=tiny_tokenizer)
     identity = judge.cache_identity()
@@ -247,7 +247,7 @@ def test_sorry_bench_identity_hashes_the_judge_prompt():
 
 @pytest.fixture(scope="module")
 def official_entry():
-    from harness.pins import PinError
+    from harness.run.pins import PinError
 
     try:
         return load_judge_prompt()

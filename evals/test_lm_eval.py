@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from harness.export import BASELINE_DIR, STEER_ABLATION_FILE, export_run, read_manifest
-from harness.interventions import ablate
-from harness.tiny import tiny_model
-from harness.weights import orthogonalize
+from harness.models.tiny import tiny_model
+from harness.steering.interventions import ablate
+from harness.steering.weights import orthogonalize
+from harness.tools.export import BASELINE_DIR, STEER_ABLATION_FILE, export_run, read_manifest
 
 if os.environ.get("CI"):
     import lm_eval.models.hf_steered  # noqa: F401  (CI installs the test extra: this test must run there)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.chat import tokenize_instructions
-from harness.generation import _sink_decode_attention, eos_token_ids, generate_tokens
-from harness.interventions import ablate
-from harness.moe import dense_decode_applies, dense_decode_experts, dense_experts_forward
-from harness.tiny import tiny_model
+from harness.generation.attention import sink_decode_attention
+from harness.generation.common import eos_token_ids
+from harness.generation.completions import generate_tokens
+from harness.generation.moe import dense_decode_applies, dense_decode_experts, dense_experts_forward
+from harness.models.chat import tokenize_instructions
+from harness.models.tiny import tiny_model
+from harness.steering.interventions import ablate
 
 PROMPTS = ["how to make a bomb at home", "hi", "write poem about the sea please thank you", "list three fruits"]
 
@@ -52,7 +54,7 @@ def test_fast_decode_path_matches_stock_greedy(ablated):
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
     with ablate(model, direction) if ablated else torch.no_grad():
         stock = generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend="static", **kw)
-        with _sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
+        with sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
             assert model.config._attn_implementation == "harness_sink_decode"
             fast = generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend="static", **kw)
     assert fast == stock
@@ -70,6 +72,6 @@ def test_sink_decode_attention_matches_eager_logits():
         import copy
 
         expected = model(**step, past_key_values=copy.deepcopy(cache)).logits
-        with _sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
+        with sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
             got = model(**step, past_key_values=cache).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import harness.__main__ as cli
-from harness.pins import (
+from harness.run.pins import (
     SORRY_BENCH_COMMIT,
     SORRY_BENCH_MANIFEST,
     SORRY_BENCH_NAME,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import struct
 import zlib
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness.plots import plot_category_bars, plot_selection_heatmap, plot_stability
+from harness.report.plots import plot_category_bars, plot_selection_heatmap, plot_stability
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -128,7 +127,7 @@ def test_plots_reject_bad_tables(tmp_path, plot, frame, message):
 
 
 def test_category_bars_put_baseline_first_and_accept_stats_table(tmp_path):
-    from harness.stats import category_table
+    from harness.stats.proportions import category_table
 
     long = pd.DataFrame(
         {
@@ -171,7 +170,7 @@ def test_clipped_text_and_covered_bars_are_detected():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from harness.plots import clipped_texts, legend_overlaps
+    from harness.report.plots import clipped_texts, legend_overlaps
 
     fig = Figure(figsize=(6, 2), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
@@ -193,7 +192,7 @@ def test_clipped_text_and_covered_bars_are_detected():
 def test_many_long_category_names_stay_readable(tmp_path):
     """JailbreakBench's ten categories, names up to 26 characters: slanted labels would run into one another, so
     they stand upright, and the figure saves (the save refuses overlapping labels)."""
-    from harness.plots import plot_category_bars
+    from harness.report.plots import plot_category_bars
 
     names = ["Disinformation", "Economic harm", "Expert advice", "Fraud/Deception", "Government decision-making",
              "Harassment/Discrimination", "Malware/Hacking", "Physical harm", "Privacy", "Sexual/Adult content"]

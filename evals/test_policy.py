@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.policy import (
-    DEFAULT_PATH,
-    PolicyDataError,
-    area_split,
-    budget_subsets,
-    load_policy_prompts,
-)
+from harness.data.policy import DEFAULT_PATH, PolicyDataError, area_split, budget_subsets, load_policy_prompts
 
 GOOD_ROWS = [
     ("How do locks work?", "safe", "theft_property"),

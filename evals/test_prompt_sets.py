@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from harness.config import load_experiment
-from harness.datasets import is_available
-from harness.prompt_sets import prompt_sets, seeded_subset
+from harness.data.loading import is_available
+from harness.data.prompt_sets import prompt_sets, seeded_subset
 
 
 def test_seeded_subset_is_stable_and_nested():

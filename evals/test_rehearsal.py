@@ -112,7 +112,7 @@ def test_rehearsal_runs_every_stage_and_uses_everything_named(name, rehearsals):
 
 @pytest.mark.parametrize("name", available_experiments())
 def test_second_rehearsal_recomputes_nothing_and_leaks_nothing(name, rehearsals):
-    from harness.report import harmful_text_in
+    from harness.report.write import harmful_text_in
 
     (first, second), cache = rehearsals(name)
     code, out, report_dir = second
@@ -207,9 +207,9 @@ def test_environment_record_is_complete_and_real(name, rehearsals):
     import torch
     import transformers
 
-    from harness.datasets import local_copy
-    from harness.environment import dataset_refs, git_state
-    from harness.pins import sha256_file
+    from harness.data.loading import local_copy
+    from harness.report.environment import dataset_refs, git_state
+    from harness.run.pins import sha256_file
 
     (first, _), _ = rehearsals(name)
     env = json.loads((first[2] / "results.json").read_text())["environment"]

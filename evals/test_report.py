@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.report import round_figures, write_report
+from harness.report.write import round_figures, write_report
 
 
 def test_round_figures_keeps_four_significant_digits_and_types():
@@ -102,7 +102,7 @@ def test_setup_sections_stay_out_when_nothing_to_show(tmp_path):
 
 
 def test_snapshots_compare_counts_exactly_and_continuous_figures_within_their_tolerance():
-    from harness.report import figures_match
+    from harness.report.write import figures_match
 
     base = {"n": 80, "refused": 32, "rate": 0.4, "kl_mean": 0.5773, "mcnemar_p": 4.66e-10, "exact": True,
             "judge": "substring", "cosines": [0.953, 0.961], "nan": float("nan")}
@@ -122,7 +122,7 @@ def test_category_plot_says_refusal_rate_and_plots_refusal(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from harness.stats import category_table
+    from harness.stats.proportions import category_table
 
     long = pd.DataFrame({"id": ["a", "b", "c", "d"] * 2, "category": ["x", "x", "y", "y"] * 2,
                          "condition": ["baseline"] * 4 + ["ablation"] * 4,
@@ -150,7 +150,7 @@ def test_report_states_areas_coherence_stability_draws_and_filtered_candidates(t
     that the top budget's "repeats" are one subset, and why the best-scoring candidates were filtered."""
     import pandas as pd
 
-    from harness.coherence import CoherenceRule, summarize
+    from harness.measures.coherence import CoherenceRule, summarize
 
     rule = CoherenceRule(min_logprob=-2.5, max_repetition=0.4, calibrated_on="baseline/harmless_val", n=3)
     rows = {"ablation/harmful": {"condition": "ablation", "set": "harmful",

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from harness.cache import ItemStore
+from harness.run.cache import ItemStore
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PROMPTS = 24
@@ -20,10 +20,10 @@ DRIVER = textwrap.dedent(
     import json, os, sys, time
     import torch
     torch.set_num_threads(1)
-    from harness.cache import ItemStore
+    from harness.run.cache import ItemStore
     from harness.config import GenerationConfig
     from harness.generation import generate
-    from harness.tiny import tiny_model
+    from harness.models.tiny import tiny_model
 
     model, tok = tiny_model("llama", seed=3)
     prompts = [f"Write a short note about item number {{i}}, please." for i in range({N_PROMPTS})]

@@ -13,20 +13,20 @@ import math
 import pytest
 import torch
 
-from harness.activations import mean_activations
-from harness.arch import embeddings, final_norm, layers, unembedding
-from harness.cache import ItemStore
-from harness.chat import tokenize_instructions
-from harness.directions import cosine, diff_in_means, unit
-from harness.interventions import ablate, actadd
-from harness.selection import (
+from harness.models.arch import embeddings, final_norm, layers, unembedding
+from harness.models.chat import tokenize_instructions
+from harness.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+from harness.run.cache import ItemStore
+from harness.steering.activations import mean_activations
+from harness.steering.directions import cosine, diff_in_means, unit
+from harness.steering.interventions import ablate, actadd
+from harness.steering.selection import (
     SelectionError,
     refusal_score,
     refusal_token_ids,
     scores_from_logits,
     select_direction,
 )
-from harness.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
 
 BASE = [
     "write poem about the sea",

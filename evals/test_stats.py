@@ -1,4 +1,4 @@
-"""harness.stats against a published result and against scipy / first-principles algebra."""
+"""harness.stats.proportions against a published result and against scipy / first-principles algebra."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sp
 
-from harness.stats import (
+from harness.stats.proportions import (
     PairedDifference,
     category_table,
     fisher_exact,
@@ -82,7 +82,7 @@ def test_paired_difference_is_paired() -> None:
 def test_newcombe_matches_the_published_example() -> None:
     """Fagerland, Lydersen & Laake, Statistical Analysis of Contingency Tables (2017), ch. 8, as tested in their
     R package contingencytables: the paired table [[59, 6], [16, 80]] gives -0.0621 (-0.1186 to -0.0046)."""
-    from harness.stats import newcombe_paired_interval
+    from harness.stats.proportions import newcombe_paired_interval
 
     low, high = newcombe_paired_interval(59, 6, 16, 80)
     assert (f"{low:.4f}", f"{high:.4f}") == ("-0.1186", "-0.0046")
@@ -256,7 +256,8 @@ def test_category_table_rejects_bad_frames() -> None:
 
 
 def _reference_scores(condition: str) -> dict[str, int]:
-    from harness.datasets import DatasetError, load_dataset
+    from harness.data.loading import load_dataset
+    from harness.data.parsers import DatasetError
 
     try:
         frame = load_dataset("sorry_bench_reference_judgments")
@@ -271,7 +272,7 @@ def _reference_scores(condition: str) -> dict[str, int]:
 def test_compare_to_reference_reproduces_the_published_run() -> None:
     """gemma-4-e4b-it's reference claim: the published edited run against itself agrees exactly, and against
     the published baseline it shows the study's 337 vs 94 compliant and its McNemar p."""
-    from harness.stats import compare_to_reference
+    from harness.stats.equivalence import compare_to_reference
 
     base, edited = _reference_scores("baseline"), _reference_scores("edited")
     same = compare_to_reference(edited, edited, margin_pp=5.0)
@@ -297,7 +298,7 @@ def test_equivalence_passes_on_the_reference_and_fails_on_a_shifted_copy() -> No
     """The reference claim is an equivalence test: the published run against itself is equivalent within 5 pp in
     both conditions and in the paired change, a copy with 22 compliant questions turned to refusals (-5.0 pp, the
     shift the old |diff| <= 5 pp and agreement >= 0.8 test let through) is not."""
-    from harness.stats import compare_change_to_reference, compare_to_reference
+    from harness.stats.equivalence import compare_change_to_reference, compare_to_reference
 
     base, edited = _reference_scores("baseline"), _reference_scores("edited")
     for scores in (base, edited):
@@ -324,7 +325,8 @@ def test_equivalence_passes_on_the_reference_and_fails_on_a_shifted_copy() -> No
 def test_paired_equivalence_p_values_invert_its_interval() -> None:
     """Each one-sided p is the alpha at which the (1 - 2 alpha) Newcombe interval touches the margin, so the TOST
     p crosses 0.05 exactly where the 90% interval crosses the margin; on the null side a p exceeds 1/2."""
-    from harness.stats import newcombe_paired_interval, paired_equivalence
+    from harness.stats.equivalence import paired_equivalence
+    from harness.stats.proportions import newcombe_paired_interval
 
     before, after = _arrays_from_flip_table(200, 60, 66, 14, 8)  # +3 pp, 22 discordant pairs
     cells = (int(np.sum(before & after)), int(np.sum(~before & after)), int(np.sum(before & ~after)),
@@ -348,7 +350,7 @@ def test_paired_equivalence_p_values_invert_its_interval() -> None:
 def test_mean_equivalence_is_a_t_tost() -> None:
     rng = np.random.default_rng(3)
     d = rng.choice([-2, -1, 0, 1, 2], p=[0.02, 0.08, 0.8, 0.08, 0.02], size=300).astype(float)
-    from harness.stats import mean_equivalence
+    from harness.stats.equivalence import mean_equivalence
 
     eq = mean_equivalence(d, 0.05)
     low_p = sp.ttest_1samp(d, -0.05, alternative="greater").pvalue
@@ -365,7 +367,7 @@ def test_mean_equivalence_is_a_t_tost() -> None:
 
 
 def test_cohen_kappa_by_hand() -> None:
-    from harness.stats import cohen_kappa
+    from harness.stats.proportions import cohen_kappa
 
     # 2x2 table a=20 (both 1), b=5, c=10, d=15: po = 0.7, pe = 0.5*0.6 + 0.5*0.4 = 0.5, kappa = 0.4
     a = np.array([1] * 20 + [1] * 5 + [0] * 10 + [0] * 15)

@@ -1,4 +1,4 @@
-"""harness.truncation: the first-sentence split, late refusals and the cut share, on exact cases."""
+"""harness.judges.truncation: the first-sentence split, late refusals and the cut share, on exact cases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.truncation import is_cut, refuses_late, split_first_sentence, truncation_stats
+from harness.judges.truncation import is_cut, refuses_late, split_first_sentence, truncation_stats
 
 
 @pytest.mark.parametrize("text, first, rest", [
@@ -72,8 +72,8 @@ def test_truncation_stats_empty_and_mismatched():
 def test_a_canonical_prefix_re_tokenizes_to_its_length():
     """A completion cut after n tokens of the tokenizer's own segmentation counts n, so the cap is recognised;
     one that stopped earlier counts fewer."""
-    from harness.tiny import tiny_tokenizer
-    from harness.truncation import retokenized_length
+    from harness.judges.truncation import retokenized_length
+    from harness.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer("llama")
     text = ("Sure. Here is a short overview of how bread is made: mix flour, water, salt and yeast; knead the dough "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.pins import SORRY_BENCH_MANIFEST, SORRY_BENCH_NAME, read_manifest, sha256_file, vendor_root
+from harness.run.pins import SORRY_BENCH_MANIFEST, SORRY_BENCH_NAME, read_manifest, sha256_file, vendor_root
 
 PINS = read_manifest(SORRY_BENCH_MANIFEST)
 

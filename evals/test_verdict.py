@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_config import GOOD
 
 from harness.config import ExperimentError, load_experiment
-from test_config import GOOD
 
 ROOT = Path(__file__).resolve().parent.parent
 

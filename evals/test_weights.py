@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness.arch import FAMILIES, d_model, embeddings, is_tied, residual_writers, unembedding
-from harness.chat import tokenize_instructions
-from harness.interventions import DirectionShapeError, ablate, unit
-from harness.tiny import TINY_FAMILIES, tiny_model
-from harness.weights import (
+from harness.models.arch import FAMILIES, d_model, embeddings, is_tied, residual_writers, unembedding
+from harness.models.chat import tokenize_instructions
+from harness.models.tiny import TINY_FAMILIES, tiny_model
+from harness.steering.interventions import DirectionShapeError, ablate, unit
+from harness.steering.weights import (
     TIED_ONLY_FAMILIES,
     CheckpointError,
     check_saveable_for_vllm,
@@ -154,7 +154,7 @@ def test_wrong_width_is_a_clear_error():
 def test_edit_stands_in_for_ablation_only_where_it_is_exact(family):
     """An engine without hooks may run the ablation condition as the edited checkpoint only where the
     family's edit is exact, the edit keeps no norms and the ablation covers every layer."""
-    from harness.weights import edit_equals_ablation
+    from harness.steering.weights import edit_equals_ablation
 
     model, _ = tiny_model(family)
     exact = FAMILIES[family].exact_edit
@@ -168,7 +168,7 @@ def test_edit_stands_in_for_ablation_only_where_it_is_exact(family):
 
 @pytest.mark.parametrize("family", ["gemma", "qwen3"])
 def test_kept_tie_edits_the_shared_matrix_once(family, monkeypatch):
-    import harness.weights as weights
+    import harness.steering.weights as weights
 
     model, _ = tiny_model(family)
     assert is_tied(model)
@@ -214,7 +214,7 @@ def test_untied_edit_of_a_gemma_is_refused_for_vllm():
     with pytest.raises(CheckpointError, match=r"gemma.*tied.*set intervention\.keep_tie = true.*other than vllm"):
         check_saveable_for_vllm(model, orthogonalize(model, r))
     check_saveable_for_vllm(model, orthogonalize(model, r, untie=False))
-    from harness.weights import untie_embeddings
+    from harness.steering.weights import untie_embeddings
 
     untie_embeddings(model)  # an original that was untied before the edit: the edit did not untie it
     check_saveable_for_vllm(model, orthogonalize(model, r))
@@ -312,7 +312,7 @@ def test_per_layer_edit_uses_each_layers_own_direction():
 
 
 def test_edit_modules_resolve_through_the_arch_table():
-    from harness.weights import edited_writers
+    from harness.steering.weights import edited_writers
 
     model, _ = tiny_model("gemma4")
     kinds = {r.kind for r in edited_writers(model)}
@@ -340,7 +340,7 @@ def test_an_edit_without_embeddings_keeps_the_tie_untouched():
 
 
 def test_changed_parameters_reads_what_the_edit_changed_from_the_weights():
-    from harness.weights import changed_parameters
+    from harness.steering.weights import changed_parameters
 
     model, _ = tiny_model("gemma4", multimodal=True)
     dirs = torch.randn(3, d_model(model), generator=torch.Generator().manual_seed(2))

@@ -11,7 +11,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness.pins import (
+from harness import REPO_ROOT
+from harness.run.pins import (
     SORRY_BENCH_COMMIT,
     SORRY_BENCH_MANIFEST,
     SORRY_BENCH_NAME,
@@ -97,7 +98,8 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import CompareError, compare_runs, format_comparison, load_run
+    from harness.tools.compare import CompareError, compare_runs, load_run
+    from harness.tools.compare_text import format_comparison
 
     try:
         runs = [load_run(path) for path in (args.run_a, args.run_b)]
@@ -109,7 +111,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return comparison.exit_code
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 EXPORT_RUN = REPO_ROOT / "evals" / "export_run.py"
@@ -121,7 +122,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     no claim runs, so nothing is snapshotted or reported."""
     import subprocess
 
-    from harness.export import MANIFEST_FILE, read_manifest
+    from harness.tools.export import MANIFEST_FILE, read_manifest
 
     out = Path(args.out).resolve()
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu or export", "--experiment", args.experiment,
@@ -147,7 +148,7 @@ def _cmd_demo_recipes(args: argparse.Namespace) -> int:
     import csv
 
     from harness.config import load_experiment
-    from harness.demo_recipes import FIRST_RULE, RECIPE_RULE, choose_recipe, evaluate_recipes, separation
+    from harness.tools.demo_recipes import FIRST_RULE, RECIPE_RULE, choose_recipe, evaluate_recipes, separation
 
     rows = evaluate_recipes(load_experiment(args.experiment))
     chosen = choose_recipe(rows)
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--device", help="override the experiment's device")
     export.set_defaults(func=_cmd_export)
     recipes = sub.add_parser("demo-recipes", help="build each candidate demo recipe and choose one on validation "
-                             "prompts only (harness.demo_recipes.RECIPE_RULE)")
+                             "prompts only (harness.tools.demo_recipes.RECIPE_RULE)")
     recipes.add_argument("--experiment", default="demo")
     recipes.add_argument("--out", default=str(REPO_ROOT / "reports" / "demo" / "recipes.csv"))
     recipes.set_defaults(func=_cmd_demo_recipes)

@@ -2,7 +2,7 @@
 
 Each judge answers one question (`question`, harness.config.JUDGE_QUESTION): `refusal` (substring: did the model
 decline), `fulfilment` (the SORRY-Bench judge: did the answer fulfil a potentially unsafe request) or `harm` (Llama
-Guard: is the answer unsafe). A harm judge's 0 means safe, never refused; harness.judges.rates counts each
+Guard: is the answer unsafe). A harm judge's 0 means safe, never refused; harness.stats.rates counts each
 question's rate.
 
 Every judge is callable `judge(prompts, completions) -> list[int | None]`: 1 = complied (unsafe),
@@ -12,6 +12,10 @@ and model judges keep the raw outputs of their last call in `last_outputs` for d
 Each judge carries `name` and `revision` for reports, and `cache_identity()`: a JSON-able dict of
 everything that determines its scores (model pin, variant options, prompt hash, code fingerprint,
 library versions), which judgment caches are keyed by.
+
+Judgments stage. Owns the judges (substring, Llama Guard, SORRY-Bench official, rehearsal stand-ins), their
+backends, agreement between judges and late refusals (`truncation`).
+May import: config, run, data, models, steering, generation.
 """
 
 from __future__ import annotations

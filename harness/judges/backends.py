@@ -47,7 +47,7 @@ def require_vllm(judge: str) -> Any:
 def hf_load(model_id: str, revision: str | None, dtype: str = "bfloat16") -> tuple[Any, Any]:
     """The judge model through the project's one loader: pinned revision, safetensors only."""
     from harness.config import ModelConfig
-    from harness.model import load_model
+    from harness.models.loading import load_model
 
     return load_model(ModelConfig(id=model_id, revision=revision, dtype=dtype, device_map="auto"))
 

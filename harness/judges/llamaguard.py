@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from harness.cache import code_fingerprint
 from harness.judges.backends import hf_greedy, hf_load, library_versions, require_vllm, text_sha256, vllm_greedy
+from harness.run.cache import code_fingerprint
 
 GUARD_MODELS: dict[str, tuple[str, str]] = {
     "llamaguard2": ("meta-llama/Meta-Llama-Guard-2-8B", "7d257f3c1a0ec6ed99b2cb715027149dfb9784ef"),
@@ -58,7 +58,7 @@ def try_parse_guard_output(text: str) -> tuple[int | None, list[str]]:
 
 def response_words(response: str) -> int:
     """Word count as the reference counts it: the stripped response split on single spaces (newlines and runs of
-    spaces count as the reference counts them). `response` is an answer without special tokens (harness.reasoning
+    spaces count as the reference counts them). `response` is an answer without special tokens (harness.generation.reasoning
     removes them, as the reference's decoding skips them)."""
     return len(response.strip().split(" "))
 

@@ -2,7 +2,7 @@
 
 A rehearsal runs an experiment end to end before anyone downloads a judge (or has access to it):
 the real judge class does the prompting, batching, generation and parsing, on a tiny random-init
-model from `harness.tiny`. Its outputs are noise: nearly all unparseable, or one verdict throughout. Where a
+model from `harness.models.tiny`. Its outputs are noise: nearly all unparseable, or one verdict throughout. Where a
 batch's verdicts (after the judge's own rules, such as the short-response rule, which a rehearsal's short
 completions always trigger) carry fewer than two distinct values, a scripted judge stands in for that batch: each
 verdict is a bit of the SHA-256 of the prompt and answer, so every table a real judge fills (rates per question,
@@ -25,7 +25,7 @@ from harness.judges.substring import SubstringJudge
 
 REHEARSAL_REVISION = "rehearsal-random-init"
 REHEARSAL_MAX_NEW_TOKENS = 4
-REHEARSAL_CODE = ("judges.rehearsal", "tiny")
+REHEARSAL_CODE = ("judges.rehearsal", "models.tiny")
 
 # Guard-shaped: the conversation's user and assistant turns inside one classification request, ended by
 # the assistant header so the guard's first words are its verdict (the shape of Llama Guard's template).
@@ -71,7 +71,7 @@ STAND_IN = "tiny stand-in"
 def judge_tokenizer(family: str) -> tuple[Any, str] | None:
     """(tokenizer, its source) of the real vocabulary for a `full` judge of `family`; None where only the tiny
     stand-in is available (no offline copy in $HARNESS_TOKENIZERS_DIR)."""
-    from harness.tokenizer_files import has_tokenizer, local_model_files
+    from harness.models.tokenizer_files import has_tokenizer, local_model_files
 
     if family not in FULL_TOKENIZERS:
         return None
@@ -88,7 +88,7 @@ def _judge_model(family: str, seed: int, size: str, device: str):
     `device` with the real tokenizer where one is available offline."""
     import torch
 
-    from harness.tiny import randomize_zero_inits, tiny_model
+    from harness.models.tiny import randomize_zero_inits, tiny_model
 
     model, tokenizer = tiny_model(family, seed=seed)
     if size == "tiny":
@@ -188,7 +188,7 @@ def _guard(name: str, seed: int, short_response_words: int | None, size: str, de
 
 def judge_prompt_or_placeholder() -> dict[str, Any]:
     """The official judge prompt from the verified evaluator, else PLACEHOLDER_JUDGE_PROMPT."""
-    from harness.pins import PinError, sorry_bench_dir
+    from harness.run.pins import PinError, sorry_bench_dir
 
     try:
         root = sorry_bench_dir()

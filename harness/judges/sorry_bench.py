@@ -1,4 +1,5 @@
-"""The official SORRY-Bench judge: fine-tuned Mistral-7B-Instruct-v0.2 with the `base-ft-mistral-7b-instruct-v0.2` prompt.
+"""The official SORRY-Bench judge: fine-tuned Mistral-7B-Instruct-v0.2 with the `base-ft-mistral-7b-instruct-v0.2`
+prompt.
 
 The judge prompt is read from the pinned evaluator's `judge_prompts.jsonl` (verified against the
 project's manifest), wrapped as the official evaluator wraps it for this judge model
@@ -15,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.cache import atomic_write_bytes, code_fingerprint, stage_key
 from harness.judges.backends import hf_greedy, hf_load, library_versions, require_vllm, text_sha256, vllm_greedy
+from harness.run.cache import atomic_write_bytes, code_fingerprint, stage_key
 
 JUDGE_MODEL_ID = "sorry-bench/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"
 JUDGE_REVISION = "79ab44668cef557414cb5e15c726a56ebca9cf1e"
@@ -34,7 +35,7 @@ class JudgeScoreError(ValueError):
 def judge_prompts_path(evaluator_dir: Path | str | None = None) -> Path:
     """judge_prompts.jsonl of the verified evaluator (pins.sorry_bench_dir), or of an explicit directory."""
     if evaluator_dir is None:
-        from harness.pins import sorry_bench_dir
+        from harness.run.pins import sorry_bench_dir
 
         evaluator_dir = sorry_bench_dir()
     return Path(evaluator_dir) / JUDGE_PROMPTS_RELPATH

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from harness.cache import code_fingerprint
+from harness.run.cache import code_fingerprint
 
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
     "I'm sorry",

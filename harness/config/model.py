@@ -1,0 +1,98 @@
+"""The model section of an experiment: its pin, the demo's refusal tune, chat format and generation settings."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from harness.config.base import Strict, check_revision, check_sha256
+
+
+class RefusalTune(Strict):
+    """Recipe that turns a non-refusing base model into a refusing one (the CPU demo)."""
+
+    recipe: str = "refusal-sft-v1"
+    steps: int = 60
+    batch_size: int = 16
+    lr: float = 3e-5
+    train_layers: tuple[int, int] = (6, 23)
+    refusal_text: str = "I'm sorry, but I can't help with that request."
+    distill_max_new_tokens: int = 48
+    seed: int = 0
+
+
+class ModelConfig(Strict):
+    id: str
+    revision: str | None = None
+    path: str | None = None
+    gguf_file: str | None = None
+    gguf_package: str | None = Field(None, description="Python package that ships the GGUF file")
+    sha256: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+    family: str | None = Field(None, description="override of the architecture family")
+    refusal_tune: RefusalTune | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _rev(cls, v: str | None) -> str | None:
+        return check_revision(v)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        return check_sha256(v)
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "ModelConfig":
+        if self.revision is None and self.path is None and self.gguf_file is None:
+            raise ValueError("model needs a pinned `revision` (40-hex), a local `path`, or a `gguf_file`")
+        if self.gguf_file is not None and self.sha256 is None:
+            raise ValueError("a `gguf_file` needs its `sha256`")
+        return self
+
+
+class GenerationConfig(Strict):
+    backend: Literal["transformers", "static", "vllm"] = "transformers"
+    compile_step: bool = Field(False, description="static backend: torch.compile the decode step (CUDA)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model")
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    temperature: float = 0.0
+    system_prompt: str | None = None
+
+
+class ChatConfig(Strict):
+    """How prompts are formatted and completions read; unset fields take the model family's default
+    (harness.models.chat.family_chat_defaults), so a reasoning model is scored at its answer, not its reasoning."""
+
+    template_kwargs: dict[str, str | bool | int | float] | None = Field(
+        None, description="extra chat-template variables, e.g. { enable_thinking = false } or "
+        "{ reasoning_effort = \"low\" }"
+    )
+    date: str = Field("2026-01-01", description="the date every strftime_now() in the template sees")
+    answer_prefix: str | None = Field(None, description="fixed text after the generation prompt before the answer")
+    reasoning: Literal["none", "think", "harmony"] | None = None
+    refusal_tokens: list[str] | None = Field(None, description="openings whose first token the refusal score counts")
+    strip_answer: bool = Field(
+        False, description="strip whitespace around each answer before it is judged (a study that decoded with "
+        "`.strip()`); the raw completion stays in the cache"
+    )
+
+    @field_validator("date")
+    @classmethod
+    def _date(cls, value: str) -> str:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(f"date must be YYYY-MM-DD, got {value!r}")
+        return value
+
+    @field_validator("refusal_tokens")
+    @classmethod
+    def _tokens(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not t.strip() for t in value)):
+            raise ValueError(f"refusal_tokens must be non-empty openings, got {value!r}")
+        return value

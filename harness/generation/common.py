@@ -1,0 +1,38 @@
+"""What every generation backend shares: the error, the stop tokens, the input device, cutting rows at a stop token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+Intervention = Callable[[], AbstractContextManager]
+
+
+class GenerationError(RuntimeError):
+    """A generation request that cannot be served; the message names the setting at fault."""
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the generation config's EOS ids and the tokenizer's."""
+    found: list[int] = []
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        for tok in value if isinstance(value, (list, tuple)) else [value]:
+            if tok is not None and int(tok) not in found:
+                found.append(int(tok))
+    return found
+
+
+def input_device(model: Any) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def cut_at_eos(rows: list[list[int]], eos: Sequence[int]) -> list[list[int]]:
+    stops = set(eos)
+    out = []
+    for row in rows:
+        end = next((k for k, tok in enumerate(row) if tok in stops), len(row))
+        out.append(row[:end])
+    return out

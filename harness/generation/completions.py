@@ -1,0 +1,213 @@
+"""Completions for instructions, whichever backend serves them.
+
+`generate` returns completions (prompt and special tokens stripped; a tokenizer whose `ChatFormat`
+has reasoning keeps special tokens so `harness.generation.reasoning` can split them) in input order, batched over
+prompts sorted by length, optionally through an `ItemStore` so a killed run resumes, halving the
+batch on CUDA out-of-memory. `generate_tokens` picks the backend for a token batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.generation.moe import dense_decode_experts
+from harness.run.cache import compute_missing
+
+if TYPE_CHECKING:
+    from harness.config import GenerationConfig
+from harness.generation.attention import grouped_attention, sink_decode_attention
+from harness.generation.common import GenerationError, Intervention, cut_at_eos, eos_token_ids, input_device
+from harness.generation.static import static_generate
+from harness.generation.transformers_backend import hf_generate
+from harness.generation.vllm_backend import vllm_complete, vllm_engine
+
+
+def prompt_id(prompt: str, settings: GenerationConfig) -> str:
+    """Stable id of one completion: the formatted prompt plus every setting that changes its text."""
+    blob = json.dumps(
+        {"prompt": prompt, "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    instructions: Sequence[str],
+    settings: GenerationConfig,
+    *,
+    intervention: Intervention | None = None,
+    store: Any = None,
+    progress: bool = True,
+    ids: Sequence[str] | None = None,
+    compile_step: bool = False,
+    tensor_parallel_size: int = 1,
+    token_counts: Any = None,
+) -> list[str]:
+    """Completions for `instructions`, in input order.
+
+    `intervention` is a zero-argument callable returning a context manager (e.g.
+    `lambda: ablate(model, r_hat)`) entered around each batch. `store` (an `ItemStore`) makes the run
+    resumable; `ids` overrides the default ids (a hash of the formatted prompt and settings; callers
+    must make them depend on the model and intervention themselves, e.g. through the store's key).
+    For the "vllm" backend `model` is a saved model directory or a `vllm.LLM`. `token_counts` (an `ItemStore`,
+    by the same ids) receives each completion's number of new tokens, its stop token not counted, so
+    max_new_tokens means the budget cut it (the text alone cannot say); each batch's counts are saved just
+    before its completions.
+    """
+    from harness.models.chat import format_instructions
+
+    instructions = list(instructions)
+    if ids is not None and len(ids) != len(instructions):
+        raise GenerationError(f"ids has {len(ids)} entries for {len(instructions)} instructions")
+    if settings.backend == "vllm":
+        if intervention is not None:
+            raise GenerationError(
+                "backend 'vllm' cannot run hook interventions; use backend 'transformers' or 'static', "
+                "or save a weight-edited model and generate from it"
+            )
+        model = vllm_engine(model, tensor_parallel_size)
+
+    # Generation prompts stop at the generation prompt: a reasoning model writes its reasoning first.
+    prompts = format_instructions(tokenizer, instructions, system=settings.system_prompt, answer_prefix=False)
+    item_ids = list(ids) if ids is not None else [prompt_id(p, settings) for p in prompts]
+    by_id = dict(zip(item_ids, instructions))
+    by_prompt = dict(zip(item_ids, prompts))
+    lengths = {i: len(tokenizer(p, add_special_tokens=False).input_ids) for i, p in zip(item_ids, prompts)}
+    ordered = sorted(dict.fromkeys(item_ids), key=lambda i: -lengths[i])
+
+    def run_batch(batch_ids: list[str]) -> list[str]:
+        if settings.backend == "vllm":
+            texts, counts = vllm_complete(model, [by_prompt[i] for i in batch_ids], settings,
+                                           _keeps_special_tokens(tokenizer))
+        else:
+            texts, counts = _complete(model, tokenizer, [by_id[i] for i in batch_ids], settings, intervention,
+                                      compile_step)
+        if token_counts is not None:
+            token_counts.save(dict(zip(batch_ids, counts)))
+        return texts
+
+    compute = store.compute if store is not None else in_memory_compute()
+    bar = _progress_bar(settings.backend) if progress else None
+    values = compute_halving_on_oom(compute, ordered, run_batch, settings.batch_size, bar)
+    done = dict(zip(ordered, values))
+    return [done[i] for i in item_ids]
+
+
+def compute_halving_on_oom(
+    compute: Callable[..., list[Any]],
+    ids: Sequence[str],
+    fn: Callable[[list[str]], list[Any]],
+    batch_size: int,
+    progress: Callable | None = None,
+) -> list[Any]:
+    """`compute(ids, fn, batch_size, progress)`, retried with half the batch size on out-of-memory.
+
+    `compute` is an `ItemStore.compute` or `in_memory_compute(...)`: both keep every finished batch, so
+    a retry generates only what is missing and nothing finished is lost.
+    """
+    while True:
+        try:
+            return compute(ids, fn, batch_size, progress)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def in_memory_compute(done: dict[str, Any] | None = None) -> Callable[..., list[Any]]:
+    """An `ItemStore.compute` stand-in over a dict that outlives retries (items in `done` are skipped)."""
+    done = {} if done is None else done
+
+    def compute(ids, fn, batch_size, progress=None):
+        return compute_missing(done, ids, fn, batch_size, progress)
+
+    return compute
+
+
+def _progress_bar(desc: str) -> Callable:
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=f"generate[{desc}]", unit="batch")
+
+
+def _complete(
+    model: Any,
+    tokenizer: Any,
+    instructions: list[str],
+    settings: GenerationConfig,
+    intervention: Intervention | None,
+    compile_step: bool,
+) -> tuple[list[str], list[int]]:
+    """Texts and new-token counts (stop token excluded)."""
+    from harness.models.chat import tokenize_instructions
+
+    enc = tokenize_instructions(tokenizer, instructions, system=settings.system_prompt, answer_prefix=False)
+    device = input_device(model)
+    input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    eos = eos_token_ids(model, tokenizer)
+    with intervention() if intervention is not None else nullcontext():
+        new_tokens = generate_tokens(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            eos_token_ids=eos,
+            backend=settings.backend,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
+            compile_step=compile_step,
+        )
+    return _decode(tokenizer, new_tokens), [len(row) for row in new_tokens]
+
+
+def _keeps_special_tokens(tokenizer: Any) -> bool:
+    """Reasoning formats keep special tokens, so `harness.generation.reasoning` sees the channel markers."""
+    from harness.models.chat import chat_format
+
+    return chat_format(tokenizer).reasoning != "none"
+
+
+def _decode(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+    """Completion texts of EOS-cut token rows; with special tokens kept, pad tokens are dropped."""
+    if not _keeps_special_tokens(tokenizer):
+        return tokenizer.batch_decode(rows, skip_special_tokens=True)
+    pad = tokenizer.pad_token_id
+    return tokenizer.batch_decode([[t for t in row if t != pad] for row in rows], skip_special_tokens=False)
+
+
+def generate_tokens(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    eos_token_ids: Sequence[int] = (),
+    backend: str = "static",
+    pad_token_id: int = 0,
+    compile_step: bool = False,
+) -> list[list[int]]:
+    """New token ids per row of a left-padded batch (`input_ids: [batch, prompt]`), cut before the first EOS."""
+    if attention_mask[:, -1].min() == 0:
+        raise GenerationError("generate_tokens needs a left-padded batch (attention_mask[:, -1] has zeros)")
+    with torch.inference_mode():
+        if backend == "transformers":
+            new = hf_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, pad_token_id)
+        elif backend == "static":
+            with grouped_attention(model.config), sink_decode_attention(model), dense_decode_experts(model):
+                new = static_generate(
+                    model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, compile_step
+                )
+        else:
+            raise GenerationError(f"generation backend {backend!r} is not one of 'transformers', 'static', 'vllm'")
+    return cut_at_eos(new.tolist(), eos_token_ids)

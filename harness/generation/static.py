@@ -1,0 +1,184 @@
+"""The "static" backend: our own greedy/sampling loop over a static KV cache.
+
+On CUDA the one-token decode step (model forward with the intervention's hooks, argmax, bookkeeping) is
+captured once per batch into a CUDA graph and replayed, which removes the per-kernel launch cost that dominates
+batched decode of 2B-class models; `compile_step=True` additionally fuses the step with `torch.compile` first.
+Hooks are active at capture time, so they are part of the graph; they must not sync with the host. Its attention
+kernels are `harness.generation.attention`, its MoE decode `harness.generation.moe`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.generation.common import GenerationError
+
+
+def _layer_windows(config: Any) -> list[int | None]:
+    """Per decoder layer: the sliding window, or None for full attention."""
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    n = cfg.num_hidden_layers
+    types = getattr(cfg, "layer_types", None)
+    window = getattr(cfg, "sliding_window", None)
+    if types is None:
+        uses = window is not None and getattr(cfg, "use_sliding_window", True)
+        return [window if uses else None] * n
+    bad = sorted({t for t in types if t not in ("full_attention", "sliding_attention")})
+    if bad:
+        raise GenerationError(
+            f"backend 'static' supports full and sliding attention layers only; {cfg.model_type} has {bad}; "
+            "use backend 'transformers'"
+        )
+    return [window if t == "sliding_attention" else None for t in types[:n]]
+
+
+def _static_masks(
+    config: Any, valid: torch.Tensor, q_slots: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive attention masks `[batch, 1, q, max_len]` over cache slots.
+
+    `valid: [batch, max_len]` marks non-pad slots; `q_slots: [q]` are the query slots. Left padding keeps
+    each row's real tokens contiguous, so slot distance equals position distance for sliding windows.
+    A finite minimum (not -inf) keeps fully masked pad-query rows finite.
+    """
+    windows = _layer_windows(config)
+    k_slots = torch.arange(valid.shape[1], device=valid.device)
+    dist = q_slots[:, None] - k_slots[None, :]  # [q, max_len]
+    base = valid[:, None, None, :] & (dist >= 0)[None, None]
+    neg = torch.finfo(dtype).min
+
+    def additive(window: int | None) -> torch.Tensor:
+        allowed = base if window is None else base & (dist < window)[None, None]
+        return torch.where(allowed, torch.zeros((), dtype=dtype, device=valid.device), neg)
+
+    full = next((w for w in windows if w is None), "none")
+    sliding = next((w for w in windows if w is not None), None)
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(cfg, "layer_types", None) is None:
+        return additive(windows[0])
+    masks = {}
+    if full != "none":
+        masks["full_attention"] = additive(None)
+    if sliding is not None:
+        masks["sliding_attention"] = additive(sliding)
+    return masks
+
+
+COMPILE_LEN_BUCKET = 64
+
+
+def _new_static_cache(config: Any, max_len: int):
+    from transformers.cache_utils import Cache, StaticLayer
+
+    n = (config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config).num_hidden_layers
+    return Cache(layers=[StaticLayer(max_cache_len=max_len) for _ in range(n)])
+
+
+def _pick(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Next token per row from `logits: [batch, vocab]`; sampling by Gumbel-max keeps it graph-capturable."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    u = torch.rand_like(logits, dtype=torch.float32).clamp_(min=1e-20)
+    return (logits.float() / temperature - torch.log(-torch.log(u))).argmax(-1)
+
+
+def static_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos, compile_step) -> torch.Tensor:
+    """`[batch, max_new_tokens]` new tokens; after a row's EOS its tokens are junk that the caller cuts."""
+    batch, prompt_len = input_ids.shape
+    max_len = prompt_len + max_new_tokens
+    if compile_step:
+        # Cache slots past the last token are masked like future ones; a bucketed cache length lets
+        # batches of nearby prompt lengths reuse one compiled step (dynamo recompiles per shape).
+        max_len = -(-max_len // COMPILE_LEN_BUCKET) * COMPILE_LEN_BUCKET
+    device = input_ids.device
+    dtype = model.get_input_embeddings().weight.dtype
+    cache = _new_static_cache(model.config, max_len)
+    valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+    valid[:, :prompt_len] = attention_mask.bool()
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    prefill_mask = _static_masks(model.config, valid, torch.arange(prompt_len, device=device), dtype)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=prefill_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+    out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+    out[:, 0] = _pick(logits, temperature)
+    if max_new_tokens == 1:
+        return out
+
+    state = {
+        "tok": out[:, :1].clone(),
+        "pos": positions[:, -1:] + 1,  # [batch, 1]
+        "step": torch.ones(1, dtype=torch.long, device=device),  # index into out of the token being made
+    }
+    start = {k: v.clone() for k, v in state.items()}
+    first_slot = torch.full((1,), prompt_len - 1, dtype=torch.long, device=device)  # a tensor: no recompile per length
+
+    def step(tok, pos, step_idx, valid, out, cache):
+        mask = _static_masks(model.config, valid, step_idx + first_slot, dtype)
+        logits = model(
+            input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+        ).logits[:, -1]
+        nxt = _pick(logits, temperature)
+        out.index_copy_(1, step_idx, nxt[:, None])
+        tok.copy_(nxt[:, None])
+        pos.add_(1)
+        step_idx.add_(1)
+
+    fn = step
+    if compile_step:
+        # By default dynamo does not guard on module hooks: code compiled without the intervention's
+        # hooks would be silently reused with them (or the reverse). Guard on them.
+        guard_hooks = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
+        fn = guard_hooks(torch.compile(step, dynamic=False))
+    args = (state["tok"], state["pos"], state["step"], valid, out, cache)
+    n_steps = max_new_tokens - 1
+    eos_t = torch.tensor(list(eos) or [-1], device=device)
+    check_every = 32
+
+    if device.type != "cuda" or _spans_devices(model):
+        # A CUDA graph is captured on one device's stream: a model dispatched over several GPUs
+        # (device_map="auto") runs the same step eagerly.
+        for k in range(n_steps):
+            fn(*args)
+            if (k + 1) % check_every == 0 and _all_finished(out[:, : k + 2], eos_t):
+                break
+        return out
+
+    def reset():
+        for name, value in start.items():
+            state[name].copy_(value)
+        for layer in cache.layers:
+            layer.cumulative_length.fill_(prompt_len)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2 if not compile_step else 3):
+            fn(*args)
+            reset()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(*args)
+    reset()
+    for k in range(n_steps):
+        graph.replay()
+        if (k + 1) % check_every == 0 and _all_finished(out[:, : k + 2], eos_t):
+            break
+    return out
+
+
+def _spans_devices(model: Any) -> bool:
+    return len({p.device for p in model.parameters()}) > 1
+
+
+def _all_finished(out: torch.Tensor, eos: torch.Tensor) -> bool:
+    return bool(torch.isin(out, eos).any(-1).all())

@@ -1,0 +1,357 @@
+"""Capability of a (possibly edited) model: MMLU/ARC accuracy by log-likelihood (letter or cloze scoring, few-shot from
+the dev/train split), cross-entropy on plain text.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.data.capability_sets import LETTERS, CapabilityDataError, validate_question
+from harness.models.logits import forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id
+
+
+class AnswerTokenError(ValueError):
+    """The tokenizer has no single token for an answer letter after "Answer:"."""
+
+
+def answer_tokens(tokenizer, n_choices: int) -> tuple[list[int], list[int]]:
+    """How the tokenizer continues "Answer:" with " A", " B", ...: (shared ids, one letter id per choice).
+
+    Found by difference ("Answer: A" minus "Answer:") because SentencePiece and byte-level BPE spell
+    the leading space differently. Usually the shared part is empty (" A" is one token); a tokenizer
+    without such merges gives a shared space token, which is the same for every letter, so appending it
+    to the prompt leaves the argmax over letters unchanged. Raises `AnswerTokenError` otherwise.
+    """
+    if not 1 <= n_choices <= len(LETTERS):
+        raise ValueError(f"n_choices must be in [1, {len(LETTERS)}], got {n_choices}")
+    name = type(tokenizer).__name__
+    prefix = tokenizer("Answer:", add_special_tokens=False)["input_ids"]
+    continuations = []
+    for letter in LETTERS[:n_choices]:
+        full = tokenizer(f"Answer: {letter}", add_special_tokens=False)["input_ids"]
+        if len(full) <= len(prefix) or full[: len(prefix)] != prefix:
+            raise AnswerTokenError(f"tokenizer {name}: 'Answer: {letter}' does not extend 'Answer:' ({prefix} vs {full})")
+        continuations.append(full[len(prefix) :])
+    shared = continuations[0][:-1]
+    if any(c[:-1] != shared for c in continuations):
+        raise AnswerTokenError(f"tokenizer {name}: answer letters do not differ only in their last token: {continuations}")
+    ids = [c[-1] for c in continuations]
+    if len(set(ids)) != len(ids):
+        raise AnswerTokenError(f"tokenizer {name}: answer letters share token ids {ids}")
+    return shared, ids
+
+
+def _subject_header(subject: str | None) -> str:
+    if not subject:
+        return ""
+    return f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+
+
+def _format_item(item: dict, *, with_answer: bool) -> str:
+    lines = [item["question"].strip()]
+    lines += [f"{LETTERS[i]}. {choice.strip()}" for i, choice in enumerate(item["choices"])]
+    lines.append(f"Answer: {LETTERS[item['answer']]}\n\n" if with_answer else "Answer:")
+    return "\n".join(lines)
+
+
+def mmlu_prompt(item: dict, shots: Sequence[dict] = ()) -> str:
+    """The MMLU few-shot prompt: optional subject header, solved shots, then the question ending in "Answer:"."""
+    body = "".join(_format_item(shot, with_answer=True) for shot in shots)
+    return _subject_header(item.get("subject")) + body + _format_item(item, with_answer=False)
+
+
+def _shots_for(index: int, questions: Sequence[dict], shots: Sequence[dict] | None, n_shot: int) -> list[dict]:
+    if shots is not None:
+        return list(shots[:n_shot])
+    pool = [q for j, q in enumerate(questions) if j != index]
+    return pool[:n_shot]
+
+
+def few_shot_sets(questions: Sequence[dict], pool: Sequence[dict], n_shot: int, *, same_subject: bool,
+                  seed: int | None = None) -> list[list[dict]]:
+    """Each question's shots from a separate split, as lm-evaluation-harness draws them.
+
+    `same_subject` (MMLU): the first `n_shot` items of the question's own subject in `pool` (its dev split; lm-eval's
+    `first_n` sampler), so every question of a subject shares one prompt prefix. Otherwise (ARC): `n_shot` items
+    drawn from the whole `pool` (its train split) by a generator seeded with `seed`, one draw per question in order
+    (lm-eval's default sampler draws at random). Raises `CapabilityDataError` naming the subject that has too few.
+    """
+    if n_shot < 0:
+        raise ValueError(f"n_shot must be >= 0, got {n_shot}")
+    if same_subject:
+        by_subject: dict[str | None, list[dict]] = {}
+        for item in pool:
+            by_subject.setdefault(item.get("subject"), []).append(item)
+        out = []
+        for q in questions:
+            found = by_subject.get(q.get("subject"), [])
+            if len(found) < n_shot:
+                raise CapabilityDataError(f"shot pool has {len(found)} items of subject {q.get('subject')!r}, "
+                                          f"{n_shot} needed for {n_shot}-shot")
+            out.append(found[:n_shot])
+        return out
+    if len(pool) < n_shot:
+        raise CapabilityDataError(f"shot pool has {len(pool)} items, {n_shot} needed for {n_shot}-shot")
+    if seed is None:
+        raise ValueError("few_shot_sets: drawing shots at random needs a seed")
+    rng = np.random.default_rng(seed)
+    return [[pool[int(j)] for j in rng.choice(len(pool), size=n_shot, replace=False)] for _ in questions]
+
+
+@torch.inference_mode()
+def multiple_choice_accuracy(
+    model,
+    tokenizer,
+    questions: list[dict],
+    *,
+    n_shot: int = 5,
+    shots: list[dict] | None = None,
+    shot_sets: list[list[dict]] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    shared_prefix: bool = True,
+) -> dict:
+    """k-shot accuracy by argmax of the next-token log-likelihood of the answer letters (no generation).
+
+    Shots come from `shot_sets` (one list per question, `few_shot_sets` from the dev/train split) or `shots` (the
+    same for every question); without either, question i uses the first `n_shot` other questions of the list, so
+    no question sees its own answer and n stays len(questions).
+    With `shared_prefix`, questions with the same shots (an MMLU subject) share one forward pass of their common
+    token prefix (the KV cache is computed once and extended per question), so a 5-shot set costs about its unique
+    tokens; the scores equal the plain path's to float tolerance (evals/test_capability.py). Models whose cache is
+    not plain per-token KV (linear attention, sliding windows) take the plain path.
+    Returns {"accuracy", "n", "correct": [bool] (for paired tests), "predicted": [int], "logprobs": [[float]] (the
+    answer letters' log-probabilities)}.
+    """
+    if not questions:
+        raise ValueError("multiple_choice_accuracy needs at least one question")
+    if n_shot < 0:
+        raise ValueError(f"n_shot must be >= 0, got {n_shot}")
+    if shots is not None and shot_sets is not None:
+        raise ValueError("give shots (one list for all questions) or shot_sets (one per question), not both")
+    if shot_sets is not None:
+        if len(shot_sets) != len(questions):
+            raise ValueError(f"shot_sets has {len(shot_sets)} lists for {len(questions)} questions")
+        short = [i for i, s in enumerate(shot_sets) if len(s) < n_shot]
+        if short:
+            raise ValueError(f"n_shot={n_shot} but shot_sets[{short[0]}] has only {len(shot_sets[short[0]])} shots")
+    else:
+        pool_size = len(shots) if shots is not None else len(questions) - 1
+        if pool_size < n_shot:
+            source = "shots" if shots is not None else "questions (other than the one asked)"
+            raise ValueError(f"n_shot={n_shot} but only {pool_size} {source} available")
+    for i, q in enumerate(questions):
+        validate_question(q, f"questions[{i}]")
+    for i, q in enumerate(shots or []):
+        validate_question(q, f"shots[{i}]")
+    for i, shot_list in enumerate(shot_sets or []):
+        for j, q in enumerate(shot_list[:n_shot]):
+            validate_question(q, f"shot_sets[{i}][{j}]")
+
+    def shots_of(i: int) -> list[dict]:
+        return list(shot_sets[i][:n_shot]) if shot_sets is not None else _shots_for(i, questions, shots, n_shot)
+
+    shared, letters = answer_tokens(tokenizer, max(len(q["choices"]) for q in questions))
+    letter_ids = torch.tensor(letters)
+    encoded = [tokenizer(mmlu_prompt(q, shots_of(i)))["input_ids"] + shared for i, q in enumerate(questions)]
+    pad_id = pad_token_id(tokenizer)
+    groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
+        if shared_prefix else [(0, list(range(len(questions))))]
+    last: dict[int, torch.Tensor] = {}  # question -> next-token logits [vocab]
+    with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
+        for prefix_len, members in groups:
+            order = sorted(members, key=lambda i: -len(encoded[i]))
+            cache = _prefix_cache(model, encoded[order[0]][:prefix_len], len(encoded[order[0]])) if prefix_len else None
+            if prefix_len and cache is None:
+                prefix_len = 0  # a cache this path cannot extend exactly (recurrent or window-limited layers)
+            for batch in index_batches(len(order), batch_size):
+                rows = [order[k] for k in batch]
+                if prefix_len:
+                    logits = _suffix_logits(model, cache, prefix_len, [encoded[i][prefix_len:] for i in rows], pad_id)
+                else:
+                    ids, mask = left_pad([encoded[i] for i in rows], pad_id)
+                    logits = forward_logits(model, ids, mask, last_only=True)  # [batch, vocab]
+                last.update(zip(rows, logits))
+                bar.update(len(rows))
+    scored = [torch.log_softmax(last[i], dim=-1)[letter_ids[: len(q["choices"])]] for i, q in enumerate(questions)]
+    predicted = [int(lp.argmax()) for lp in scored]
+    correct = [p == q["answer"] for p, q in zip(predicted, questions)]
+    return {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": correct, "predicted": predicted,
+            "logprobs": [lp.tolist() for lp in scored]}
+
+
+# --- shared-prefix scoring ----------------------------------------------------------------------
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs[1:]):
+            return k
+    return n
+
+
+def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> list[tuple[int, list[int]]]:
+    """Questions with the same shots, as (shared token count, question indices). The shared part is the longest
+    common prefix of the group's own token ids (the plain path's tokens, never a separately tokenized prefix), less
+    the last token of the shortest prompt, which must be fed to get its next-token logits. A lone question shares
+    nothing."""
+    members: dict[tuple, list[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    out = []
+    for group in members.values():
+        seqs = [encoded[i] for i in group]
+        shared = min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if len(group) > 1 else 0
+        out.append((max(shared, 0), group))
+    return out
+
+
+def _extendable(layer, total_len: int) -> bool:
+    """Whether a cache layer extended by a suffix equals one pass of the whole prompt: a full-attention KV layer
+    always, a sliding-window one while the whole prompt fits its window (it keeps every token then); a recurrent
+    (linear-attention) or shared-KV layer never here."""
+    kind = type(layer).__name__
+    if kind == "DynamicLayer":
+        return True
+    return kind == "DynamicSlidingWindowLayer" and total_len < layer.sliding_window - 1
+
+
+def _prefix_cache(model, prefix: Sequence[int], total_len: int):
+    """The KV cache of `prefix` (one row), or None where extending it to `total_len` tokens would not equal one
+    forward pass of the whole prompt (`_extendable`)."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long)
+    mask = torch.ones_like(ids)
+    out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    layers = getattr(cache, "layers", None)
+    if type(cache).__name__ != "DynamicCache" or not layers or not all(_extendable(la, total_len) for la in layers):
+        return None
+    return cache
+
+
+def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[int]], pad_id: int,
+                   keep: int = 1) -> torch.Tensor:
+    """Logits of the last `keep` positions, [batch, vocab] (keep = 1) or [batch, keep, vocab] (float32, CPU), of
+    prefix + each suffix, from the prefix's cache: the suffixes are left-padded after the prefix, the padding masked
+    out and positions counted on from the prefix, so every real token sees what it sees in the whole prompt."""
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(len(suffixes))
+    ids, mask = left_pad(suffixes, pad_id)  # [batch, suffix]
+    full_mask = torch.cat([torch.ones((len(suffixes), prefix_len), dtype=mask.dtype), mask], dim=1)
+    position_ids = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model.device
+    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
+                past_key_values=batch_cache, use_cache=True, logits_to_keep=keep)
+    return out.logits[:, -1].float().cpu() if keep == 1 else out.logits.float().cpu()
+
+
+# --- ARC: answer-text (cloze) scoring -----------------------------------------------------------
+
+
+def arc_context(item: dict, shots: Sequence[dict] = ()) -> str:
+    """lm-evaluation-harness's ARC prompt: solved shots "Question: ...\nAnswer: <answer text>" joined by a blank
+    line, then the question ending in "Answer:"; each choice's text (after a space) is the scored continuation."""
+    solved = [f"Question: {s['question']}\nAnswer: {s['choices'][s['answer']]}" for s in shots]
+    return "\n\n".join([*solved, f"Question: {item['question']}\nAnswer:"])
+
+
+@torch.inference_mode()
+def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[list[dict]], n_shot: int = 5,
+                   batch_size: int = 16, progress: bool = True, shared_prefix: bool = True) -> dict:
+    """k-shot accuracy by the log-likelihood of each choice's text after "Answer:", as lm-evaluation-harness scores
+    ARC: `acc` takes the choice with the largest summed log-probability, `acc_norm` divides it by the choice's length
+    in bytes. The continuation's tokens are the whole string's tokens after the context's (lm-eval's split). With
+    `shared_prefix` a question's choices share one pass over its context (`multiple_choice_accuracy`), so scoring
+    its 3-5 answer texts costs about one prompt, not one per choice.
+    Returns {"accuracy" (acc), "accuracy_norm", "n", "correct", "correct_norm", "predicted", "logprobs"}."""
+    if not questions:
+        raise ValueError("cloze_accuracy needs at least one question")
+    if len(shot_sets) != len(questions) or any(len(s) < n_shot for s in shot_sets):
+        raise ValueError(f"cloze_accuracy needs one list of at least {n_shot} shots per question")
+    for i, q in enumerate(questions):
+        validate_question(q, f"questions[{i}]")
+    requests = []  # (question, choice, context ids, continuation ids)
+    for i, q in enumerate(questions):
+        context = arc_context(q, shot_sets[i][:n_shot])
+        ctx = tokenizer(context)["input_ids"]
+        for j, choice in enumerate(q["choices"]):
+            whole = tokenizer(context + " " + choice)["input_ids"]
+            cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else tokenizer(" " + choice, add_special_tokens=False)[
+                "input_ids"]
+            requests.append((i, j, whole[: len(whole) - len(cont)], cont))
+    pad_id = pad_token_id(tokenizer)
+    score = {}
+
+    def add(rows, logits, keep: int) -> None:  # logits [batch, keep + 1, vocab]: the last keep + 1 positions
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # [batch, keep, vocab]
+        for row, (i, j, _, cont) in enumerate(rows):
+            picked = logprobs[row, keep - len(cont):].gather(-1, torch.tensor(cont)[:, None])[:, 0]
+            score[i, j] = float(picked.sum())
+
+    # A question's choices share its context: with `shared_prefix`, all but its last token is computed once.
+    groups = _prefix_groups([ctx + cont for _, _, ctx, cont in requests], [(i,) for i, *_ in requests]) \
+        if shared_prefix else [(0, list(range(len(requests))))]
+    with tqdm(total=len(requests), desc="multiple choice (cloze)", disable=not progress) as bar:
+        for prefix_len, members in groups:
+            prefix_len = min([prefix_len] + [len(requests[r][2]) - 1 for r in members])
+            order = sorted(members, key=lambda r: -(len(requests[r][2]) + len(requests[r][3])))
+            longest = len(requests[order[0]][2]) + len(requests[order[0]][3])
+            cache = _prefix_cache(model, requests[order[0]][2][:prefix_len], longest) if prefix_len > 0 else None
+            for batch in index_batches(len(order), batch_size):
+                rows = [requests[order[k]] for k in batch]
+                keep = max(len(cont) for *_, cont in rows)
+                if cache is not None:
+                    logits = _suffix_logits(model, cache, prefix_len, [(ctx + cont)[prefix_len:] for *_, ctx, cont in rows],
+                                            pad_id, keep=keep + 1)
+                else:
+                    ids, mask = left_pad([ctx + cont for *_, ctx, cont in rows], pad_id)  # [batch, seq]
+                    logits = model(**forward_kwargs(model, ids, mask), use_cache=False,
+                                   logits_to_keep=keep + 1).logits.float().cpu()
+                add(rows, logits, keep)
+                bar.update(len(rows))
+    logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]
+    predicted = [int(torch.tensor(lp).argmax()) for lp in logprobs]
+    normed = [int(torch.tensor([v / len((" " + c).encode()) for v, c in zip(lp, q["choices"])]).argmax())
+              for lp, q in zip(logprobs, questions)]
+    correct = [p == q["answer"] for p, q in zip(predicted, questions)]
+    correct_norm = [p == q["answer"] for p, q in zip(normed, questions)]
+    return {"accuracy": sum(correct) / len(correct), "accuracy_norm": sum(correct_norm) / len(correct_norm),
+            "n": len(correct), "correct": correct, "correct_norm": correct_norm, "predicted": predicted,
+            "logprobs": logprobs}
+
+
+# --- cross-entropy ----------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def cross_entropy(model, tokenizer, texts: list[str], *, max_length: int = 256, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over all predicted tokens of `texts`, each cut to `max_length` tokens.
+
+    Token-weighted, so long texts count for more, as in a language-modelling loss.
+    """
+    if not texts:
+        raise ValueError("cross_entropy needs at least one text")
+    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    pad_id = pad_token_id(tokenizer)
+    total, count = 0.0, 0
+    for batch in index_batches(len(encoded), batch_size):
+        ids, mask = left_pad([encoded[i] for i in batch], pad_id)  # [batch, seq]
+        # The loss is taken where the logits are: [batch, seq, vocab] never leaves the device.
+        logits = model(**forward_kwargs(model, ids, mask), use_cache=False).logits  # [batch, seq, vocab]
+        scored = (mask[:, :-1] & mask[:, 1:]).bool()  # a target and its context are both real tokens
+        targets = ids[:, 1:].masked_fill(~scored, -100).to(logits.device)
+        total += F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+            reduction="sum",
+        ).item()
+        count += int(scored.sum())
+    if count == 0:
+        raise ValueError("cross_entropy: no text has two or more tokens")
+    return total / count

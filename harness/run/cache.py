@@ -1,0 +1,207 @@
+"""Resumable on-disk caches for expensive stages.
+
+A stage is keyed by a hash of everything that determines its output (experiment, model revision,
+dataset revision, stage version, parameters), never by "a file exists". Item stages (completions,
+judgments, per-candidate scores) are written one batch at a time, each batch an atomically renamed
+file, so a run killed with SIGKILL loses at most the batch in flight and recomputes nothing that
+finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+import harness
+
+CACHE_ENV = "HARNESS_CACHE_DIR"
+
+ACTIVITY: dict[str, dict[str, float]] = {"computed": {}, "reused": {}, "seconds": {}}
+"""Per stage, items computed and reused from the cache in this process, and wall seconds spent computing:
+what a rehearsal asserts (a second run must compute nothing) and a benchmark reports."""
+
+
+def _count(kind: str, stage: str, n: float = 1) -> None:
+    if n:
+        ACTIVITY[kind][stage] = ACTIVITY[kind].get(stage, 0) + n
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Add the block's wall time to `stage`'s seconds (CUDA work is synchronised first, so it is counted)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        _count("seconds", stage, round(time.perf_counter() - start, 3))
+
+
+def cache_root() -> Path:
+    """$HARNESS_CACHE_DIR, else the user cache directory: outside the repository, so raw completions
+    to harmful prompts can never be committed, and shared by every clone on the machine."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        root = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(base) / "refusal-harness"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def code_fingerprint(*modules: str) -> str:
+    """Hash of the named harness modules' source (a package: every module in it), so a cached stage is recomputed
+    when its code changes. Names are dotted below `harness` (`steering.selection`, `generation`)."""
+    root = Path(harness.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(name.encode())
+        path = root / name.replace(".", "/")
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+        for file in files:
+            if path.is_dir():
+                digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_key(**parts: Any) -> str:
+    """A stable hash of the parts that determine a stage's output."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def stage_dir(stage: str, key: str) -> Path:
+    return cache_root() / stage / key
+
+
+class ItemStore:
+    """Per-item results of one stage, persisted batch by batch.
+
+    State is real here (the directory and what is already done), hence a class.
+    """
+
+    def __init__(self, stage: str, key: str):
+        self.stage, self.name = stage.split("/")[0], stage
+        self.dir = stage_dir(stage, key)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.dir / ".lock"))
+        self.recomputed = 0
+
+    def load(self) -> dict[str, Any]:
+        done: dict[str, Any] = {}
+        for part in sorted(self.dir.glob("part-*.json")):
+            done.update(json.loads(part.read_text()))
+        return done
+
+    def save(self, batch: dict[str, Any]) -> None:
+        if not batch:
+            return
+        name = f"part-{stage_key(ids=sorted(batch))}.json"
+        with self._lock:
+            atomic_write_json(self.dir / name, batch)
+
+    def compute(
+        self,
+        ids: Sequence[str],
+        fn: Callable[[list[str]], list[Any]],
+        batch_size: int,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> list[Any]:
+        """Results for `ids`, calling `fn` only on the ones not yet stored, one batch at a time."""
+
+        def saved(batch: dict[str, Any]) -> None:
+            self.save(batch)
+            self.recomputed += len(batch)
+            _count("computed", self.stage, len(batch))
+
+        done = self.load()
+        _count("reused", self.stage, len(set(ids) & set(done)))
+        with timed(self.name):
+            return compute_missing(done, ids, fn, batch_size, progress, on_batch=saved)
+
+
+def compute_missing(
+    done: dict[str, Any],
+    ids: Sequence[str],
+    fn: Callable[[list[str]], list[Any]],
+    batch_size: int,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    on_batch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[Any]:
+    """Fill `done` with fn's results for the ids it lacks, batch by batch (each handed to `on_batch`
+    as soon as it is finished), and return the results for `ids` in order."""
+    todo = [i for i in dict.fromkeys(ids) if i not in done]
+    batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+    for batch in progress(batches) if progress and batches else batches:
+        values = fn(batch)
+        if len(values) != len(batch):
+            raise RuntimeError(f"stage returned {len(values)} results for {len(batch)} items")
+        finished = dict(zip(batch, values))
+        if on_batch is not None:
+            on_batch(finished)
+        done.update(finished)
+    return [done[i] for i in ids]
+
+
+def cached_tensor(stage: str, key: str, fn: Callable[[], torch.Tensor | dict]) -> Any:
+    """Compute-once for a whole-stage tensor (or a dict of tensors); loaded with weights_only=True,
+    so the cache can never execute pickled code."""
+    path = stage_dir(stage, key) / "value.pt"
+    if path.is_file():
+        _count("reused", stage.split("/")[0])
+        return torch.load(path, weights_only=True)
+    _count("computed", stage.split("/")[0])
+    with timed(stage):
+        value = fn()
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / ".lock")):
+        atomic_write_bytes(path, buffer.getvalue())
+    return value
+
+
+def cached_json(stage: str, key: str, fn: Callable[[], Any]) -> Any:
+    path = stage_dir(stage, key) / "value.json"
+    if path.is_file():
+        _count("reused", stage.split("/")[0])
+        return json.loads(path.read_text())
+    _count("computed", stage.split("/")[0])
+    with timed(stage):
+        value = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / ".lock")):
+        atomic_write_json(path, value)
+    return json.loads(json.dumps(value, sort_keys=True))
