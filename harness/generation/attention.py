@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from harness.generation.common import input_device
+from harness.generation.common import input_device, text_config
 
 GROUPED_SDPA = "harness_grouped_sdpa"
 DECODE_MATMUL = True
@@ -58,9 +58,24 @@ def _grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scalin
     return out.reshape(b, heads, q_len, -1).transpose(1, 2).contiguous(), None
 
 
+@contextmanager
+def _attention_implementation(config: Any, name: str) -> Iterator[None]:
+    """The model's (and its text config's) attention implementation set to registered `name` for the duration,
+    restored on exit."""
+    configs = {id(c): c for c in (config, text_config(config))}.values()
+    before = [c._attn_implementation for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = name
+        yield
+    finally:
+        for c, impl in zip(configs, before):
+            c._attn_implementation = impl
+
+
 def _grouped_attention_applies(config: Any) -> bool:
     """Plain-softmax SDPA models only: soft-capping (Gemma 2) and attention sinks (gpt-oss) keep their own kernel."""
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     return (
         cfg._attn_implementation == "sdpa"
         and getattr(cfg, "attn_logit_softcapping", None) is None
@@ -77,15 +92,8 @@ def grouped_attention(config: Any) -> Iterator[None]:
     from transformers import AttentionInterface
 
     AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa)
-    configs = {id(c): c for c in (config, config.get_text_config(decoder=True))}.values()
-    before = [c._attn_implementation for c in configs]
-    try:
-        for c in configs:
-            c._attn_implementation = GROUPED_SDPA
+    with _attention_implementation(config, GROUPED_SDPA):
         yield
-    finally:
-        for c, impl in zip(configs, before):
-            c._attn_implementation = impl
 
 
 SINK_DECODE = "harness_sink_decode"
@@ -123,7 +131,7 @@ def sink_decode_attention(model: Any, on_cpu: bool = False) -> Iterator[None]:
     """On CUDA, switch gpt-oss's eager attention to `_sink_decode_sdpa` for the duration: eager attention
     repeats K/V per query head (8x for gpt-oss-20b) on every decode step. The CPU keeps the stock path."""
     config = model.config
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     if cfg.model_type != "gpt_oss" or cfg._attn_implementation != "eager" or not (
         on_cpu or input_device(model).type == "cuda"
     ):
@@ -134,12 +142,5 @@ def sink_decode_attention(model: Any, on_cpu: bool = False) -> Iterator[None]:
 
     AttentionInterface.register(SINK_DECODE, _sink_decode_sdpa)
     ALL_MASK_ATTENTION_FUNCTIONS.register(SINK_DECODE, eager_mask)  # masks built by transformers: eager's
-    configs = {id(c): c for c in (config, cfg)}.values()
-    before = [c._attn_implementation for c in configs]
-    try:
-        for c in configs:
-            c._attn_implementation = SINK_DECODE
+    with _attention_implementation(config, SINK_DECODE):
         yield
-    finally:
-        for c, impl in zip(configs, before):
-            c._attn_implementation = impl

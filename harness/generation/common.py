@@ -25,6 +25,11 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return found
 
 
+def text_config(config: Any) -> Any:
+    """The decoder's text config of a (possibly multimodal) model config."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def input_device(model: Any) -> torch.device:
     return model.get_input_embeddings().weight.device
 

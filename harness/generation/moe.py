@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from harness.generation.common import text_config
+
 DENSE_DECODE = "harness_dense_decode"
 DENSE_MAX_TOKENS = 256  # decode batch sizes; prefill of a whole batch is far above
 
@@ -66,7 +68,7 @@ def dense_decode_applies(model: Any, on_cpu: bool = False) -> bool:
     """Transposed, biased, gated experts behind transformers' experts interface (gpt-oss), on CUDA (or on
     the CPU when asked: tests compare it there with the stock module; generation on the CPU keeps the stock
     implementation, so CPU completions are exactly today's)."""
-    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    cfg = text_config(model.config)
     if getattr(cfg, "model_type", None) != "gpt_oss" or not hasattr(model, "set_experts_implementation"):
         return False
     return on_cpu or model.get_input_embeddings().weight.is_cuda

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from harness.generation.common import GenerationError
+from harness.generation.common import GenerationError, text_config
 
 
 def _layer_windows(config: Any) -> list[int | None]:
     """Per decoder layer: the sliding window, or None for full attention."""
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     n = cfg.num_hidden_layers
     types = getattr(cfg, "layer_types", None)
     window = getattr(cfg, "sliding_window", None)
@@ -55,7 +55,7 @@ def _static_masks(
 
     full = next((w for w in windows if w is None), "none")
     sliding = next((w for w in windows if w is not None), None)
-    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    cfg = text_config(config)
     if getattr(cfg, "layer_types", None) is None:
         return additive(windows[0])
     masks = {}
@@ -72,7 +72,7 @@ COMPILE_LEN_BUCKET = 64
 def _new_static_cache(config: Any, max_len: int):
     from transformers.cache_utils import Cache, StaticLayer
 
-    n = (config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config).num_hidden_layers
+    n = (text_config(config)).num_hidden_layers
     return Cache(layers=[StaticLayer(max_cache_len=max_len) for _ in range(n)])
 
 
