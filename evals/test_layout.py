@@ -119,3 +119,70 @@ def test_package_says_what_it_owns(package):
     doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
     assert doc, f"harness/{package}/__init__.py has no docstring saying what it owns and what it may import"
     assert "import" in doc.lower(), f"harness.{package}'s docstring does not say what it may import"
+
+
+ARCHITECTURE = ROOT.parent / "ARCHITECTURE.md"
+
+
+def _module_rows() -> list[tuple[str, str, list[str]]]:
+    """(module, row text, public names) of ARCHITECTURE.md's module tables, each under its `harness/PKG/` header."""
+    import re
+
+    rows, package = [], None
+    for line in ARCHITECTURE.read_text().splitlines():
+        if m := re.match(r"\*\*\w+\*\* \(`harness/(\w+)/`\)", line):
+            package = m.group(1)
+        elif package and (m := re.match(r"\| `(\w+)\.py` \| [^|]+ \| (.+) \|$", line)):
+            module = f"harness.{package}" + ("" if m.group(1) == "__init__" else f".{m.group(1)}")
+            rows.append((module, line, re.findall(r"`([\w*]+)`", m.group(2))))
+        elif not line.startswith("|"):
+            package = None if line.startswith("#") else package
+    return rows
+
+
+def test_architecture_lists_every_module_and_its_names_resolve():
+    """The module map is the tree: every module has a row, and every public name a row lists is importable from
+    that module (`parse_*` style patterns match at least one name)."""
+    import fnmatch
+    import importlib
+
+    rows = _module_rows()
+    listed = {m for m, _, _ in rows}
+    missing = sorted(m for m in MODULES if _package(m) and _package(m) != "__main__" and m not in listed
+                     and not m.endswith(tuple(f".{p}" for p in FLOW)))
+    assert not missing, f"ARCHITECTURE.md has no row for {missing}"
+    unknown = []
+    for module, _, names in rows:
+        mod = importlib.import_module(module)
+        for name in names:
+            found = fnmatch.filter(dir(mod), name) if "*" in name else [name] if hasattr(mod, name) else []
+            if not found:
+                unknown.append(f"{module}.{name}")
+    assert not unknown, f"ARCHITECTURE.md names what its module does not define: {unknown}"
+
+
+def test_claim_paths_resolve():
+    """Every library call the claim-path tables name exists, and every fixture they name is defined in fixtures/."""
+    import importlib
+    import re
+
+    text = ARCHITECTURE.read_text().split("## A claim's code path", 1)[1].split("\n## ", 1)[0]
+    broken = []
+    for ref in sorted(set(re.findall(r"`(harness(?:\.\w+)+)`", text))):
+        parts = ref.split(".")
+        for i in range(len(parts), 1, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ModuleNotFoundError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                broken.append(ref)
+            break
+    fixtures_src = "\n".join(p.read_text() for p in (ROOT.parent / "fixtures").glob("*.py"))
+    defined = set(re.findall(r"^def (\w+)\(", fixtures_src, re.M))
+    named = {f for cell in re.findall(r"^\| ([^|]+) \(`\w+\.py`\) \|", text, re.M) for f in re.findall(r"`(\w+)`", cell)}
+    assert named, "no fixture rows found in the claim-path table"
+    broken += sorted(f"fixture {f}" for f in named - defined)
+    assert not broken, f"ARCHITECTURE.md's claim paths name what does not exist: {broken}"
