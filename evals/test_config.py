@@ -242,3 +242,19 @@ def test_single_direction_recipe_errors(tmp_path, extra, message):
 def test_single_direction_thresholds_stay_required(tmp_path):
     with pytest.raises(ExperimentError, match="selection_score_drop_min is required"):
         load_experiment(write(tmp_path, GOOD.replace("selection_score_drop_min = -1e9\n", "")))
+
+
+@pytest.mark.parametrize("section, fields, message", [
+    ("DatasetRef", {"name": "jbb", "sha256": "ABC"}, "sha256 must be 64 lowercase hex digits"),
+    ("DatasetRef", {"name": "jbb", "revision": "main"}, "revision must be a 40-hex commit"),
+    ("JudgeConfig", {"evaluator_commit": "v1"}, "revision must be a 40-hex commit"),
+    ("ModelConfig", {"id": "m", "path": "/m", "sha256": "0" * 63}, "sha256 must be 64 lowercase hex digits"),
+])
+def test_every_pin_field_is_checked(section, fields, message):
+    """Pins are one checked type (`Revision`, `Sha256`) wherever a section takes one."""
+    import pydantic
+
+    import harness.config as config
+
+    with pytest.raises(pydantic.ValidationError, match=message):
+        getattr(config, section)(**fields)

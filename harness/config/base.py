@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -30,3 +31,9 @@ def check_revision(value: str | None) -> str | None:
     if value is not None and not HEX40.match(value):
         raise ValueError(f"revision must be a 40-hex commit, got {value!r}")
     return value
+
+
+Revision = Annotated[str | None, AfterValidator(check_revision)]
+"""A pinned commit (40 lowercase hex digits), or None."""
+Sha256 = Annotated[str | None, AfterValidator(check_sha256)]
+"""A file's SHA-256 (64 lowercase hex digits), or None."""

@@ -4,35 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, model_serializer, model_validator
 
-from harness.config.base import Strict, check_revision, check_sha256
+from harness.config.base import Revision, Sha256, Strict
 
 
 class DatasetRef(Strict):
     """A dataset by registry name (see harness.data.loading), optionally a revision override and a subset."""
 
     name: str
-    revision: str | None = None
+    revision: Revision = None
     split: str | None = None
     n: int | None = Field(None, ge=1)
     path: str | None = None
-    sha256: str | None = Field(None, description="SHA-256 of the file, pinning a registry entry that has no pin of its "
+    sha256: Sha256 = Field(None, description="SHA-256 of the file, pinning a registry entry that has no pin of its "
                                "own (MMLU, SORRY-Bench): an unpinned local copy is never loaded")
     system_prompt: str | None = Field(
         None, description="registry name of a system-prompt file (harness.data.loading, e.g. `agent_system_prompt`): "
         "every prompt of this set is formatted with it as the system turn; data.harmful_train / harmless_train only"
     )
-
-    @field_validator("revision")
-    @classmethod
-    def _rev(cls, v: str | None) -> str | None:
-        return check_revision(v)
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: str | None) -> str | None:
-        return check_sha256(v)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):

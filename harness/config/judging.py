@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.config.base import Strict, check_revision
+from harness.config.base import Revision, Strict
 
 JudgeName = Literal["substring", "llamaguard2", "llamaguard3", "sorry-bench"]
 Question = Literal["refusal", "fulfilment", "harm"]
@@ -42,8 +42,8 @@ class JudgeConfig(Strict):
     refusal_substrings: list[str] | None = None
     model: Literal["llamaguard2", "llamaguard3", "sorry-bench"] | None = None
     model_id: str | None = None
-    revision: str | None = None
-    evaluator_commit: str | None = None
+    revision: Revision = None
+    evaluator_commit: Revision = None
     headline: dict[HeadlineKey, JudgeName] = Field(
         default_factory=dict,
         description="one headline judge per question, e.g. { refusal = \"substring\", harm = \"llamaguard2\" }: "
@@ -131,8 +131,3 @@ class JudgeConfig(Strict):
                 return name
         raise ValueError(f"over-refusal on harmless prompts needs a refusal judge (substring); configured: "
                          f"{self.names()}")
-
-    @field_validator("revision", "evaluator_commit")
-    @classmethod
-    def _rev(cls, v: str | None) -> str | None:
-        return check_revision(v)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.config.base import Strict, check_revision, check_sha256
+from harness.config.base import Revision, Sha256, Strict
 
 
 class RefusalTune(Strict):
@@ -25,27 +25,17 @@ class RefusalTune(Strict):
 
 class ModelConfig(Strict):
     id: str
-    revision: str | None = None
+    revision: Revision = None
     path: str | None = None
     gguf_file: str | None = None
     gguf_package: str | None = Field(None, description="Python package that ships the GGUF file")
-    sha256: str | None = None
+    sha256: Sha256 = None
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     device: str = "auto"
     device_map: str | None = None
     trust_remote_code: bool = False
     family: str | None = Field(None, description="override of the architecture family")
     refusal_tune: RefusalTune | None = None
-
-    @field_validator("revision")
-    @classmethod
-    def _rev(cls, v: str | None) -> str | None:
-        return check_revision(v)
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: str | None) -> str | None:
-        return check_sha256(v)
 
     @model_validator(mode="after")
     def _pinned(self) -> "ModelConfig":
