@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from harness.generation.common import input_device, text_config
+from harness.generation.common import text_config
+from harness.models.arch import input_device
 
 GROUPED_SDPA = "harness_grouped_sdpa"
 DECODE_MATMUL = True

@@ -1,12 +1,10 @@
-"""What every generation backend shares: the error, the stop tokens, the input device, cutting rows at a stop token."""
+"""What every generation backend shares: the error, the stop tokens, cutting rows at a stop token."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
-
-import torch
 
 Intervention = Callable[[], AbstractContextManager]
 
@@ -28,10 +26,6 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 def text_config(config: Any) -> Any:
     """The decoder's text config of a (possibly multimodal) model config."""
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-
-
-def input_device(model: Any) -> torch.device:
-    return model.get_input_embeddings().weight.device
 
 
 def cut_at_eos(rows: list[list[int]], eos: Sequence[int]) -> list[list[int]]:

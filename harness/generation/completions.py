@@ -22,10 +22,11 @@ from harness.run.cache import compute_missing
 if TYPE_CHECKING:
     from harness.config import GenerationConfig
 from harness.generation.attention import grouped_attention, sink_decode_attention
-from harness.generation.common import GenerationError, Intervention, cut_at_eos, eos_token_ids, input_device
+from harness.generation.common import GenerationError, Intervention, cut_at_eos, eos_token_ids
 from harness.generation.static import static_generate
 from harness.generation.transformers_backend import hf_generate
 from harness.generation.vllm_backend import vllm_complete, vllm_engine
+from harness.models.arch import input_device
 
 
 def prompt_id(prompt: str, settings: GenerationConfig) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from harness.generation.common import text_config
+from harness.models.arch import input_device
 
 DENSE_DECODE = "harness_dense_decode"
 DENSE_MAX_TOKENS = 256  # decode batch sizes; prefill of a whole batch is far above
@@ -71,7 +72,7 @@ def dense_decode_applies(model: Any, on_cpu: bool = False) -> bool:
     cfg = text_config(model.config)
     if getattr(cfg, "model_type", None) != "gpt_oss" or not hasattr(model, "set_experts_implementation"):
         return False
-    return on_cpu or model.get_input_embeddings().weight.is_cuda
+    return on_cpu or input_device(model).type == "cuda"
 
 
 @contextmanager

@@ -249,6 +249,11 @@ def embeddings(model) -> nn.Embedding:
     return _first(model, spec_of(model).embed, "token embeddings")
 
 
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: its input embeddings' device (the first device of a model spread over several)."""
+    return model.get_input_embeddings().weight.device
+
+
 def unembedding(model) -> nn.Linear:
     return _first(model, spec_of(model).unembed, "unembedding (lm_head)")
 

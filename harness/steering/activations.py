@@ -12,14 +12,10 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from harness.models.arch import embeddings
+from harness.models.arch import input_device
 from harness.models.arch import layers as block_list
 from harness.models.chat import post_instruction_tokens, tokenize_instructions
 from harness.models.hooks import add_hooks, block_input, with_block_input
-
-
-def input_device(model) -> torch.device:
-    return embeddings(model).weight.device
 
 
 def _batches(items: Sequence[str], batch_size: int):

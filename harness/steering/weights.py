@@ -14,9 +14,9 @@ from torch import nn
 from harness.models.arch import (
     FAMILIES,
     WeightRef,
-    embeddings,
     family_of,
     final_norm,
+    input_device,
     is_tied,
     layers,
     n_layers,
@@ -242,8 +242,8 @@ def edit_fidelity(
     gap_max, gap_sum, gap_count, logit_scale = 0.0, 0.0, 0, 0.0
     for start in range(0, len(prompts), batch_size):
         batch = tokenize_instructions(tokenizer, list(prompts[start : start + batch_size]), system)
-        on_model = {k: v.to(embeddings(model).weight.device) for k, v in batch.items()}
-        on_edited = {k: v.to(embeddings(edited).weight.device) for k, v in batch.items()}
+        on_model = {k: v.to(input_device(model)) for k, v in batch.items()}
+        on_edited = {k: v.to(input_device(edited)) for k, v in batch.items()}
         mask = batch["attention_mask"].bool()
         base_logits, base_comp = _stream_components(model, on_model, r, mask)
         with ablate(model, r):
