@@ -252,27 +252,17 @@ def test_contrast_claims_run_and_the_benign_claim_fails_on_its_bound(tmp_path):
     without the declaration it fails on the bound it names. (The tiny model separates the contrast perfectly, AUC
     1.0, so no fit bound can fail here; the rehearsal shows that one.)"""
     import json
-    import os
-    import subprocess
-    import sys
 
+    from evals.test_end_to_end import run_claims
     from harness.models.tiny import tiny_model
 
     model, tokenizer = tiny_model("llama", seed=5)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache"), "HARNESS_REPORTS_DIR": str(tmp_path / "reports"),
-           "PYTHONHASHSEED": "0"}
-
     def run(auc: float, known: str) -> tuple[int, str]:
         toml = tmp_path / "contrast.toml"
         toml.write_text(CONTRAST_TOML.format(path=tmp_path / "model", auc=auc, drop=10.0, known=known))
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", str(toml), "--limit", "6", "-q",
-             "-p", "no:xdist", "-p", "no:cacheprovider", "--snapshot-update", "evals/test_claims.py",
-             "-k", "fit_separates or benign_tasks"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        return proc.returncode, proc.stdout + proc.stderr
+        return run_claims(toml, tmp_path, "-k", "fit_separates or benign_tasks", limit=6)
 
     code, out = run(0.51, BENIGN_KNOWN)
     assert code == 0, out[-3000:]

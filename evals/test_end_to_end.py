@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from evals.test_config import STUDY_RECIPE
 from harness.models.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,12 +89,14 @@ def tiny_experiment(tmp_path_factory) -> Path:
     return path
 
 
-def _run_claims(toml: Path, work: Path, **extra_env: str) -> tuple[int, str]:
+def run_claims(toml: Path, work: Path, *args: str, limit: int = 8, **extra_env: str) -> tuple[int, str]:
+    """(exit code, output) of a claim run (`-m gpu`) of `toml` in a subprocess, its cache and reports under `work`;
+    `args` go to pytest (e.g. `-k`)."""
     env = {**os.environ, "HARNESS_CACHE_DIR": str(work / "cache"), "HARNESS_REPORTS_DIR": str(work / "reports"),
            "PYTHONHASHSEED": "0", **extra_env}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", str(toml), "--limit", "8", "-q",
-         "-p", "no:xdist", "-p", "no:cacheprovider", "--snapshot-update", "evals/test_claims.py"],
+        [sys.executable, "-m", "pytest", "-m", "gpu", "--experiment", str(toml), "--limit", str(limit), "-q",
+         "-p", "no:xdist", "-p", "no:cacheprovider", "--snapshot-update", *args, "evals/test_claims.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     return proc.returncode, proc.stdout + proc.stderr
@@ -104,7 +107,7 @@ def two_runs(tiny_experiment, tmp_path_factory):
     runs = []
     for name in ("first", "second"):
         work = tmp_path_factory.mktemp(name)
-        code, out = _run_claims(tiny_experiment, work)
+        code, out = run_claims(tiny_experiment, work)
         runs.append((code, out, work / "reports" / "tiny-limit8"))
     return runs
 
@@ -173,11 +176,11 @@ def test_a_planted_leak_fails_the_run(tiny_experiment, tmp_path):
     """A completion to a harmful prompt anywhere under the run's report folder fails the run and is named."""
     from harness.report.write import MIN_LEAK_CHARS
 
-    code, out = _run_claims(tiny_experiment, tmp_path)
+    code, out = run_claims(tiny_experiment, tmp_path)
     assert code == 0, out[-3000:]
     leaked = next(t for t in _harmful_completions(tmp_path / "cache") if len(t) >= MIN_LEAK_CHARS)
     (tmp_path / "reports" / "tiny-limit8" / "notes.md").write_text(f"an example answer: {leaked}\n")
-    code, out = _run_claims(tiny_experiment, tmp_path)
+    code, out = run_claims(tiny_experiment, tmp_path)
     assert code != 0 and "ERROR: a completion to a harmful prompt is in" in out and "notes.md" in out, out[-3000:]
 
 
@@ -192,7 +195,7 @@ def test_tight_bounds_fail_the_claims_that_guard_them(tiny_experiment, two_runs,
                      .replace("methods_kl_max = 1e9", "methods_kl_max = 1e-12"))
     work = tmp_path / "work"
     shutil.copytree(two_runs[0][2].parent.parent / "cache", work / "cache")
-    code, out = _run_claims(tight, work)
+    code, out = run_claims(tight, work)
     assert code != 0
     assert "[edit_leak_max]" in out and "FAILED evals/test_claims.py::test_edit_fidelity" in out, out[-4000:]
     assert "[methods_kl_max]" in out and "FAILED evals/test_claims.py::test_methods_compared[diff_in_means]" in out
@@ -246,7 +249,7 @@ def test_vllm_runs_ablation_as_the_exact_edit_and_the_report_says_so(tiny_experi
     toml = tmp_path / "tiny_vllm.toml"
     toml.write_text(tiny_experiment.read_text().replace("[generation]\n", '[generation]\nbackend = "vllm"\n'))
     fake_path = os.pathsep.join(p for p in (str(tmp_path / "fake"), os.environ.get("PYTHONPATH")) if p)
-    code, out = _run_claims(toml, tmp_path, PYTHONPATH=fake_path)
+    code, out = run_claims(toml, tmp_path, PYTHONPATH=fake_path)
     assert code == 0, out[-4000:]
     report = (tmp_path / "reports" / "tiny_vllm-limit8" / "report.md").read_text()
     section = report.split("## How each condition was generated")[1].split("\n## ")[0]
@@ -272,26 +275,12 @@ device = "cpu"
 dataset = {{ name = "demo_policy_prompts" }}
 fit_areas = 8
 
-[direction]
-compare_methods = []
-per_layer = true
-read_point = "layer_output"
-safe_mean_projection = true
-fit_prompts = "construction"
-
-[intervention]
-conditions = ["weight_edit"]
-norm_preserving = true
-edit_modules = ["attn_out", "mlp_down"]
+""" + STUDY_RECIPE + """budgets = [2, 4]
+repeats = 2
 
 [generation]
 max_new_tokens = 16
 batch_size = 8
-
-[stability]
-budgets = [2, 4]
-repeats = 2
-areas = "all"
 
 [capability]
 n_shot = 1
@@ -323,7 +312,7 @@ def test_per_layer_recipe_runs_its_claims_and_its_stability_bound_can_fail(tmp_p
     tokenizer.save_pretrained(tmp_path / "model")
     toml = tmp_path / "tiny-per-layer.toml"
     toml.write_text(PER_LAYER_TOML.format(path=tmp_path / "model"))
-    code, out = _run_claims(toml, tmp_path)
+    code, out = run_claims(toml, tmp_path)
     assert code == 1, out[-4000:]
     failed = [line for line in out.splitlines() if line.startswith("FAILED")]
     assert failed and all("test_direction_stability" in line for line in failed), out[-4000:]
