@@ -70,9 +70,9 @@ def code_fingerprint(*modules: str) -> str:
     for name in sorted(modules):
         digest.update(name.encode())
         path = root / name.replace(".", "/")
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
-        for file in files:
-            if path.is_dir():
+        package = path.is_dir()
+        for file in sorted(path.rglob("*.py")) if package else [path.with_suffix(".py")]:
+            if package:
                 digest.update(file.relative_to(root).as_posix().encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
