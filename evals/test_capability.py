@@ -531,8 +531,8 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     from harness.measures.capability import cloze_accuracy
 
     calls = []
-    real = capability._suffix_logits
-    monkeypatch.setattr(capability, "_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capability._rows_suffix_logits
+    monkeypatch.setattr(capability, "_rows_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tok = tiny_model(family)
     shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
     shared = cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=3, progress=False)

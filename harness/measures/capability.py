@@ -252,7 +252,38 @@ def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[in
     return out.logits[:, -1].float().cpu() if keep == 1 else out.logits.float().cpu()
 
 
+def _padded_prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
+    """(KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded `prefixes`, or None where
+    extending it to `total_len` slots would not equal one forward pass of each whole prompt (`_extendable`)."""
+    ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
+    out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    layers = getattr(cache, "layers", None)
+    if type(cache).__name__ != "DynamicCache" or not layers or not all(_extendable(la, total_len) for la in layers):
+        return None
+    return cache, mask, mask.sum(-1)
+
+
+def _rows_suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
+                        suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
+    """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the cached
+    prefix row `rows_of[k]`. The cache's rows are reordered in place (it is used once); the prefixes' left padding
+    and the suffixes' own stay masked, and positions count on from each prefix's real length, so every real token
+    sees what it sees in its whole prompt."""
+    index = torch.tensor(list(rows_of), dtype=torch.long)
+    cache.batch_select_indices(index.to(cache.layers[0].keys.device))
+    ids, mask = left_pad(suffixes, pad_id)  # [batch, suffix]
+    full_mask = torch.cat([prefix_mask[index], mask], dim=1)
+    position_ids = prefix_lens[index][:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
+    device = model.device
+    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
+                past_key_values=cache, use_cache=True, logits_to_keep=keep)
+    return out.logits
+
+
 # --- ARC: answer-text (cloze) scoring -----------------------------------------------------------
+
+LOGPROB_ROWS = 8  # rows per float32 log-softmax over [rows, keep, vocab]: bounds its memory on a large vocabulary
 
 
 def arc_context(item: dict, shots: Sequence[dict] = ()) -> str:
@@ -268,8 +299,9 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
     """k-shot accuracy by the log-likelihood of each choice's text after "Answer:", as lm-evaluation-harness scores
     ARC: `acc` takes the choice with the largest summed log-probability, `acc_norm` divides it by the choice's length
     in bytes. The continuation's tokens are the whole string's tokens after the context's (lm-eval's split). With
-    `shared_prefix` a question's choices share one pass over its context (`multiple_choice_accuracy`), so scoring
-    its 3-5 answer texts costs about one prompt, not one per choice.
+    `shared_prefix` a question's choices share one pass over its context, and `batch_size` contexts (left-padded) go
+    through one forward, so scoring the 3-5 answer texts of a batch of questions costs about one pass over their
+    contexts, not one per choice or per question.
     Returns {"accuracy" (acc), "accuracy_norm", "n", "correct", "correct_norm", "predicted", "logprobs"}."""
     if not questions:
         raise ValueError("cloze_accuracy needs at least one question")
@@ -289,32 +321,53 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
     pad_id = pad_token_id(tokenizer)
     score = {}
 
-    def add(rows, logits, keep: int) -> None:  # logits [batch, keep + 1, vocab]: the last keep + 1 positions
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # [batch, keep, vocab]
+    def add(rows, logits, keep: int) -> None:
+        """`logits: [batch, keep + 1, vocab]` (the last keep + 1 positions, where the model left them): each row's
+        continuation log-probabilities are picked there, a few rows at a time, and only those come to the CPU."""
+        targets = torch.zeros(len(rows), keep, dtype=torch.long)  # [batch, keep]; left-padded like the rows
+        for row, (*_, cont) in enumerate(rows):
+            targets[row, keep - len(cont):] = torch.tensor(cont)
+        targets = targets.to(logits.device)
+        picked = torch.cat([torch.log_softmax(logits[chunk, :-1].float(), dim=-1).gather(-1, targets[chunk, :, None])[..., 0]
+                            for chunk in (slice(k, k + LOGPROB_ROWS) for k in range(0, len(rows), LOGPROB_ROWS))]).cpu()
         for row, (i, j, _, cont) in enumerate(rows):
-            picked = logprobs[row, keep - len(cont):].gather(-1, torch.tensor(cont)[:, None])[:, 0]
-            score[i, j] = float(picked.sum())
+            score[i, j] = float(picked[row, keep - len(cont):].sum())
 
-    # A question's choices share its context: with `shared_prefix`, all but its last token is computed once.
-    groups = _prefix_groups([ctx + cont for _, _, ctx, cont in requests], [(i,) for i, *_ in requests]) \
-        if shared_prefix else [(0, list(range(len(requests))))]
+    def plain(rows) -> None:
+        for batch in index_batches(len(rows), batch_size):
+            chunk = [rows[k] for k in batch]
+            keep = max(len(cont) for *_, cont in chunk)
+            ids, mask = left_pad([ctx + cont for *_, ctx, cont in chunk], pad_id)  # [batch, seq]
+            add(chunk, model(**forward_kwargs(model, ids, mask), use_cache=False, logits_to_keep=keep + 1).logits, keep)
+            bar.update(len(chunk))
+
+    by_question: dict[int, list[tuple]] = {}
+    for request in requests:
+        by_question.setdefault(request[0], []).append(request)
     with tqdm(total=len(requests), desc="multiple choice (cloze)", disable=not progress) as bar:
-        for prefix_len, members in groups:
-            prefix_len = min([prefix_len] + [len(requests[r][2]) - 1 for r in members])
-            order = sorted(members, key=lambda r: -(len(requests[r][2]) + len(requests[r][3])))
-            longest = len(requests[order[0]][2]) + len(requests[order[0]][3])
-            cache = _prefix_cache(model, requests[order[0]][2][:prefix_len], longest) if prefix_len > 0 else None
+        if not shared_prefix:
+            plain(requests)
+        else:
+            # All but the last context token of each question is computed once, `batch_size` contexts per forward;
+            # every choice of those questions is then scored in one pass over their caches.
+            shared = {i: min(_common_prefix_len([ctx + cont for *_, ctx, cont in rows]), min(len(r[2]) for r in rows) - 1)
+                      for i, rows in by_question.items()}
+            order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
+            plain([r for i in by_question if shared[i] <= 0 for r in by_question[i]])
             for batch in index_batches(len(order), batch_size):
-                rows = [requests[order[k]] for k in batch]
+                chosen = [order[k] for k in batch]
+                rows = [r for i in chosen for r in by_question[i]]
+                prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
+                suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
+                longest = max(len(p) for p in prefixes) + max(len(s) for s in suffixes)
+                cached = _padded_prefix_cache(model, prefixes, pad_id, longest)
+                if cached is None:
+                    plain(rows)
+                    continue
                 keep = max(len(cont) for *_, cont in rows)
-                if cache is not None:
-                    logits = _suffix_logits(model, cache, prefix_len, [(ctx + cont)[prefix_len:] for *_, ctx, cont in rows],
-                                            pad_id, keep=keep + 1)
-                else:
-                    ids, mask = left_pad([ctx + cont for *_, ctx, cont in rows], pad_id)  # [batch, seq]
-                    logits = model(**forward_kwargs(model, ids, mask), use_cache=False,
-                                   logits_to_keep=keep + 1).logits.float().cpu()
-                add(rows, logits, keep)
+                slot = {i: k for k, i in enumerate(chosen)}
+                add(rows, _rows_suffix_logits(model, *cached, [slot[r[0]] for r in rows], suffixes, pad_id,
+                                              keep=keep + 1), keep)
                 bar.update(len(rows))
     logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]
     predicted = [int(torch.tensor(lp).argmax()) for lp in logprobs]
