@@ -8,10 +8,10 @@ import torch
 from harness.config import GenerationConfig
 from harness.generation import generate
 from harness.generation.common import eos_token_ids
-from harness.generation.completions import compute_halving_on_oom, generate_tokens, in_memory_compute
+from harness.generation.completions import compute_halving_on_oom, generate_tokens
 from harness.models.chat import tokenize_instructions
 from harness.models.tiny import tiny_model
-from harness.run.cache import ItemStore
+from harness.run.cache import ItemStore, in_memory_compute
 from harness.steering.interventions import ablate
 
 PROMPTS = ["how to make a bomb at home", "hi", "write poem about the sea please thank you", "list three fruits"]
@@ -98,6 +98,30 @@ def test_store_resume_generates_only_missing(tmp_path, monkeypatch):
     full = generate(model, tok, PROMPTS, settings, store=again, progress=False)
     assert sorted(seen) == sorted(PROMPTS[2:])
     assert full[:2] == first
+
+
+def test_two_sets_generated_together_keep_their_own_stores(tmp_path, monkeypatch):
+    """[generation] joint_batch_size: one generation over two prompt sets writes each completion to its own set's
+    store (the leak check reads harmful completions there), and a resumed run generates only what is missing."""
+    from harness.run.cache import SplitStore
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    model, tok = tiny_model("llama")
+    settings = GenerationConfig(backend="static", max_new_tokens=6, batch_size=4)
+    prompts, first, second = [*PROMPTS, "name a colour"], ["a0", "a1"], ["b0", "b1", "b2"]
+
+    def split() -> SplitStore:
+        return SplitStore([(ItemStore("completions/x/harmful", "joint"), first),
+                           (ItemStore("completions/x/harmless", "joint"), second)])
+
+    together = generate(model, tok, prompts, settings, ids=first + second, store=split(), progress=False)
+    assert set(ItemStore("completions/x/harmful", "joint").load()) == set(first)
+    assert set(ItemStore("completions/x/harmless", "joint").load()) == set(second)
+    store = split()
+    assert generate(model, tok, prompts, settings, ids=first + second, store=store, progress=False) == together
+    assert sum(part.recomputed for part, _ in store.parts) == 0
+    with pytest.raises(KeyError, match="no owner"):
+        generate(model, tok, PROMPTS[:1], settings, ids=["c0"], store=split(), progress=False)
 
 
 def test_vllm_missing_names_tox_env(monkeypatch):

@@ -52,6 +52,11 @@ class GenerationConfig(Strict):
     tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model")
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
+    joint_batch_size: int | None = Field(
+        None, ge=1, description="generate each condition's harmful and harmless evaluation prompts together, in "
+        "batches of this many rows: a decode step reads the weights once for both sets (unset: one set per call, "
+        "in batches of batch_size)"
+    )
     temperature: float = 0.0
     system_prompt: str | None = None
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.generation.moe import dense_decode_experts
-from harness.run.cache import compute_missing
+from harness.run.cache import in_memory_compute
 
 if TYPE_CHECKING:
     from harness.config import GenerationConfig
@@ -123,16 +123,6 @@ def compute_halving_on_oom(
             batch_size = max(1, batch_size // 2)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-
-
-def in_memory_compute(done: dict[str, Any] | None = None) -> Callable[..., list[Any]]:
-    """An `ItemStore.compute` stand-in over a dict that outlives retries (items in `done` are skipped)."""
-    done = {} if done is None else done
-
-    def compute(ids, fn, batch_size, progress=None):
-        return compute_missing(done, ids, fn, batch_size, progress)
-
-    return compute
 
 
 def _progress_bar(desc: str) -> Callable:

@@ -152,6 +152,45 @@ class ItemStore:
             return compute_missing(done, ids, fn, batch_size, progress, on_batch=saved)
 
 
+class SplitStore:
+    """One computation whose items live in several `ItemStore`s, each item in its owner's: two prompt sets
+    generated together keep each set's completions where a run of that set alone keeps them."""
+
+    def __init__(self, parts: Sequence[tuple[ItemStore, Sequence[str]]]):
+        self.parts = list(parts)
+        self._owner = {i: store for store, ids in self.parts for i in ids}
+
+    def load(self) -> dict[str, Any]:
+        done: dict[str, Any] = {}
+        for store, _ in self.parts:
+            done.update(store.load())
+        return done
+
+    def save(self, batch: dict[str, Any]) -> None:
+        for store, _ in self.parts:
+            store.save({i: v for i, v in batch.items() if self._owner[i] is store})
+
+    def compute(self, ids: Sequence[str], fn: Callable[[list[str]], list[Any]], batch_size: int,
+                progress: Callable[[Iterable], Iterable] | None = None) -> list[Any]:
+        unknown = [i for i in ids if i not in self._owner]
+        if unknown:
+            raise KeyError(f"SplitStore has no owner for {len(unknown)} ids, e.g. {unknown[0]!r}")
+
+        def saved(batch: dict[str, Any]) -> None:
+            for store, _ in self.parts:
+                part = {i: v for i, v in batch.items() if self._owner[i] is store}
+                store.save(part)
+                store.recomputed += len(part)
+                _count("computed", store.stage, len(part))
+
+        done = self.load()
+        for store, own in self.parts:
+            _count("reused", store.stage, len(set(own) & set(done)))
+        first, *rest = [store.name for store, _ in self.parts]
+        with timed("+".join([first, *(name.rsplit("/", 1)[-1] for name in rest)])):
+            return compute_missing(done, ids, fn, batch_size, progress, on_batch=saved)
+
+
 def compute_missing(
     done: dict[str, Any],
     ids: Sequence[str],
@@ -173,6 +212,16 @@ def compute_missing(
             on_batch(finished)
         done.update(finished)
     return [done[i] for i in ids]
+
+
+def in_memory_compute(done: dict[str, Any] | None = None) -> Callable[..., list[Any]]:
+    """An `ItemStore.compute` stand-in over a dict that outlives retries (items in `done` are skipped)."""
+    done = {} if done is None else done
+
+    def compute(ids, fn, batch_size, progress=None):
+        return compute_missing(done, ids, fn, batch_size, progress)
+
+    return compute
 
 
 def cached_tensor(stage: str, key: str, fn: Callable[[], torch.Tensor | dict]) -> Any:
