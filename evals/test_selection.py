@@ -273,3 +273,39 @@ def test_pruned_layers_are_scored_on_request_but_stay_filtered(planted):
         select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], score_pruned_layers=True, **kw)
     with pytest.raises(SelectionError, match=r"L2 P-1: bypass=nan"):
         select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_several_candidates_per_forward_score_as_one_per_forward(planted, k):
+    """candidates_per_forward: each candidate ablated in its own copy of the prompts within one forward gets the
+    scores it gets alone (float tolerance: another batch shape), and the same candidate is selected."""
+    model, tok, *_rest, candidates = planted
+    kw = {"max_layer_fraction": 1.0, "kl_max": 1e9, "induce_min": -1e9, "progress": False}
+    one = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
+    many = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], candidates_per_forward=k, **kw)
+    cols = ["bypass_score", "induce_score", "kl"]
+    scored = one.table[cols].notna().all(axis=1)
+    assert scored.sum() >= 3
+    assert torch.allclose(torch.tensor(one.table[cols][scored].to_numpy()),
+                          torch.tensor(many.table[cols][scored].to_numpy()), atol=1e-4, rtol=0)
+    assert (many.layer, many.pos) == (one.layer, one.pos)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "gpt_oss"])
+def test_ablate_rows_is_ablate_row_by_row(family):
+    from harness.models.logits import forward_logits, prompt_batches
+    from harness.models.tiny import tiny_model
+    from harness.steering.interventions import ablate_rows
+
+    model, tok = tiny_model(family)
+    (ids, mask), = prompt_batches(tok, HARMFUL[:3], batch_size=3)
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.randn(3, model.config.hidden_size, generator=gen)
+    with ablate_rows(model, directions):
+        together = forward_logits(model, ids, mask, last_only=True)
+    for row in range(3):
+        with ablate(model, directions[row]):
+            alone = forward_logits(model, ids, mask, last_only=True)[row]
+        assert torch.allclose(together[row], alone, atol=1e-5, rtol=0), (family, row)
+    with pytest.raises(ValueError, match="2 directions for a batch of 3"), ablate_rows(model, directions[:2]):
+        forward_logits(model, ids, mask, last_only=True)

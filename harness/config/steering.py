@@ -24,6 +24,11 @@ class SelectionConfig(Strict):
         "probability is far below 1e-8 counts as -18.4 in the mean, and candidates rank as the reference ranks them), "
         "or `exact`, the unbounded log-odds log p - log(1 - p)"
     )
+    candidates_per_forward: int = Field(
+        1, ge=1, description="candidates ablated in one forward over as many copies of the validation prompts "
+        "(harness.steering.selection.select_direction): fewer, larger forwards where the sweep is bound by per-forward "
+        "overhead; the same arithmetic per row in another batch shape"
+    )
 
 
 ReadPoint = Literal["block_input", "layer_output"]

@@ -104,7 +104,8 @@ class _PerDevice:
 
 
 def _remove_component(x: torch.Tensor, r: torch.Tensor, scale: float) -> torch.Tensor:
-    """x - scale * (x.r) r for a float32 unit `r: [d_model]`, as one row reduction in float32."""
+    """x - scale * (x.r) r for a float32 unit `r: [d_model]` (or one per row, `[batch, 1, d_model]`), as one row
+    reduction in float32."""
     x32 = x.float()
     return (x32 - (scale * (x32 * r).sum(-1, keepdim=True)) * r).to(x.dtype)
 
@@ -139,7 +140,12 @@ def _map_output(output, fn: Callable[[torch.Tensor], torch.Tensor]):
 
 def _residual_hooks(model, basis: torch.Tensor, scale: float, chosen: list[int], inputs: list[int]):
     copies = _PerDevice(basis)
-    fn = lambda x: _project_out(x, copies, scale)  # noqa: E731
+    return _hooks_applying(model, lambda x: _project_out(x, copies, scale), chosen, inputs)
+
+
+def _hooks_applying(model, fn: Callable[[torch.Tensor], torch.Tensor], chosen: list[int], inputs: list[int]):
+    """(pre-hooks, hooks) applying `fn` to the residual stream at the inputs of blocks `inputs` and at every residual
+    write of blocks `chosen`."""
 
     def pre_hook(module, args, kwargs):
         return with_block_input(args, kwargs, fn(block_input(args, kwargs)))
@@ -174,6 +180,31 @@ def ablate(
     r = unit(check_width(model, direction).reshape(-1))
     chosen = select_layers(len(layer_modules(model)), scope, layers, ranked, fraction)
     with _residual_projection(model, r[None], 1.0, chosen, chosen):
+        yield
+
+
+@contextmanager
+def ablate_rows(model, directions: torch.Tensor) -> Iterator[None]:
+    """`ablate` at every layer with one direction per batch row (`directions: [batch, d_model]`, each normalised
+    here): several selection candidates scored in one forward over as many copies of the prompts. Per row the
+    arithmetic is `ablate`'s (x - (x.r) r in float32)."""
+    rows = check_width(model, directions, "directions")
+    if rows.ndim != 2:
+        raise DirectionShapeError(f"directions must be [batch, d_model], got {tuple(rows.shape)}")
+    copies = _PerDevice(torch.stack([unit(r) for r in rows]))  # [batch, d_model]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:  # x: [batch, seq, d_model], or [batch * seq, d_model] from an MoE writer
+        r = copies.on(x.device)
+        batch = r.shape[0]
+        if x.ndim == 2 and x.shape[0] % batch == 0:
+            return _remove_component(x.view(batch, -1, x.shape[-1]), r[:, None, :], 1.0).view_as(x)
+        if x.shape[0] != batch:
+            raise DirectionShapeError(f"ablate_rows has {batch} directions for a batch of {x.shape[0]} rows")
+        return _remove_component(x, r[:, None, :], 1.0)
+
+    chosen = list(range(len(layer_modules(model))))
+    pre_hooks, hooks = _hooks_applying(model, fn, chosen, chosen)
+    with add_hooks(pre_hooks=pre_hooks, hooks=hooks):
         yield
 
 

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from harness.models.arch import n_layers
 from harness.models.chat import format_instructions
 from harness.models.logits import forward_kwargs, forward_logits, last_position_logits, next_token_kl, prompt_batches
-from harness.run.cache import ItemStore
+from harness.run.cache import ItemStore, in_memory_compute
 from harness.steering.activations import block_inputs, can_resume, resume_at
 from harness.steering.directions import EPS_NORM, unit
-from harness.steering.interventions import ablate, actadd
+from harness.steering.interventions import ablate, ablate_rows, actadd
 
 REFUSAL_OPENINGS: tuple[str, ...] = ("I", "As")
 """Openings of typical refusals ("I cannot...", "As an AI..."); their first token after the
@@ -211,6 +211,7 @@ def select_direction(
     system: str | None = None,
     score_pruned_layers: bool = False,
     score_form: str = "reference",
+    candidates_per_forward: int = 1,
 ) -> SelectionResult:
     """Score candidates `[layer, pos, d_model]` (pos indexed from the end) and pick the refusal direction.
 
@@ -221,7 +222,12 @@ def select_direction(
     (e.g. layer 0 at template positions) never are. With `store`, each candidate's scores are persisted
     as it finishes, so a killed sweep resumes where it stopped; its key must cover the candidates,
     prompts and refusal ids. `score_form`: the refusal score's formula (`scores_from_logits`).
+    `candidates_per_forward` > 1 ablates that many candidates in one forward over as many copies of the validation
+    prompts (`ablate_rows`), where a sweep is bound by per-forward overhead; the arithmetic per row is the same,
+    the batch shape is not, so on a GPU the scores can differ in their last bits from one candidate per forward.
     """
+    if candidates_per_forward < 1:
+        raise SelectionError(f"candidates_per_forward must be >= 1, got {candidates_per_forward}")
     total = n_layers(model)
     if candidates.ndim != 3 or candidates.shape[0] != total:
         raise SelectionError(
@@ -256,14 +262,29 @@ def select_direction(
     # Stored like a candidate, so a resumed sweep reports the same baseline it scored against.
     base = store.compute(["baseline"], baseline, batch_size=1)[0] if store is not None else baseline([])[0]
 
-    def score(layer: int, pos: int) -> dict[str, float]:
+    def score(layer: int, pos: int, ablated: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
         vector = candidates[layer, pos].float()
-        with ablate(model, unit(vector)):
-            harmful, harmless = val_logits()
+        if ablated is None:
+            with ablate(model, unit(vector)):
+                ablated = val_logits()
+        harmful, harmless = ablated
         bypass = scores_from_logits(harmful, ids, score_form).mean()
         kl = next_token_kl(base_logits()[1], harmless).mean()
         induce = scores_from_logits(induced_logits(vector, layer), ids, score_form).mean()
         return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
+
+    @torch.inference_mode()
+    def ablated_together(chosen: list[tuple[int, int]]) -> list[tuple[Tensor, Tensor]]:
+        """Each candidate's (harmful, harmless) ablated logits from one forward per validation batch."""
+        k = len(chosen)
+        directions = torch.stack([candidates[layer, pos].float() for layer, pos in chosen])  # [k, d_model]
+        parts = []  # per batch: [k, batch, vocab]
+        for batch_ids, mask in val_batches:
+            with ablate_rows(model, directions.repeat_interleave(batch_ids.shape[0], dim=0)):
+                logits = forward_logits(model, batch_ids.repeat(k, 1), mask.repeat(k, 1), last_only=True, on_cpu=False)
+            parts.append(logits.view(k, batch_ids.shape[0], -1))
+        every = torch.cat(parts, dim=1)  # [k, n_harmful + n_harmless, vocab]
+        return [(every[c, :n_harmful], every[c, n_harmful:]) for c in range(k)]
 
     zero = {(layer, pos) for layer, pos in sweep if float(candidates[layer, pos].norm()) <= EPS_NORM}
     todo = {
@@ -276,14 +297,15 @@ def select_direction(
                                     system=system, batch_size=batch_size)
 
     def run(batch: list[str]) -> list[dict[str, float]]:
-        return [score(*todo[c]) for c in batch]
+        if len(batch) == 1:
+            return [score(*todo[batch[0]])]
+        chosen = [todo[c] for c in batch]
+        return [score(*candidate, ablated) for candidate, ablated in zip(chosen, ablated_together(chosen))]
 
-    bar = functools.partial(tqdm, desc="direction selection", unit="candidate") if progress else None
-    if store is None:
-        order = list(todo)
-        scored = dict(zip(order, (run([c])[0] for c in (bar(order) if bar else order))))
-    else:
-        scored = dict(zip(todo, store.compute(list(todo), run, batch_size=1, progress=bar)))
+    unit_ = "candidate" if candidates_per_forward == 1 else f"{candidates_per_forward} candidates"
+    bar = functools.partial(tqdm, desc="direction selection", unit=unit_) if progress else None
+    compute = store.compute if store is not None else in_memory_compute()
+    scored = dict(zip(todo, compute(list(todo), run, candidates_per_forward, bar)))
 
     unscored = {"bypass_score": math.nan, "induce_score": math.nan, "kl": math.nan}
     rows = []
