@@ -49,6 +49,7 @@ def test_full_rehearsal(name, tmp_path):
         "whole_run_s": round(wall, 1),
         "seconds_by_stage": stages["seconds"],
         "peak_gpu_memory_gib": stages.get("peak_gpu_memory_gib"),
+        "peak_gpu_memory_gib_by_stage": stages.get("peak_gpu_memory_gib_by_stage"),
         "gpu": torch.cuda.get_device_name(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "transformers": transformers.__version__},

@@ -27,9 +27,12 @@ import harness
 
 CACHE_ENV = "HARNESS_CACHE_DIR"
 
-ACTIVITY: dict[str, dict[str, float]] = {"computed": {}, "reused": {}, "seconds": {}}
-"""Per stage, items computed and reused from the cache in this process, and wall seconds spent computing:
-what a rehearsal asserts (a second run must compute nothing) and a benchmark reports."""
+ACTIVITY: dict[str, dict[str, float]] = {"computed": {}, "reused": {}, "seconds": {}, "peak_gpu_memory_gib_by_stage": {}}
+"""Per stage, items computed and reused from the cache in this process, wall seconds spent computing and the peak
+GPU memory allocated while computing: what a rehearsal asserts (a second run must compute nothing) and a benchmark
+reports."""
+_OPEN_PEAKS: list[int] = []  # bytes: the peak so far of each open `timed` block, innermost last
+_PROCESS_PEAK = [0]  # bytes: the most allocated at once before the allocator's last reset
 
 
 def _count(kind: str, stage: str, n: float = 1) -> None:
@@ -39,14 +42,46 @@ def _count(kind: str, stage: str, n: float = 1) -> None:
 
 @contextmanager
 def timed(stage: str) -> Iterator[None]:
-    """Add the block's wall time to `stage`'s seconds (CUDA work is synchronised first, so it is counted)."""
+    """Add the block's wall time to `stage`'s seconds (CUDA work is synchronised first, so it is counted) and record
+    the peak GPU memory allocated within it. The allocator's peak counter is reset at each block's start, so an
+    enclosing block takes its inner blocks' peaks into its own, and `process_peak_gpu_bytes` into the process's."""
+    if _cuda_started():
+        torch.cuda.synchronize()
+        _close_peak_window()
+    _OPEN_PEAKS.append(0)
     start = time.perf_counter()
     try:
         yield
     finally:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak = _OPEN_PEAKS.pop()
+        if _cuda_started():
             torch.cuda.synchronize()
+            peak = max(peak, torch.cuda.max_memory_allocated())
+            _close_peak_window()
+            by_stage = ACTIVITY["peak_gpu_memory_gib_by_stage"]
+            by_stage[stage] = max(by_stage.get(stage, 0.0), round(peak / 2**30, 2))
+            if _OPEN_PEAKS:
+                _OPEN_PEAKS[-1] = max(_OPEN_PEAKS[-1], peak)
         _count("seconds", stage, round(time.perf_counter() - start, 3))
+
+
+
+def _cuda_started() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _close_peak_window() -> None:
+    """Fold the allocator's peak since its last reset into the process's and the open blocks', then reset it."""
+    peak = torch.cuda.max_memory_allocated()
+    _PROCESS_PEAK[0] = max(_PROCESS_PEAK[0], peak)
+    if _OPEN_PEAKS:
+        _OPEN_PEAKS[-1] = max(_OPEN_PEAKS[-1], peak)
+    torch.cuda.reset_peak_memory_stats()
+
+
+def process_peak_gpu_bytes() -> int:
+    """The most GPU memory allocated at once in this process, across the resets `timed` makes."""
+    return max(_PROCESS_PEAK[0], torch.cuda.max_memory_allocated()) if _cuda_started() else _PROCESS_PEAK[0]
 
 
 def cache_root() -> Path:
