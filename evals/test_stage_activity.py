@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-import harness.run.cache as cache
+from harness.run import cache
 
 
 class FakeAllocator:
