@@ -543,3 +543,9 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0), family
     if family in ("llama", "gemma", "qwen3"):
         assert calls, f"{family}: the shared-context path was not taken"
+    if family == "qwen3_5":  # linear-attention layers: one prefix pass shows it, the rest go the plain way
+        passes = []
+        real_prefix = capability._padded_prefix_cache
+        monkeypatch.setattr(capability, "_padded_prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
+        cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=1, progress=False)
+        assert len(passes) == 1 and not calls

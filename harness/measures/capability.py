@@ -253,15 +253,19 @@ def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[in
 
 
 def _padded_prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
-    """(KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded `prefixes`, or None where
-    extending it to `total_len` slots would not equal one forward pass of each whole prompt (`_extendable`)."""
+    """(cached, ever): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
+    `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt
+    (`_extendable`); `ever` says whether this model's cache can be extended at all (a shorter prompt can still fit a
+    sliding window; nothing makes a recurrent layer extendable)."""
     ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
     out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     layers = getattr(cache, "layers", None)
-    if type(cache).__name__ != "DynamicCache" or not layers or not all(_extendable(la, total_len) for la in layers):
-        return None
-    return cache, mask, mask.sum(-1)
+    ever = type(cache).__name__ == "DynamicCache" and bool(layers) and all(
+        type(la).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for la in layers)
+    if not ever or not all(_extendable(la, total_len) for la in layers):
+        return None, ever
+    return (cache, mask, mask.sum(-1)), True
 
 
 def _rows_suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
@@ -353,6 +357,7 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
             shared = {i: min(_common_prefix_len([ctx + cont for *_, ctx, cont in rows]), min(len(r[2]) for r in rows) - 1)
                       for i, rows in by_question.items()}
             order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
+            extends = True  # until a prefix pass shows this model's cache cannot be extended
             plain([r for i in by_question if shared[i] <= 0 for r in by_question[i]])
             for batch in index_batches(len(order), batch_size):
                 chosen = [order[k] for k in batch]
@@ -360,7 +365,7 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
                 prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
                 suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
                 longest = max(len(p) for p in prefixes) + max(len(s) for s in suffixes)
-                cached = _padded_prefix_cache(model, prefixes, pad_id, longest)
+                cached, extends = _padded_prefix_cache(model, prefixes, pad_id, longest) if extends else (None, False)
                 if cached is None:
                     plain(rows)
                     continue
