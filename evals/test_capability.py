@@ -531,8 +531,8 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     from harness.measures.capability import cloze_accuracy
 
     calls = []
-    real = capability._rows_suffix_logits
-    monkeypatch.setattr(capability, "_rows_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capability._suffix_logits
+    monkeypatch.setattr(capability, "_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tok = tiny_model(family)
     shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
     shared = cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=3, progress=False)
@@ -545,7 +545,7 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
         assert calls, f"{family}: the shared-context path was not taken"
     if family == "qwen3_5":  # linear-attention layers: one prefix pass shows it, the rest go the plain way
         passes = []
-        real_prefix = capability._padded_prefix_cache
-        monkeypatch.setattr(capability, "_padded_prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
+        real_prefix = capability._prefix_cache
+        monkeypatch.setattr(capability, "_prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
         cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=1, progress=False)
         assert len(passes) == 1 and not calls

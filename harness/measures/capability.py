@@ -167,13 +167,16 @@ def multiple_choice_accuracy(
     with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
         for prefix_len, members in groups:
             order = sorted(members, key=lambda i: -len(encoded[i]))
-            cache = _prefix_cache(model, encoded[order[0]][:prefix_len], len(encoded[order[0]])) if prefix_len else None
-            if prefix_len and cache is None:
-                prefix_len = 0  # a cache this path cannot extend exactly (recurrent or window-limited layers)
+            cached = None
+            if prefix_len:
+                cached, _ = _prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id, len(encoded[order[0]]))
             for batch in index_batches(len(order), batch_size):
                 rows = [order[k] for k in batch]
-                if prefix_len:
-                    logits = _suffix_logits(model, cache, prefix_len, [encoded[i][prefix_len:] for i in rows], pad_id)
+                if cached is not None:  # else no shared prefix, or a cache this path cannot extend exactly
+                    cache, prefix_mask, prefix_lens = cached
+                    suffixes = [encoded[i][prefix_len:] for i in rows]
+                    logits = _suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(rows),
+                                            suffixes, pad_id, keep=1)[:, -1].float().cpu()  # [batch, vocab]
                 else:
                     ids, mask = left_pad([encoded[i] for i in rows], pad_id)
                     logits = forward_logits(model, ids, mask, last_only=True)  # [batch, vocab]
@@ -223,36 +226,7 @@ def _extendable(layer, total_len: int) -> bool:
     return kind == "DynamicSlidingWindowLayer" and total_len < layer.sliding_window - 1
 
 
-def _prefix_cache(model, prefix: Sequence[int], total_len: int):
-    """The KV cache of `prefix` (one row), or None where extending it to `total_len` tokens would not equal one
-    forward pass of the whole prompt (`_extendable`)."""
-    ids = torch.tensor([list(prefix)], dtype=torch.long)
-    mask = torch.ones_like(ids)
-    out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    layers = getattr(cache, "layers", None)
-    if type(cache).__name__ != "DynamicCache" or not layers or not all(_extendable(la, total_len) for la in layers):
-        return None
-    return cache
-
-
-def _suffix_logits(model, cache, prefix_len: int, suffixes: Sequence[Sequence[int]], pad_id: int,
-                   keep: int = 1) -> torch.Tensor:
-    """Logits of the last `keep` positions, [batch, vocab] (keep = 1) or [batch, keep, vocab] (float32, CPU), of
-    prefix + each suffix, from the prefix's cache: the suffixes are left-padded after the prefix, the padding masked
-    out and positions counted on from the prefix, so every real token sees what it sees in the whole prompt."""
-    batch_cache = copy.deepcopy(cache)
-    batch_cache.batch_repeat_interleave(len(suffixes))
-    ids, mask = left_pad(suffixes, pad_id)  # [batch, suffix]
-    full_mask = torch.cat([torch.ones((len(suffixes), prefix_len), dtype=mask.dtype), mask], dim=1)
-    position_ids = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model.device
-    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
-                past_key_values=batch_cache, use_cache=True, logits_to_keep=keep)
-    return out.logits[:, -1].float().cpu() if keep == 1 else out.logits.float().cpu()
-
-
-def _padded_prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
+def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
     """(cached, ever): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
     `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt
     (`_extendable`); `ever` says whether this model's cache can be extended at all (a shorter prompt can still fit a
@@ -268,10 +242,11 @@ def _padded_prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, 
     return (cache, mask, mask.sum(-1)), True
 
 
-def _rows_suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
+def _suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
                         suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
-    """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the cached
-    prefix row `rows_of[k]`. The cache's rows are reordered in place (it is used once); the prefixes' left padding
+    """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the
+    cached prefix row `rows_of[k]`. The cache's rows are reordered in place (a caller that reuses it passes a copy);
+    the prefixes' left padding
     and the suffixes' own stay masked, and positions count on from each prefix's real length, so every real token
     sees what it sees in its whole prompt."""
     index = torch.tensor(list(rows_of), dtype=torch.long)
@@ -332,8 +307,12 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
         for row, (*_, cont) in enumerate(rows):
             targets[row, keep - len(cont):] = torch.tensor(cont)
         targets = targets.to(logits.device)
-        picked = torch.cat([torch.log_softmax(logits[chunk, :-1].float(), dim=-1).gather(-1, targets[chunk, :, None])[..., 0]
-                            for chunk in (slice(k, k + LOGPROB_ROWS) for k in range(0, len(rows), LOGPROB_ROWS))]).cpu()
+        parts = []
+        for k in range(0, len(rows), LOGPROB_ROWS):
+            chunk = slice(k, k + LOGPROB_ROWS)
+            logprobs = torch.log_softmax(logits[chunk, :-1].float(), dim=-1)  # [rows, keep, vocab]
+            parts.append(logprobs.gather(-1, targets[chunk, :, None])[..., 0])
+        picked = torch.cat(parts).cpu()  # [batch, keep]
         for row, (i, j, _, cont) in enumerate(rows):
             score[i, j] = float(picked[row, keep - len(cont):].sum())
 
@@ -354,7 +333,8 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
         else:
             # All but the last context token of each question is computed once, `batch_size` contexts per forward;
             # every choice of those questions is then scored in one pass over their caches.
-            shared = {i: min(_common_prefix_len([ctx + cont for *_, ctx, cont in rows]), min(len(r[2]) for r in rows) - 1)
+            shared = {i: min(_common_prefix_len([ctx + cont for *_, ctx, cont in rows]),
+                             min(len(ctx) for _, _, ctx, _ in rows) - 1)
                       for i, rows in by_question.items()}
             order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
             extends = True  # until a prefix pass shows this model's cache cannot be extended
@@ -365,14 +345,14 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
                 prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
                 suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
                 longest = max(len(p) for p in prefixes) + max(len(s) for s in suffixes)
-                cached, extends = _padded_prefix_cache(model, prefixes, pad_id, longest) if extends else (None, False)
+                cached, extends = _prefix_cache(model, prefixes, pad_id, longest) if extends else (None, False)
                 if cached is None:
                     plain(rows)
                     continue
                 keep = max(len(cont) for *_, cont in rows)
                 slot = {i: k for k, i in enumerate(chosen)}
-                add(rows, _rows_suffix_logits(model, *cached, [slot[r[0]] for r in rows], suffixes, pad_id,
-                                              keep=keep + 1), keep)
+                add(rows, _suffix_logits(model, *cached, [slot[r[0]] for r in rows], suffixes, pad_id, keep=keep + 1),
+                    keep)
                 bar.update(len(rows))
     logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]
     predicted = [int(torch.tensor(lp).argmax()) for lp in logprobs]
