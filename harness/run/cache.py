@@ -27,7 +27,8 @@ import harness
 
 CACHE_ENV = "HARNESS_CACHE_DIR"
 
-ACTIVITY: dict[str, dict[str, float]] = {"computed": {}, "reused": {}, "seconds": {}, "peak_gpu_memory_gib_by_stage": {}}
+ACTIVITY: dict[str, dict[str, float]] = {
+    "computed": {}, "reused": {}, "seconds": {}, "peak_gpu_memory_gib_by_stage": {}}
 """Per stage, items computed and reused from the cache in this process, wall seconds spent computing and the peak
 GPU memory allocated while computing: what a rehearsal asserts (a second run must compute nothing) and a benchmark
 reports."""
@@ -175,16 +176,13 @@ class ItemStore:
         progress: Callable[[Iterable], Iterable] | None = None,
     ) -> list[Any]:
         """Results for `ids`, calling `fn` only on the ones not yet stored, one batch at a time."""
+        return SplitStore([(self, ids)]).compute(ids, fn, batch_size, progress)
 
-        def saved(batch: dict[str, Any]) -> None:
-            self.save(batch)
-            self.recomputed += len(batch)
-            _count("computed", self.stage, len(batch))
-
-        done = self.load()
-        _count("reused", self.stage, len(set(ids) & set(done)))
-        with timed(self.name):
-            return compute_missing(done, ids, fn, batch_size, progress, on_batch=saved)
+    def record(self, batch: dict[str, Any]) -> None:
+        """Save a freshly computed batch and count it as computed."""
+        self.save(batch)
+        self.recomputed += len(batch)
+        _count("computed", self.stage, len(batch))
 
 
 class SplitStore:
@@ -202,8 +200,11 @@ class SplitStore:
         return done
 
     def save(self, batch: dict[str, Any]) -> None:
-        for store, _ in self.parts:
-            store.save({i: v for i, v in batch.items() if self._owner[i] is store})
+        for store, part in self._split(batch):
+            store.save(part)
+
+    def _split(self, batch: dict[str, Any]) -> list[tuple[ItemStore, dict[str, Any]]]:
+        return [(store, {i: v for i, v in batch.items() if self._owner[i] is store}) for store, _ in self.parts]
 
     def compute(self, ids: Sequence[str], fn: Callable[[list[str]], list[Any]], batch_size: int,
                 progress: Callable[[Iterable], Iterable] | None = None) -> list[Any]:
@@ -212,11 +213,8 @@ class SplitStore:
             raise KeyError(f"SplitStore has no owner for {len(unknown)} ids, e.g. {unknown[0]!r}")
 
         def saved(batch: dict[str, Any]) -> None:
-            for store, _ in self.parts:
-                part = {i: v for i, v in batch.items() if self._owner[i] is store}
-                store.save(part)
-                store.recomputed += len(part)
-                _count("computed", store.stage, len(part))
+            for store, part in self._split(batch):
+                store.record(part)
 
         done = self.load()
         for store, own in self.parts:
