@@ -138,14 +138,12 @@ def _map_output(output, fn: Callable[[torch.Tensor], torch.Tensor]):
     raise TypeError(f"cannot intervene on a module output of type {type(output).__name__}")
 
 
-def _residual_hooks(model, basis: torch.Tensor, scale: float, chosen: list[int], inputs: list[int]):
-    copies = _PerDevice(basis)
-    return _hooks_applying(model, lambda x: _project_out(x, copies, scale), chosen, inputs)
-
-
-def _hooks_applying(model, fn: Callable[[torch.Tensor], torch.Tensor], chosen: list[int], inputs: list[int]):
-    """(pre-hooks, hooks) applying `fn` to the residual stream at the inputs of blocks `inputs` and at every residual
-    write of blocks `chosen`."""
+@contextmanager
+def _applying(
+    model, fn: Callable[[torch.Tensor], torch.Tensor], chosen: list[int], inputs: list[int]
+) -> Iterator[None]:
+    """`fn` applied to the residual stream at the inputs of blocks `inputs` and at every residual write of blocks
+    `chosen`, for the duration."""
 
     def pre_hook(module, args, kwargs):
         return with_block_input(args, kwargs, fn(block_input(args, kwargs)))
@@ -156,14 +154,13 @@ def _hooks_applying(model, fn: Callable[[torch.Tensor], torch.Tensor], chosen: l
     mods = layer_modules(model)
     pre_hooks = [(mods[i].block, pre_hook) for i in inputs]
     hooks = [(m, hook) for i in chosen for m in mods[i].residual_outputs]
-    return pre_hooks, hooks
-
-
-@contextmanager
-def _residual_projection(model, basis: torch.Tensor, scale: float, chosen: list[int], inputs: list[int]) -> Iterator[None]:
-    pre_hooks, hooks = _residual_hooks(model, basis, scale, chosen, inputs)
     with add_hooks(pre_hooks=pre_hooks, hooks=hooks):
         yield
+
+
+def _residual_projection(model, basis: torch.Tensor, scale: float, chosen: list[int], inputs: list[int]):
+    copies = _PerDevice(basis)
+    return _applying(model, lambda x: _project_out(x, copies, scale), chosen, inputs)
 
 
 @contextmanager
@@ -202,9 +199,8 @@ def ablate_rows(model, directions: torch.Tensor) -> Iterator[None]:
             raise DirectionShapeError(f"ablate_rows has {batch} directions for a batch of {x.shape[0]} rows")
         return _remove_component(x, r[:, None, :], 1.0)
 
-    chosen = list(range(len(layer_modules(model))))
-    pre_hooks, hooks = _hooks_applying(model, fn, chosen, chosen)
-    with add_hooks(pre_hooks=pre_hooks, hooks=hooks):
+    every = list(range(len(layer_modules(model))))
+    with _applying(model, fn, every, every):
         yield
 
 
