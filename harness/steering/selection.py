@@ -260,7 +260,8 @@ def select_direction(
                  "harmless": float(scores_from_logits(harmless, ids, score_form).mean())}]
 
     # Stored like a candidate, so a resumed sweep reports the same baseline it scored against.
-    base = store.compute(["baseline"], baseline, batch_size=1)[0] if store is not None else baseline([])[0]
+    compute = store.compute if store is not None else in_memory_compute()
+    base = compute(["baseline"], baseline, 1)[0]
 
     def score(layer: int, pos: int, ablated: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
         vector = candidates[layer, pos].float()
@@ -304,7 +305,6 @@ def select_direction(
 
     unit_ = "candidate" if candidates_per_forward == 1 else f"{candidates_per_forward} candidates"
     bar = functools.partial(tqdm, desc="direction selection", unit=unit_) if progress else None
-    compute = store.compute if store is not None else in_memory_compute()
     scored = dict(zip(todo, compute(list(todo), run, candidates_per_forward, bar)))
 
     unscored = {"bypass_score": math.nan, "induce_score": math.nan, "kl": math.nan}
