@@ -42,6 +42,28 @@ def test_logprob_batched_left_padded_equals_one_by_one(llama):
     assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_logprob_in_one_row_chunks_equals_one_by_one(llama, monkeypatch):
+    """A large vocabulary forces one row per log-softmax chunk; the picked values must not move."""
+    import harness.models.logits as logits
+
+    monkeypatch.setattr(logits, "LOGPROB_ELEMENTS", 1)
+    model, tok = llama
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16]]
+    completions = [[20, 21, 22, 23], [24], [25, 26, 27, 28, 29, 30, 31], []]
+    got = completion_logprobs(model, prompts, completions, pad_id=0, batch_size=4)
+    want = [_one_by_one(model, p, c) for p, c in zip(prompts[:3], completions[:3])]
+    assert got[:3] == pytest.approx(want, abs=1e-4) and math.isnan(got[3])
+
+
+def test_completion_without_prompt_scores_from_its_second_token(llama):
+    """Nothing predicts a row's first token: a completion that starts the row is scored from its second."""
+    model, tok = llama
+    got = completion_logprobs(model, [[]], [[20, 21, 22]], pad_id=0)
+    ids = torch.tensor([[20, 21, 22]])
+    logp = F.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    assert got[0] == pytest.approx(float((logp[0, 21] + logp[1, 22]) / 2), abs=1e-5)
+
+
 def test_logprob_scores_only_the_completion(llama):
     """The prompt's own tokens never count: changing the prompt's first token changes context, not the count."""
     model, tok = llama

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.data.capability_sets import LETTERS, CapabilityDataError, validate_question
-from harness.models.logits import forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id
+from harness.models.logits import (forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id,
+                                   target_logprobs)
 
 
 class AnswerTokenError(ValueError):
@@ -262,8 +263,6 @@ def _suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.T
 
 # --- ARC: answer-text (cloze) scoring -----------------------------------------------------------
 
-LOGPROB_ROWS = 8  # rows per float32 log-softmax over [rows, keep, vocab]: bounds its memory on a large vocabulary
-
 
 def arc_context(item: dict, shots: Sequence[dict] = ()) -> str:
     """lm-evaluation-harness's ARC prompt: solved shots "Question: ...\nAnswer: <answer text>" joined by a blank
@@ -306,13 +305,7 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
         targets = torch.zeros(len(rows), keep, dtype=torch.long)  # [batch, keep]; left-padded like the rows
         for row, (*_, cont) in enumerate(rows):
             targets[row, keep - len(cont):] = torch.tensor(cont)
-        targets = targets.to(logits.device)
-        parts = []
-        for k in range(0, len(rows), LOGPROB_ROWS):
-            chunk = slice(k, k + LOGPROB_ROWS)
-            logprobs = torch.log_softmax(logits[chunk, :-1].float(), dim=-1)  # [rows, keep, vocab]
-            parts.append(logprobs.gather(-1, targets[chunk, :, None])[..., 0])
-        picked = torch.cat(parts).cpu()  # [batch, keep]
+        picked = target_logprobs(logits[:, :-1], targets)  # [batch, keep]
         for row, (i, j, _, cont) in enumerate(rows):
             score[i, j] = float(picked[row, keep - len(cont):].sum())
 

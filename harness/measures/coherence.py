@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPEAT_N = 3  # token n-gram length of the repetition measure
 # The rule's bounds: the 5th percentile of the baseline's log-probabilities and the 95th of its repetition shares on
@@ -43,7 +42,7 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
                         pad_id: int, batch_size: int = 8) -> list[float]:
     """Mean log-probability per completion token under `model`, each completion given its prompt: a scorer that
     sees text the way the generator did. NaN for an empty completion (nothing to score)."""
-    from harness.models.logits import forward_kwargs
+    from harness.models.logits import forward_kwargs, target_logprobs
 
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"completion_logprobs: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -62,11 +61,14 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
             ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
             mask[i, width - len(seq) :] = 1
             scored[i, width - len(c) :] = len(c) > 0
-        logits = model(**forward_kwargs(model, ids, mask), use_cache=False).logits  # [batch, seq, vocab]
-        logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # [batch, seq-1, vocab]: predicts token t+1
-        target = ids[:, 1:].to(logp.device)
-        token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).cpu()  # [batch, seq-1]
-        keep = scored[:, 1:]
+        n = min(max(len(c) for _, c in rows), width - 1)  # completions end every row: only the last n are scored
+        if n == 0:
+            out.extend(float("nan") for _ in rows)
+            continue
+        logits = model(**forward_kwargs(model, ids, mask), use_cache=False,
+                       logits_to_keep=n + 1).logits  # [batch, n + 1, vocab]
+        token_lp = target_logprobs(logits[:, :-1], ids[:, width - n :])  # [batch, n]: position t predicts token t+1
+        keep = scored[:, width - n :]
         for i in range(len(rows)):
             k = int(keep[i].sum())
             out.append(float(token_lp[i][keep[i]].sum()) / k if k else float("nan"))

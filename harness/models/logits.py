@@ -38,6 +38,26 @@ def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return logits.cpu() if on_cpu else logits
 
 
+LOGPROB_ELEMENTS = 1 << 28  # float32 log-softmax elements per chunk (1 GiB): bounds its memory on a large vocabulary
+LOGPROB_ROWS = 8  # at most this many rows per chunk
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) -> [batch, n] float32 on CPU, from `logits: [batch, n, vocab]` (any dtype, left where the model
+    put them) and `targets: [batch, n]`. The float32 log-softmax runs a few rows at a time on the logits' device and
+    only the picked values leave it: a [batch, n, vocab] float32 copy of a 200k vocabulary would not fit beside it."""
+    if logits.dim() != 3 or tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"target_logprobs needs logits [batch, n, vocab] and targets [batch, n], got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    rows = max(1, min(LOGPROB_ROWS, LOGPROB_ELEMENTS // max(1, logits.shape[1] * logits.shape[2])))
+    targets = targets.to(logits.device)
+    parts = []
+    for k in range(0, logits.shape[0], rows):
+        logprobs = torch.log_softmax(logits[k : k + rows].float(), dim=-1)  # [rows, n, vocab]
+        parts.append(logprobs.gather(-1, targets[k : k + rows, :, None])[..., 0])
+    return torch.cat(parts).cpu()
+
+
 def index_batches(n: int, batch_size: int) -> Iterator[range]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
