@@ -258,3 +258,22 @@ def test_every_pin_field_is_checked(section, fields, message):
 
     with pytest.raises(pydantic.ValidationError, match=message):
         getattr(config, section)(**fields)
+
+
+@pytest.mark.parametrize("generation, message", [
+    ('backend = "static"\ncompile_step = true\nbatch_size = 8\njoint_batch_size = 16\ncompiled_rows = 12',
+     "narrower than the widest batch"),
+    ('backend = "static"\ncompiled_rows = 12', "only apply to"),
+    ('backend = "transformers"\ncompile_step = true\ncompile_hooked = false', "only apply to"),
+])
+def test_compile_settings_errors(tmp_path, generation, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(write(tmp_path, GOOD + "\n[generation]\n" + generation))
+
+
+def test_compile_hooked_false_compiles_only_the_hook_free_step(tmp_path):
+    gen = load_experiment(write(tmp_path, GOOD + '\n[generation]\nbackend = "static"\ncompile_step = true\n'
+                                "compile_hooked = false\ncompiled_rows = 32")).generation
+    assert gen.compiles(hooked=False) and not gen.compiles(hooked=True)
+    assert gen.model_copy(update={"compile_hooked": True}).compiles(hooked=True)
+    assert not gen.model_copy(update={"compile_step": False}).compiles(hooked=False)

@@ -7,7 +7,7 @@ import torch
 
 from harness.config import GenerationConfig
 from harness.generation import generate
-from harness.generation.common import eos_token_ids
+from harness.generation.common import GenerationError, eos_token_ids
 from harness.generation.completions import compute_halving_on_oom, generate_tokens
 from harness.models.chat import tokenize_instructions
 from harness.models.tiny import tiny_model
@@ -41,6 +41,47 @@ def test_ablation_changes_static_output():
     with ablate(model, model.get_input_embeddings().weight[enc["input_ids"][0, -1]].detach()):
         hooked = generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
     assert hooked != base
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_oss"])
+def test_rows_padding_leaves_the_real_rows_unchanged(family):
+    """A batch padded with copies of its first row decodes its own rows as before; the copies are dropped."""
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS[1:])
+    kw = dict(max_new_tokens=12, eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id,
+              backend="static")
+    plain = generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
+    padded = generate_tokens(model, enc["input_ids"], enc["attention_mask"], rows=8, **kw)
+    assert padded == plain and len(padded) == 3
+    with pytest.raises(ValueError, match="cannot be padded to 2"):
+        generate_tokens(model, enc["input_ids"], enc["attention_mask"], rows=2, **kw)
+    with pytest.raises(GenerationError, match="static backend"):
+        generate_tokens(model, enc["input_ids"], enc["attention_mask"], rows=8, **(kw | {"backend": "transformers"}))
+
+
+def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
+    """compiled_rows: a 3-row and a 2-row batch run the compiled step made for 4 rows; unpadded they compile twice."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    model, tok = tiny_model("llama")
+    kw = dict(max_new_tokens=4, pad_token_id=tok.pad_token_id, backend="static", compile_step=True)
+
+    def frames(rows):
+        torch._dynamo.reset()
+        counter.clear()
+        for prompts in (PROMPTS[:3], PROMPTS[2:]):
+            enc = tokenize_instructions(tok, prompts)
+            generate_tokens(model, enc["input_ids"], enc["attention_mask"], rows=rows, **kw)
+        return counter.frame_count
+
+    try:
+        assert frames(4) == 1
+        assert frames(None) == 2
+    finally:
+        torch._dynamo.reset()
 
 
 def test_generate_returns_input_order_and_completion_only():

@@ -49,6 +49,16 @@ class ModelConfig(Strict):
 class GenerationConfig(Strict):
     backend: Literal["transformers", "static", "vllm"] = "transformers"
     compile_step: bool = Field(False, description="static backend: torch.compile the decode step (CUDA)")
+    compile_hooked: bool = Field(
+        True, description="with compile_step, also compile the step of conditions that run forward hooks; false: "
+        "they run as an uncompiled CUDA graph, which spares their own compile (the hook-free step is compiled once "
+        "and shared by the baseline and weight-edited conditions)"
+    )
+    compiled_rows: int | None = Field(
+        None, ge=1, description="with compile_step, every batch is padded to this many rows (copies of its first "
+        "prompt, discarded), so one compiled step serves sets of every size; dynamo compiles once per batch shape. "
+        "At least batch_size and joint_batch_size"
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model")
     max_new_tokens: int = Field(256, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -59,6 +69,22 @@ class GenerationConfig(Strict):
     )
     temperature: float = 0.0
     system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _compile_settings(self) -> "GenerationConfig":
+        if (not self.compile_hooked or self.compiled_rows is not None) and not (
+                self.backend == "static" and self.compile_step):
+            raise ValueError("compile_hooked = false and compiled_rows only apply to backend = \"static\" with "
+                             "compile_step = true")
+        widest = max(self.batch_size, self.joint_batch_size or 0)
+        if self.compiled_rows is not None and self.compiled_rows < widest:
+            raise ValueError(f"compiled_rows = {self.compiled_rows} is narrower than the widest batch ({widest}): "
+                             "a batch is padded up to it, never cut")
+        return self
+
+    def compiles(self, hooked: bool) -> bool:
+        """Whether a condition's decode step is compiled (`hooked`: it runs forward hooks)."""
+        return self.backend == "static" and self.compile_step and (self.compile_hooked or not hooked)
 
 
 class ChatConfig(Strict):

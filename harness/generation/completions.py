@@ -157,6 +157,7 @@ def _complete(
             backend=settings.backend,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
             compile_step=compile_step,
+            rows=settings.compiled_rows if compile_step else None,
         )
     return _decode(tokenizer, new_tokens), [len(row) for row in new_tokens]
 
@@ -187,17 +188,22 @@ def generate_tokens(
     backend: str = "static",
     pad_token_id: int = 0,
     compile_step: bool = False,
+    rows: int | None = None,
 ) -> list[list[int]]:
-    """New token ids per row of a left-padded batch (`input_ids: [batch, prompt]`), cut before the first EOS."""
+    """New token ids per row of a left-padded batch (`input_ids: [batch, prompt]`), cut before the first EOS.
+    `rows` (static backend): the batch is padded to that many rows for the decode step, see `static_generate`."""
     if attention_mask[:, -1].min() == 0:
         raise GenerationError("generate_tokens needs a left-padded batch (attention_mask[:, -1] has zeros)")
     with torch.inference_mode():
         if backend == "transformers":
+            if rows is not None:
+                raise GenerationError("padding a batch to `rows` is the static backend's (a compiled step's shape)")
             new = hf_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, pad_token_id)
         elif backend == "static":
             with grouped_attention(model.config), sink_decode_attention(model), dense_decode_experts(model):
                 new = static_generate(
-                    model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, compile_step
+                    model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, compile_step,
+                    rows=rows,
                 )
         else:
             raise GenerationError(f"generation backend {backend!r} is not one of 'transformers', 'static', 'vllm'")

@@ -84,8 +84,19 @@ def _pick(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return (logits.float() / temperature - torch.log(-torch.log(u))).argmax(-1)
 
 
-def static_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos, compile_step) -> torch.Tensor:
-    """`[batch, max_new_tokens]` new tokens; after a row's EOS its tokens are junk that the caller cuts."""
+def static_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos, compile_step,
+                    rows: int | None = None) -> torch.Tensor:
+    """`[batch, max_new_tokens]` new tokens; after a row's EOS its tokens are junk that the caller cuts.
+
+    `rows`: a narrower batch is padded to that many rows with copies of its first row, decoded and dropped, so a
+    compiled step made for `rows` serves it (dynamo compiles once per shape: a 100-row set after a 200-row one
+    would cost a second compile of about a minute on gpt-oss-20b, more than decoding 100 extra rows)."""
+    real = input_ids.shape[0]
+    if rows is not None and rows < real:
+        raise ValueError(f"static_generate: a batch of {real} rows cannot be padded to {rows}")
+    if rows is not None and rows > real:
+        input_ids = torch.cat([input_ids, input_ids[:1].expand(rows - real, -1)])
+        attention_mask = torch.cat([attention_mask, attention_mask[:1].expand(rows - real, -1)])
     batch, prompt_len = input_ids.shape
     max_len = prompt_len + max_new_tokens
     if compile_step:
@@ -111,7 +122,7 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
     out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     out[:, 0] = _pick(logits, temperature)
     if max_new_tokens == 1:
-        return out
+        return out[:real]
 
     state = {
         "tok": out[:, :1].clone(),
@@ -148,9 +159,9 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
         # (device_map="auto") runs the same step eagerly.
         for k in range(n_steps):
             fn(*args)
-            if (k + 1) % check_every == 0 and _all_finished(out[:, : k + 2], eos_t):
+            if (k + 1) % check_every == 0 and _all_finished(out[:real, : k + 2], eos_t):
                 break
-        return out
+        return out[:real]
 
     def reset():
         for name, value in start.items():
@@ -171,9 +182,9 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
     reset()
     for k in range(n_steps):
         graph.replay()
-        if (k + 1) % check_every == 0 and _all_finished(out[:, : k + 2], eos_t):
+        if (k + 1) % check_every == 0 and _all_finished(out[:real, : k + 2], eos_t):
             break
-    return out
+    return out[:real]
 
 
 def _spans_devices(model: Any) -> bool:
