@@ -44,10 +44,10 @@ def test_logprob_batched_left_padded_equals_one_by_one(llama):
 
 def test_logprob_in_one_row_chunks_equals_one_by_one(llama, monkeypatch):
     """A large vocabulary forces one row per log-softmax chunk; the picked values must not move."""
-    import harness.models.logits as logits
+    from harness.models import logits
 
     monkeypatch.setattr(logits, "LOGPROB_ELEMENTS", 1)
-    model, tok = llama
+    model, _ = llama
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16]]
     completions = [[20, 21, 22, 23], [24], [25, 26, 27, 28, 29, 30, 31], []]
     got = completion_logprobs(model, prompts, completions, pad_id=0, batch_size=4)
@@ -57,7 +57,7 @@ def test_logprob_in_one_row_chunks_equals_one_by_one(llama, monkeypatch):
 
 def test_completion_without_prompt_scores_from_its_second_token(llama):
     """Nothing predicts a row's first token: a completion that starts the row is scored from its second."""
-    model, tok = llama
+    model, _ = llama
     got = completion_logprobs(model, [[]], [[20, 21, 22]], pad_id=0)
     ids = torch.tensor([[20, 21, 22]])
     logp = F.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)

@@ -48,8 +48,8 @@ def test_rows_padding_leaves_the_real_rows_unchanged(family):
     """A batch padded with copies of its first row decodes its own rows as before; the copies are dropped."""
     model, tok = tiny_model(family)
     enc = tokenize_instructions(tok, PROMPTS[1:])
-    kw = dict(max_new_tokens=12, eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id,
-              backend="static")
+    kw = {"max_new_tokens": 12, "eos_token_ids": eos_token_ids(model, tok), "pad_token_id": tok.pad_token_id,
+          "backend": "static"}
     plain = generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
     padded = generate_tokens(model, enc["input_ids"], enc["attention_mask"], rows=8, **kw)
     assert padded == plain and len(padded) == 3
@@ -67,7 +67,7 @@ def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
     model, tok = tiny_model("llama")
-    kw = dict(max_new_tokens=4, pad_token_id=tok.pad_token_id, backend="static", compile_step=True)
+    kw = {"max_new_tokens": 4, "pad_token_id": tok.pad_token_id, "backend": "static", "compile_step": True}
 
     def frames(rows):
         torch._dynamo.reset()

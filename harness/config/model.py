@@ -71,7 +71,7 @@ class GenerationConfig(Strict):
     system_prompt: str | None = None
 
     @model_validator(mode="after")
-    def _compile_settings(self) -> "GenerationConfig":
+    def _compile_settings(self) -> GenerationConfig:
         if (not self.compile_hooked or self.compiled_rows is not None) and not (
                 self.backend == "static" and self.compile_step):
             raise ValueError("compile_hooked = false and compiled_rows only apply to backend = \"static\" with "
