@@ -5,6 +5,7 @@ the dev/train split), cross-entropy on plain text.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -165,12 +166,13 @@ def multiple_choice_accuracy(
     groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
         if shared_prefix else [(0, list(range(len(questions))))]
     last: dict[int, torch.Tensor] = {}  # question -> next-token logits [vocab]
+    limit = math.inf  # the longest prompt a prefix cache extends to, once a prefix pass has shown it
     with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
         for prefix_len, members in groups:
             order = sorted(members, key=lambda i: -len(encoded[i]))
             cached = None
-            if prefix_len:
-                cached, _ = _prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id, len(encoded[order[0]]))
+            if prefix_len and len(encoded[order[0]]) <= limit:
+                cached, limit = _prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id, len(encoded[order[0]]))
             for batch in index_batches(len(order), batch_size):
                 rows = [order[k] for k in batch]
                 if cached is not None:  # else no shared prefix, or a cache this path cannot extend exactly
@@ -217,30 +219,31 @@ def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> l
     return out
 
 
-def _extendable(layer, total_len: int) -> bool:
-    """Whether a cache layer extended by a suffix equals one pass of the whole prompt: a full-attention KV layer
-    always, a sliding-window one while the whole prompt fits its window (it keeps every token then); a recurrent
-    (linear-attention) or shared-KV layer never here."""
+def _extends_to(layer) -> float:
+    """The longest whole prompt (prefix + suffix, in slots) for which this cache layer extended by a suffix equals one
+    pass of the whole prompt: any for a full-attention KV layer; for a sliding-window one, while the prompt fits its
+    window (it keeps every token then); none for a recurrent (linear-attention) or shared-KV layer."""
     kind = type(layer).__name__
     if kind == "DynamicLayer":
-        return True
-    return kind == "DynamicSlidingWindowLayer" and total_len < layer.sliding_window - 1
+        return math.inf
+    if kind == "DynamicSlidingWindowLayer":
+        return layer.sliding_window - 2
+    return 0
 
 
 def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
-    """(cached, ever): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
-    `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt
-    (`_extendable`); `ever` says whether this model's cache can be extended at all (a shorter prompt can still fit a
-    sliding window; nothing makes a recurrent layer extendable)."""
+    """(cached, limit): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
+    `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt;
+    `limit` is the longest prompt this model's cache can be extended to (0: none, a recurrent layer; a sliding window
+    bounds it), so a caller skips the prefix pass of any longer prompt that follows."""
     ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
     out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     layers = getattr(cache, "layers", None)
-    ever = type(cache).__name__ == "DynamicCache" and bool(layers) and all(
-        type(la).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for la in layers)
-    if not ever or not all(_extendable(la, total_len) for la in layers):
-        return None, ever
-    return (cache, mask, mask.sum(-1)), True
+    limit = min((_extends_to(la) for la in layers or ()), default=0) if type(cache).__name__ == "DynamicCache" else 0
+    if total_len > limit:
+        return None, limit
+    return (cache, mask, mask.sum(-1)), limit
 
 
 def _suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
@@ -330,7 +333,7 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
                              min(len(ctx) for _, _, ctx, _ in rows) - 1)
                       for i, rows in by_question.items()}
             order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
-            extends = True  # until a prefix pass shows this model's cache cannot be extended
+            limit = math.inf  # the longest prompt a prefix cache extends to, once a prefix pass has shown it
             plain([r for i in by_question if shared[i] <= 0 for r in by_question[i]])
             for batch in index_batches(len(order), batch_size):
                 chosen = [order[k] for k in batch]
@@ -338,7 +341,7 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
                 prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
                 suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
                 longest = max(len(p) for p in prefixes) + max(len(s) for s in suffixes)
-                cached, extends = _prefix_cache(model, prefixes, pad_id, longest) if extends else (None, False)
+                cached, limit = _prefix_cache(model, prefixes, pad_id, longest) if longest <= limit else (None, limit)
                 if cached is None:
                     plain(rows)
                     continue
