@@ -247,12 +247,11 @@ def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_l
 
 
 def _suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
-                        suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
+                   suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
     """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the
     cached prefix row `rows_of[k]`. The cache's rows are reordered in place (a caller that reuses it passes a copy);
-    the prefixes' left padding
-    and the suffixes' own stay masked, and positions count on from each prefix's real length, so every real token
-    sees what it sees in its whole prompt."""
+    the prefixes' left padding and the suffixes' own stay masked, and positions count on from each prefix's real
+    length, so every real token sees what it sees in its whole prompt."""
     index = torch.tensor(list(rows_of), dtype=torch.long)
     cache.batch_select_indices(index.to(cache.layers[0].keys.device))
     ids, mask = left_pad(suffixes, pad_id)  # [batch, suffix]

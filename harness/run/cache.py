@@ -66,7 +66,6 @@ def timed(stage: str) -> Iterator[None]:
         _count("seconds", stage, round(time.perf_counter() - start, 3))
 
 
-
 def _cuda_started() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_initialized()
 
