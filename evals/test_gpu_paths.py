@@ -114,7 +114,7 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
     Hence two checks: with transformers' attention kernel, the static loop (static cache, masks, CUDA
     graph, hooks) agrees on >= 99%; with its own grouped decode kernel it deviates from plain generate
     no more than transformers' eager and sdpa kernels deviate from each other (5 points of slack)."""
-    import harness.generation.completions as generation
+    import harness.generation.attention as attention
     from harness.models.chat import tokenize_instructions
     from harness.steering.interventions import ablate
 
@@ -135,9 +135,9 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
     plain, fast = greedy("transformers"), greedy("static")
     assert all(len(r) == N_NEW for r in fast)
     figures = {"static_vs_plain": _agreement(fast, plain)}
-    if generation._grouped_attention_applies(model.config):
+    if attention._grouped_attention_applies(model.config):
         figures["plain_eager_vs_plain_sdpa"] = _agreement(greedy("transformers", "eager"), plain)
-        monkeypatch.setattr(generation, "_grouped_attention_applies", lambda config: False)
+        monkeypatch.setattr(attention, "_grouped_attention_applies", lambda config: False)
         figures["static_hf_kernel_vs_plain"] = _agreement(greedy("static"), plain)
     figures["distinct_tokens_per_row"] = sum(len(set(r)) for r in fast) / len(fast)
     _record(f"bf16_static_vs_plain/{name}/{'ablated' if ablated else 'plain'}", {**figures, "new_tokens": N_NEW})
