@@ -264,16 +264,24 @@ def test_every_pin_field_is_checked(section, fields, message):
     ('backend = "static"\ncompile_step = true\nbatch_size = 8\njoint_batch_size = 16\ncompiled_rows = 12',
      "narrower than the widest batch"),
     ('backend = "static"\ncompiled_rows = 12', "only apply to"),
-    ('backend = "transformers"\ncompile_step = true\ncompile_hooked = false', "only apply to"),
+    ('backend = "transformers"\ncompile_step = true\nhooked_step = "graph"', "only apply to"),
+    ('backend = "static"\ncompile_step = true\nhooked_step = "own"', "hooked_step"),
 ])
 def test_compile_settings_errors(tmp_path, generation, message):
     with pytest.raises(ExperimentError, match=message):
         load_experiment(write(tmp_path, GOOD + "\n[generation]\n" + generation))
 
 
-def test_compile_hooked_false_compiles_only_the_hook_free_step(tmp_path):
+def test_hooked_step_decides_which_steps_compile_and_share(tmp_path):
     gen = load_experiment(write(tmp_path, GOOD + '\n[generation]\nbackend = "static"\ncompile_step = true\n'
-                                "compile_hooked = false\ncompiled_rows = 32")).generation
+                                'hooked_step = "graph"\ncompiled_rows = 32')).generation
     assert gen.compiles(hooked=False) and not gen.compiles(hooked=True)
-    assert gen.model_copy(update={"compile_hooked": True}).compiles(hooked=True)
-    assert not gen.model_copy(update={"compile_step": False}).compiles(hooked=False)
+    assert not gen.shares_step(hooked=False)
+    assert gen.step_note(hooked=True) == "uncompiled CUDA graph" and gen.step_note(hooked=False) == "compiled step"
+    own = gen.model_copy(update={"hooked_step": "compiled"})
+    assert own.compiles(hooked=True) and not own.shares_step(hooked=True)
+    shared = gen.model_copy(update={"hooked_step": "shared"})
+    assert shared.compiles(hooked=True) and shared.shares_step(hooked=True) and shared.shares_step(hooked=False)
+    assert "shared" in shared.step_note(hooked=False)
+    off = gen.model_copy(update={"compile_step": False})
+    assert not off.compiles(hooked=False) and off.step_note(hooked=True) == ""

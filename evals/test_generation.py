@@ -84,6 +84,39 @@ def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
         torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("hooked_step, frames", [("shared", 1), ("compiled", 3)])
+def test_shared_step_compiles_once_for_every_condition(monkeypatch, hooked_step, frames):
+    """hooked_step = "shared": the baseline, ablation, ActAdd and a weight-edited copy of the model run one compiled
+    step (dynamo's CompileCounter), with the tokens of each condition's own hooks uncompiled; "compiled": one per
+    hook set, the copy reusing the baseline's."""
+    import copy
+
+    from torch._dynamo.testing import CompileCounter
+
+    from harness.steering.interventions import actadd
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    model, tok = tiny_model("gpt_oss")
+    edited = copy.deepcopy(model)
+    r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    conditions = [(model, None), (model, lambda: ablate(model, r)), (model, lambda: actadd(model, 4 * r, 1, 1.0)),
+                  (edited, None)]
+    settings = GenerationConfig(backend="static", compile_step=True, hooked_step=hooked_step, compiled_rows=4,
+                                max_new_tokens=6, batch_size=4)
+    torch._dynamo.reset()
+    try:
+        compiled = [generate(m, tok, PROMPTS, settings, intervention=iv, compile_step=True, progress=False)
+                    for m, iv in conditions]
+        assert counter.frame_count == frames
+    finally:
+        torch._dynamo.reset()
+    own = [generate(m, tok, PROMPTS, settings, intervention=iv, progress=False) for m, iv in conditions]
+    assert compiled == own
+    assert len({tuple(texts) for texts in own[:3]}) == 3
+
+
 def test_generate_returns_input_order_and_completion_only():
     model, tok = tiny_model("gemma")
     settings = GenerationConfig(backend="static", max_new_tokens=8, batch_size=2)

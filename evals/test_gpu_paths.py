@@ -148,6 +148,44 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
     assert figures["static_vs_plain"] >= figures["plain_eager_vs_plain_sdpa"] - 0.05, f"{name}: {figures}"
 
 
+def _shared_step_agreement(monkeypatch, device: str) -> tuple[int, dict[str, float]]:
+    """(inductor compiles of the decode step, greedy agreement per condition): the baseline, ablation and ActAdd
+    through `shared_hooks` and one compiled step, against each condition's own hooks on the uncompiled path."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from harness.models.chat import tokenize_instructions
+    from harness.steering.interventions import ablate, actadd, shared_hooks
+
+    counter = CompileCounterWithBackend("inductor")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    model, tok = _model("gpt_oss", torch.float32)
+    model.to(device)
+    enc = tokenize_instructions(tok, INSTRUCTIONS).to(device)
+    r = _direction(model.config.hidden_size).to(device)
+    conditions = {"baseline": torch.no_grad, "ablation": lambda: ablate(model, r),
+                  "actadd": lambda: actadd(model, 4 * r, 1, 1.0)}
+    rows, figures = len(INSTRUCTIONS) + 8, {}
+    torch._dynamo.reset()
+    for name, condition in conditions.items():
+        with shared_hooks(model), condition():
+            compiled = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id, compile_step=True, rows=rows)
+        with condition():
+            own = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id)
+        figures[name] = _agreement(compiled, own)
+    torch._dynamo.reset()
+    return counter.frame_count, figures
+
+
+def test_shared_step_one_inductor_compile(monkeypatch):
+    """hooked_step = "shared" on the GPU: one inductor compile serves the baseline, ablation and ActAdd (the
+    CPU test counts dynamo frames with an eager backend); fp32, so greedy agrees with each condition's own hooks."""
+    compiles, figures = _shared_step_agreement(monkeypatch, "cuda")
+    _record("shared_step/gpt_oss", {"inductor_compiles": compiles, "agreement": figures, "new_tokens": N_NEW})
+    assert compiles == 1, f"{compiles} compiles for three conditions"
+    assert min(figures.values()) >= AGREEMENT_MIN, figures
+
+
 @pytest.fixture(scope="module")
 def split_and_single(tmp_path_factory):
     """The same fp32 model twice: loaded with device_map="auto" over the GPUs, and on cuda:0 alone."""

@@ -9,7 +9,15 @@ from harness.models.arch import d_model, final_norm, layer_modules
 from harness.models.chat import tokenize_instructions
 from harness.models.hooks import add_hooks, block_input
 from harness.models.tiny import TINY_FAMILIES, tiny_model
-from harness.steering.interventions import DirectionShapeError, ablate, actadd, nullspace, reflect, select_layers
+from harness.steering.interventions import (
+    DirectionShapeError,
+    ablate,
+    actadd,
+    nullspace,
+    reflect,
+    select_layers,
+    shared_hooks,
+)
 
 PROMPTS = ["how to make a bomb at home", "hi", "write a poem about the sea"]
 
@@ -224,3 +232,67 @@ def test_scope_one_hooks_only_that_layer():
     with ablate(model, _direction(model), scope="one", ranked=[1, 0]):
         assert _n_hooks(model) - before == 1 + len(mods[1].residual_outputs)
         assert len(mods[1].block._forward_pre_hooks) == 1 and not mods[0].block._forward_pre_hooks
+
+
+SHARED = {
+    "ablate": lambda m, r: ablate(m, r),
+    "ablate_top_k": lambda m, r: ablate(m, r, scope="top_k", ranked=[1, 0], fraction=0.5),
+    "actadd": lambda m, r: actadd(m, 4 * r, 1, 1.5),
+    "reflect": lambda m, r: reflect(m, r, 0.5, layers=[0, 1]),
+    "nullspace_one_vector": lambda m, r: nullspace(m, r[None]),
+}
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("case", SHARED)
+def test_shared_hooks_hold_the_edit_bit_for_bit(tiny, case):
+    """Inside `shared_hooks` a one-direction intervention adds no hook, writes its edit into the shared ones and
+    gives the logits of its own hooks exactly; on exit the shared hooks are back to no edit, and on leaving
+    `shared_hooks` no hook is left."""
+    model, tok = tiny
+    batch, r = _batch(tok), _direction(model)
+    plain = model(**batch).logits
+    with SHARED[case](model, r):
+        own = model(**batch).logits
+    with shared_hooks(model):
+        n = _n_hooks(model)
+        with SHARED[case](model, r):
+            assert _n_hooks(model) == n
+            shared = model(**batch).logits
+        after = model(**batch).logits
+    assert not torch.equal(own, plain)
+    assert torch.equal(shared, own)
+    assert torch.equal(after, plain)
+    assert _n_hooks(model) == 0
+
+
+@torch.no_grad()
+def test_shared_hooks_in_bfloat16():
+    model, tok = tiny_model("gemma3", dtype=torch.bfloat16)
+    batch, r = _batch(tok), _direction(model)
+    with ablate(model, r):
+        own = model(**batch).logits
+    with shared_hooks(model), ablate(model, r):
+        assert torch.equal(model(**batch).logits, own)
+
+
+@torch.no_grad()
+def test_shared_hooks_take_one_edit_at_a_time():
+    """A second intervention inside a busy `shared_hooks`, or one of several vectors, adds its own hooks and
+    composes as it would without them; `shared_hooks` cannot be entered twice on one model."""
+    model, tok = tiny_model("llama")
+    batch, r, r2 = _batch(tok), _direction(model), _direction(model, seed=2)
+    with actadd(model, 3 * r, 1, 1.0), ablate(model, r2), nullspace(model, torch.stack([r, r2])):
+        own = model(**batch).logits
+    with shared_hooks(model):
+        n = _n_hooks(model)
+        with actadd(model, 3 * r, 1, 1.0):
+            assert _n_hooks(model) == n
+            with ablate(model, r2):
+                assert _n_hooks(model) > n
+                with nullspace(model, torch.stack([r, r2])):
+                    shared = model(**batch).logits
+        with pytest.raises(RuntimeError, match="already active"), shared_hooks(model):
+            pass
+    assert torch.equal(shared, own)
+    assert _n_hooks(model) == 0

@@ -188,12 +188,17 @@ def test_claim_paths_resolve():
     assert not broken, f"ARCHITECTURE.md's claim paths name what does not exist: {broken}"
 
 
+def _has_submodule(module, name: str) -> bool:
+    import importlib.util
+
+    return hasattr(module, "__path__") and importlib.util.find_spec(f"{module.__name__}.{name}") is not None
+
+
 def test_tests_name_only_what_the_library_defines():
     """Every `from harness... import name` in the tests resolves, and so does every attribute read or patched on a
     module imported as `import harness... as alias`: the CUDA-only tests are skipped here, and a name they keep after
     the library moves it would otherwise fail first on a GPU."""
     import importlib
-    import importlib.util
 
     broken = []
     for path in sorted((ROOT.parent / "evals").glob("*.py")):
@@ -202,8 +207,8 @@ def test_tests_name_only_what_the_library_defines():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness"):
                 module = importlib.import_module(node.module)
-                broken += [f"{path.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)
-                           and not (hasattr(module, "__path__") and importlib.util.find_spec(f"{node.module}.{a.name}"))]
+                broken += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                           if not hasattr(module, a.name) and not _has_submodule(module, a.name)]
             elif isinstance(node, ast.Import):
                 aliases |= {a.asname or a.name: a.name for a in node.names if a.name.startswith("harness.")}
         for node in ast.walk(tree):

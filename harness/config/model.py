@@ -49,10 +49,12 @@ class ModelConfig(Strict):
 class GenerationConfig(Strict):
     backend: Literal["transformers", "static", "vllm"] = "transformers"
     compile_step: bool = Field(False, description="static backend: torch.compile the decode step (CUDA)")
-    compile_hooked: bool = Field(
-        True, description="with compile_step, also compile the step of conditions that run forward hooks; false: "
-        "they run as an uncompiled CUDA graph, which spares their own compile (the hook-free step is compiled once "
-        "and shared by the baseline and weight-edited conditions)"
+    hooked_step: Literal["shared", "compiled", "graph"] = Field(
+        "shared", description="with compile_step, how conditions that run forward hooks decode. shared: every "
+        "condition runs one compiled step whose hooks hold the edit as data (zero for the baseline; ablation, ActAdd "
+        "and one-vector nullspace or reflection write into them; other hooks still compile their own step); "
+        "compiled: each hook set compiles its own step; graph: hooked conditions run an uncompiled CUDA graph, "
+        "sparing their compile, and the hook-free step is compiled once for the baseline and weight-edited conditions"
     )
     compiled_rows: int | None = Field(
         None, ge=1, description="with compile_step, every batch is padded to this many rows (copies of its first "
@@ -73,9 +75,9 @@ class GenerationConfig(Strict):
 
     @model_validator(mode="after")
     def _compile_settings(self) -> GenerationConfig:
-        if (not self.compile_hooked or self.compiled_rows is not None) and not (
+        if (self.hooked_step != "shared" or self.compiled_rows is not None) and not (
                 self.backend == "static" and self.compile_step):
-            raise ValueError("compile_hooked = false and compiled_rows only apply to backend = \"static\" with "
+            raise ValueError("hooked_step and compiled_rows only apply to backend = \"static\" with "
                              "compile_step = true")
         widest = max(self.batch_size, self.joint_batch_size or 0)
         if self.compiled_rows is not None and self.compiled_rows < widest:
@@ -85,7 +87,20 @@ class GenerationConfig(Strict):
 
     def compiles(self, hooked: bool) -> bool:
         """Whether a condition's decode step is compiled (`hooked`: it runs forward hooks)."""
-        return self.backend == "static" and self.compile_step and (self.compile_hooked or not hooked)
+        return self.backend == "static" and self.compile_step and (self.hooked_step != "graph" or not hooked)
+
+    def shares_step(self, hooked: bool) -> bool:
+        """Whether a condition decodes through the shared hooks (`harness.steering.interventions.shared_hooks`)."""
+        return self.compiles(hooked) and self.hooked_step == "shared"
+
+    def step_note(self, hooked: bool) -> str:
+        """How a condition's decode step ran, for the report ("" unless the static backend compiles)."""
+        if not (self.backend == "static" and self.compile_step):
+            return ""
+        if not self.compiles(hooked):
+            return "uncompiled CUDA graph"
+        return "compiled step shared by the conditions, edits as hook data" if self.shares_step(hooked) \
+            else "compiled step"
 
 
 class ChatConfig(Strict):

@@ -27,6 +27,7 @@ from harness.generation.static import static_generate
 from harness.generation.transformers_backend import hf_generate
 from harness.generation.vllm_backend import vllm_complete, vllm_engine
 from harness.models.arch import input_device
+from harness.steering.interventions import shared_hooks
 
 
 def prompt_id(prompt: str, settings: GenerationConfig) -> str:
@@ -61,7 +62,8 @@ def generate(
     For the "vllm" backend `model` is a saved model directory or a `vllm.LLM`. `token_counts` (an `ItemStore`,
     by the same ids) receives each completion's number of new tokens, its stop token not counted, so
     max_new_tokens means the budget cut it (the text alone cannot say); each batch's counts are saved just
-    before its completions.
+    before its completions. `compile_step` compiles the static backend's decode step; with `settings.hooked_step`
+    "shared" each batch runs inside `shared_hooks`, so one compiled step serves the baseline and the interventions.
     """
     from harness.models.chat import format_instructions
 
@@ -146,7 +148,8 @@ def _complete(
     device = input_device(model)
     input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     eos = eos_token_ids(model, tokenizer)
-    with intervention() if intervention is not None else nullcontext():
+    share = compile_step and settings.backend == "static" and settings.hooked_step == "shared"
+    with shared_hooks(model) if share else nullcontext(), intervention() if intervention is not None else nullcontext():
         new_tokens = generate_tokens(
             model,
             input_ids,

@@ -3,13 +3,16 @@
 Ablation, nullspace projection and reflection act on the residual stream: on the input of each
 chosen block and on every module output that is added to the residual stream (the attention and
 MLP writers named in harness.models.arch: the projection itself, or the post-norm that follows it).
+Inside `shared_hooks`, the one-direction ones write their edit into persistent hooks instead.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -103,14 +106,32 @@ class _PerDevice:
         return self._copies[device]
 
 
-def _remove_component(x: torch.Tensor, r: torch.Tensor, scale: float) -> torch.Tensor:
+def _removed32(x32: torch.Tensor, r: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    return x32 - (scale * (x32 * r).sum(-1, keepdim=True)) * r
+
+
+def _remove_component(x: torch.Tensor, r: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """x - scale * (x.r) r for a float32 unit `r: [d_model]` (or one per row, `[batch, 1, d_model]`), as one row
     reduction in float32."""
-    x32 = x.float()
-    return (x32 - (scale * (x32 * r).sum(-1, keepdim=True)) * r).to(x.dtype)
+    return _removed32(x.float(), r, scale).to(x.dtype)
+
+
+def _shift(x: torch.Tensor, r: torch.Tensor, scale: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """`_remove_component` then + add (`[d_model]`, float32): a shared hook's edit of a block input. With add zero
+    it equals `_remove_component`, with r and scale zero ActAdd's x + add, bit for bit."""
+    return (_removed32(x.float(), r, scale) + add).to(x.dtype)
 
 
 _remove_component_fused = torch.compile(_remove_component)
+_shift_fused = torch.compile(_shift)
+
+
+def _fused_on_cuda(fn: Callable, fused: Callable, x: torch.Tensor, *args) -> torch.Tensor:
+    """`fn(x, *args)`: traced as is inside a compiled step (inductor fuses it with its neighbours); run eagerly on
+    CUDA, its compiled copy, one kernel instead of five."""
+    if x.is_cuda and not torch.compiler.is_compiling():
+        return fused(x, *args)
+    return fn(x, *args)
 
 
 def _project_out(x: torch.Tensor, basis: _PerDevice, scale: float) -> torch.Tensor:
@@ -122,10 +143,8 @@ def _project_out(x: torch.Tensor, basis: _PerDevice, scale: float) -> torch.Tens
     (measured on an H100: 13.6 us -> 2.2 us per hook in a CUDA graph).
     """
     b = basis.on(x.device)  # [k, d_model], orthonormal rows
-    if b.shape[0] == 1 and torch.compiler.is_compiling():
-        return _remove_component(x, b[0], scale)
-    if b.shape[0] == 1 and x.is_cuda:
-        return _remove_component_fused(x, b[0], scale)
+    if b.shape[0] == 1:
+        return _fused_on_cuda(_remove_component, _remove_component_fused, x, b[0], scale)
     x32 = x.float()
     return (x32 - scale * (x32 @ b.T) @ b).to(x.dtype)
 
@@ -158,7 +177,98 @@ def _applying(
         yield
 
 
+@dataclass(frozen=True)
+class _Slots:
+    """One block's share of the shared hooks, float32 tensors on the block's device: its input gets
+    x - s_in (x.r_in) r_in + add, each of its residual writes x - s_out (x.r_out) r_out. All zero: no edit."""
+
+    r_in: torch.Tensor  # [d_model]
+    s_in: torch.Tensor  # []
+    add: torch.Tensor  # [d_model]
+    r_out: torch.Tensor  # [d_model]
+    s_out: torch.Tensor  # []
+
+    def hooks(self, block: torch.nn.Module, writers: Sequence[torch.nn.Module]) -> tuple[list, list]:
+        def pre_hook(module, args, kwargs):
+            x = block_input(args, kwargs)
+            return with_block_input(args, kwargs, _fused_on_cuda(_shift, _shift_fused, x, self.r_in, self.s_in,
+                                                                 self.add))
+
+        def hook(module, inputs_, output):
+            return _map_output(output, lambda x: _fused_on_cuda(_remove_component, _remove_component_fused, x,
+                                                                self.r_out, self.s_out))
+
+        return [(block, pre_hook)], [(m, hook) for m in writers]
+
+
+@dataclass
+class _Shared:
+    slots: list[_Slots]  # one per block
+    busy: bool = False
+
+    @contextmanager
+    def writing(self, edits: Callable[[list[_Slots]], None]) -> Iterator[None]:
+        """`edits` written into the slots for the duration, then every slot back to zero."""
+        self.busy = True
+        try:
+            edits(self.slots)
+            yield
+        finally:
+            for slot in self.slots:
+                for t in (slot.r_in, slot.s_in, slot.add, slot.r_out, slot.s_out):
+                    t.zero_()
+            self.busy = False
+
+
+_SHARED: weakref.WeakKeyDictionary[torch.nn.Module, _Shared] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def shared_hooks(model) -> Iterator[None]:
+    """Hooks at every block input and residual write whose edits are tensors, all zero (no edit) until `ablate`,
+    `actadd`, or a one-vector `nullspace` / `reflect` entered inside writes its edit into them instead of adding
+    hooks of its own (other interventions, or a second one at a time, add their own as usual).
+
+    A compiled decode step traces the hooks it finds: per-condition hooks cost a compile per condition (~44 s cold
+    on gpt-oss-20b). These are the same code for every condition and their tensors are graph inputs, so the
+    baseline, a weight-edited copy of the model and every such intervention replay one compiled step.
+    """
+    if model in _SHARED:
+        raise RuntimeError(f"shared_hooks is already active on this {type(model).__name__}")
+    pre_hooks, hooks, slots = [], [], []
+    for mods in layer_modules(model):
+        device = next(mods.block.parameters()).device
+        d = d_model(model)
+        slot = _Slots(*(torch.zeros(shape, device=device) for shape in ((d,), (), (d,), (d,), ())))
+        pre, post = slot.hooks(mods.block, mods.residual_outputs)
+        pre_hooks += pre
+        hooks += post
+        slots.append(slot)
+    _SHARED[model] = _Shared(slots)
+    try:
+        with add_hooks(pre_hooks=pre_hooks, hooks=hooks):
+            yield
+    finally:
+        del _SHARED[model]
+
+
+def _free_shared(model) -> _Shared | None:
+    shared = _SHARED.get(model)
+    return shared if shared is not None and not shared.busy else None
+
+
 def _residual_projection(model, basis: torch.Tensor, scale: float, chosen: list[int], inputs: list[int]):
+    shared = _free_shared(model)
+    if shared is not None and basis.shape[0] == 1:
+        def edits(slots: list[_Slots]) -> None:
+            for i in inputs:
+                slots[i].r_in.copy_(basis[0])
+                slots[i].s_in.fill_(scale)
+            for i in chosen:
+                slots[i].r_out.copy_(basis[0])
+                slots[i].s_out.fill_(scale)
+
+        return shared.writing(edits)
     copies = _PerDevice(basis)
     return _applying(model, lambda x: _project_out(x, copies, scale), chosen, inputs)
 
@@ -253,6 +363,14 @@ def actadd(model, direction: torch.Tensor, layer: int, coeff: float) -> Iterator
     vec = _PerDevice(check_width(model, direction).reshape(-1))
     mods = layer_modules(model)
     (layer,) = select_layers(len(mods), "one", ranked=[layer])
+    shared = _free_shared(model)
+    if shared is not None:
+        def edits(slots: list[_Slots]) -> None:
+            slots[layer].add.copy_(coeff * vec.on(slots[layer].add.device))
+
+        with shared.writing(edits):
+            yield
+        return
 
     def pre_hook(module, args, kwargs):
         x = block_input(args, kwargs)
