@@ -115,6 +115,17 @@ def test_answer_tokens_reject_letters_that_share_a_token():
 # --- accuracy -----------------------------------------------------------------------------------
 
 
+def test_padded_puts_the_pads_on_the_side_asked():
+    from harness.models.logits import padded
+
+    ids, mask = padded([[5, 6], [7]], 0, "right")
+    assert ids.tolist() == [[5, 6], [7, 0]] and mask.tolist() == [[1, 1], [1, 0]]
+    ids, mask = padded([[5, 6], [7]], 0, "left")
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
+    with pytest.raises(ValueError, match="side"):
+        padded([[5]], 0, "middle")
+
+
 def test_batched_left_padded_accuracy_equals_one_by_one(model, tokenizer):
     """Brute force: each prompt alone, unpadded, argmax over its own letters."""
     result = multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=2, batch_size=3, progress=False)
@@ -456,9 +467,9 @@ def test_shared_prefix_equals_the_plain_path(model, tokenizer, monkeypatch):
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "gemma2", "gemma3", "gemma4", "qwen2", "qwen3",
                                     "qwen3_5", "gpt_oss"])
 def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch):
-    """Every tiny family: equal to the plain path; families whose cache is plain KV (or whose sliding window holds
-    the whole prompt) take the shared path, the others (linear attention, a window shorter than the prompt) fall
-    back to the plain one."""
+    """Every tiny family: equal to the plain path; families whose cache is KV take the shared path, sliding windows
+    shorter than the prompt included (tiny mistral, gemma2/3/4, gpt_oss); linear attention falls back to the plain
+    one."""
     from harness.measures import capability
 
     passes = []
@@ -469,9 +480,15 @@ def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch
     assert shared["predicted"] == plain["predicted"]
     for a, b in zip(shared["logprobs"], plain["logprobs"]):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0), family
-    if family in ("llama", "gemma", "qwen2", "qwen3"):  # tiny mistral, gemma2/3/4 have windows shorter than the prompt
+    if family in ("mistral", "gemma2", "gemma3", "gemma4", "gpt_oss"):  # the shared path crosses a sliding window
+        from harness.measures.capability import mmlu_prompt
+
+        shots = _subject_shots(SUBJECT_QUESTIONS, 3)
+        shortest = min(len(tok(mmlu_prompt(q, s)).input_ids) for q, s in zip(SUBJECT_QUESTIONS, shots))
+        assert model.config.sliding_window < shortest, (family, model.config.sliding_window, shortest)
+    if family != "qwen3_5":
         assert used > 0, f"{family}: the shared-prefix path was not taken"
-    else:  # the first subject's prefix pass shows the limit; the second subject's, longer than the window, skips it
+    else:  # the first subject's prefix pass shows the recurrent cache; the second subject skips its prefix pass
         assert used == 0 and len(passes) == 1, family
 
 
@@ -548,10 +565,9 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     assert shared["predicted"] == plain["predicted"] and shared["accuracy_norm"] == plain["accuracy_norm"]
     for a, b in zip(shared["logprobs"], plain["logprobs"]):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0), family
-    if family in ("llama", "gemma", "qwen3"):
+    if family != "qwen3_5":  # gpt_oss: its window is shorter than every prompt
         assert calls, f"{family}: the shared-context path was not taken"
-    if family in ("qwen3_5", "gpt_oss"):  # linear attention, a window shorter than every prompt: one prefix pass
-        # shows it, the rest go the plain way
+    else:  # linear attention: one prefix pass shows it, the rest go the plain way
         passes = []
         real_prefix = capability._prefix_cache
         monkeypatch.setattr(capability, "_prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))

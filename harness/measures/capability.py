@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.data.capability_sets import LETTERS, CapabilityDataError, validate_question
-from harness.models.logits import (forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id,
+from harness.models.logits import (forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id, padded,
                                    target_logprobs)
 
 
@@ -127,7 +127,7 @@ def multiple_choice_accuracy(
     With `shared_prefix`, questions with the same shots (an MMLU subject) share one forward pass of their common
     token prefix (the KV cache is computed once and extended per question), so a 5-shot set costs about its unique
     tokens; the scores equal the plain path's to float tolerance (evals/test_capability.py). Models whose cache is
-    not plain per-token KV (linear attention, sliding windows) take the plain path.
+    not per-token KV (linear attention) take the plain path.
     Returns {"accuracy", "n", "correct": [bool] (for paired tests), "predicted": [int], "logprobs": [[float]] (the
     answer letters' log-probabilities)}.
     """
@@ -221,21 +221,17 @@ def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> l
 
 def _extends_to(layer) -> float:
     """The longest whole prompt (prefix + suffix, in slots) for which this cache layer extended by a suffix equals one
-    pass of the whole prompt: any for a full-attention KV layer; for a sliding-window one, while the prompt fits its
-    window (it keeps every token then); none for a recurrent (linear-attention) or shared-KV layer."""
-    kind = type(layer).__name__
-    if kind == "DynamicLayer":
-        return math.inf
-    if kind == "DynamicSlidingWindowLayer":
-        return layer.sliding_window - 2
-    return 0
+    pass of the whole prompt: any for a KV layer, full or sliding-window (`_suffix_logits` keeps each row's real
+    tokens contiguous, so a window counts the same distances as in one pass); none for a recurrent
+    (linear-attention) or shared-KV layer."""
+    return math.inf if type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") else 0
 
 
 def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
     """(cached, limit): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
     `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt;
-    `limit` is the longest prompt this model's cache can be extended to (0: none, a recurrent layer; a sliding window
-    bounds it), so a caller skips the prefix pass of any longer prompt that follows."""
+    `limit` is the longest prompt this model's cache can be extended to (0 with a recurrent layer, else unbounded), so a
+    caller skips the prefix pass of any longer prompt that follows."""
     ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
     out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
@@ -249,18 +245,22 @@ def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_l
 def _suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
                    suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
     """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the
-    cached prefix row `rows_of[k]`. The cache's rows are reordered in place (a caller that reuses it passes a copy);
-    the prefixes' left padding and the suffixes' own stay masked, and positions count on from each prefix's real
-    length, so every real token sees what it sees in its whole prompt."""
+    cached prefix row `rows_of[k]` (a suffix shorter than `keep` leaves its first entries undefined). The cache's
+    rows are reordered in place (a caller that reuses it passes a copy). The suffixes are padded on the right, so
+    each row's real tokens run on from its left-padded prefix without a gap: a sliding window sees the distances of
+    the whole prompt, and positions count on from each prefix's real length."""
     index = torch.tensor(list(rows_of), dtype=torch.long)
     cache.batch_select_indices(index.to(cache.layers[0].keys.device))
-    ids, mask = left_pad(suffixes, pad_id)  # [batch, suffix]
+    ids, mask = padded(suffixes, pad_id, "right")  # [batch, suffix]
     full_mask = torch.cat([prefix_mask[index], mask], dim=1)
-    position_ids = prefix_lens[index][:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = prefix_lens[index][:, None] + torch.arange(ids.shape[1])
+    want = (mask.sum(-1, keepdim=True) - keep + torch.arange(keep)).clamp(min=0)  # [batch, keep] suffix positions
+    kept = torch.unique(want)  # [n] every row's positions, sorted: the logits computed
     device = model.device
     out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=keep)
-    return out.logits
+                past_key_values=cache, use_cache=True, logits_to_keep=kept.to(device)).logits  # [batch, n, vocab]
+    col = torch.searchsorted(kept, want).to(device)  # [batch, keep]
+    return torch.take_along_dim(out, col[..., None], dim=1)
 
 
 # --- ARC: answer-text (cloze) scoring -----------------------------------------------------------

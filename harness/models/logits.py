@@ -9,16 +9,24 @@ from collections.abc import Iterator, Sequence
 import torch
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input_ids [batch, seq], attention_mask [batch, seq], padded on the left."""
+def padded(sequences: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids [batch, seq], attention_mask [batch, seq], padded on `side` ("left" or "right")."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
-            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+            cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            ids[row, cols] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, cols] = 1
     return ids, mask
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids [batch, seq], attention_mask [batch, seq], padded on the left."""
+    return padded(sequences, pad_id, "left")
 
 
 def pad_token_id(tokenizer) -> int:
