@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -296,3 +298,27 @@ def test_shared_hooks_take_one_edit_at_a_time():
             pass
     assert torch.equal(shared, own)
     assert _n_hooks(model) == 0
+
+
+@torch.no_grad()
+@pytest.mark.skipif(shutil.which("cc") is None, reason="inductor needs a C compiler on the CPU")
+def test_compiled_hook_arithmetic_equals_the_eager_one(monkeypatch):
+    """On CUDA an eager hook runs the torch.compile'd copy of its arithmetic (`_fused_on_cuda`); forced here on the
+    CPU, that copy gives the eager logits for own and shared hooks, through gpt_oss's flattened MoE writer too."""
+    from harness.steering import interventions as iv
+
+    model, tok = tiny_model("gpt_oss")
+    batch, r = _batch(tok), _direction(model)
+    cases = (lambda: ablate(model, r), lambda: actadd(model, r, 1, 2.0))
+    eager = {}
+    for k, make in enumerate(cases):
+        with make():
+            eager["own", k] = model(**batch).logits
+        with shared_hooks(model), make():
+            eager["shared", k] = model(**batch).logits
+    monkeypatch.setattr(iv, "_fused_on_cuda", lambda fn, fused, x, *args: fused(x, *args))
+    for k, make in enumerate(cases):
+        with make():
+            torch.testing.assert_close(model(**batch).logits, eager["own", k], rtol=0, atol=1e-5)
+        with shared_hooks(model), make():
+            torch.testing.assert_close(model(**batch).logits, eager["shared", k], rtol=0, atol=1e-5)
