@@ -50,6 +50,7 @@ def test_full_rehearsal(name, tmp_path):
         "seconds_by_stage": stages["seconds"],
         "peak_gpu_memory_gib": stages.get("peak_gpu_memory_gib"),
         "peak_gpu_memory_gib_by_stage": stages.get("peak_gpu_memory_gib_by_stage"),
+        "wall_outside_stages": stages.get("wall"),
         "gpu": torch.cuda.get_device_name(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "transformers": transformers.__version__},

@@ -63,3 +63,26 @@ def test_without_a_gpu_no_peak_is_recorded(monkeypatch):
     with cache.timed("cpu"):
         time.sleep(0.01)
     assert cache.ACTIVITY["peak_gpu_memory_gib_by_stage"] == {} and "cpu" in cache.ACTIVITY["seconds"]
+
+
+def test_timeline_places_the_untimed_time_between_outermost_stages(monkeypatch):
+    """Outermost stages count once (a nested one is inside its parent); the time outside every stage is split into
+    gaps named by their neighbours, the largest first."""
+    clock = [100.0]
+    monkeypatch.setattr(cache.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(cache, "ACTIVITY", {kind: {} for kind in cache.ACTIVITY})
+    monkeypatch.setattr(cache, "_TIMELINE", [])
+    monkeypatch.setattr(cache, "_STARTED", 90.0)
+    with cache.timed("model"):
+        clock[0] += 4
+    clock[0] += 12  # untimed: e.g. a judge loaded outside any stage
+    with cache.timed("judge"):
+        clock[0] += 3
+        with cache.timed("judge/inner"):
+            clock[0] += 2
+    clock[0] += 1
+    wall = cache.timeline()
+    assert wall["since_import_s"] == 32 and wall["in_stages_s"] == 9 and wall["untimed_s"] == 23
+    assert wall["largest_untimed_gaps"] == [{"s": 12, "after": "model", "before": "judge"},
+                                           {"s": 10, "after": "start", "before": "model"},
+                                           {"s": 1, "after": "judge", "before": "end"}]

@@ -34,6 +34,8 @@ GPU memory allocated while computing: what a rehearsal asserts (a second run mus
 reports."""
 _OPEN_PEAKS: list[int] = []  # bytes: the peak so far of each open `timed` block, innermost last
 _PROCESS_PEAK = [0]  # bytes: the most allocated at once before the allocator's last reset
+_STARTED = time.perf_counter()  # this module's import: pytest imports the harness while it loads its plugins
+_TIMELINE: list[tuple[float, float, str]] = []  # (start, end, stage) of each outermost `timed` block
 
 
 def _count(kind: str, stage: str, n: float = 1) -> None:
@@ -49,11 +51,14 @@ def timed(stage: str) -> Iterator[None]:
     if _cuda_started():
         torch.cuda.synchronize()
         _close_peak_window()
+    outermost = not _OPEN_PEAKS
     _OPEN_PEAKS.append(0)
     start = time.perf_counter()
     try:
         yield
     finally:
+        if outermost:
+            _TIMELINE.append((start, time.perf_counter(), stage))
         peak = _OPEN_PEAKS.pop()
         if _cuda_started():
             torch.cuda.synchronize()
@@ -64,6 +69,24 @@ def timed(stage: str) -> Iterator[None]:
             if _OPEN_PEAKS:
                 _OPEN_PEAKS[-1] = max(_OPEN_PEAKS[-1], peak)
         _count("seconds", stage, round(time.perf_counter() - start, 3))
+
+
+def timeline(largest: int = 8) -> dict:
+    """Where this process's wall time went since the harness was imported: seconds inside outermost `timed` stages,
+    seconds outside all of them (imports, CUDA start, model and judge set-up nobody timed, pytest), and the largest
+    untimed gaps by the stages on either side, so a run's unattributed time can be placed."""
+    now = time.perf_counter()
+    blocks = sorted(_TIMELINE)
+    gaps, end, after = [], _STARTED, "start"
+    for start, stop, stage in blocks:
+        gaps.append((start - end, after, stage))
+        end, after = max(end, stop), stage
+    gaps.append((now - end, after, "end"))
+    return {"since_import_s": round(now - _STARTED, 2),
+            "in_stages_s": round(sum(stop - start for start, stop, _ in blocks), 2),
+            "untimed_s": round(sum(g for g, *_ in gaps if g > 0), 2),
+            "largest_untimed_gaps": [{"s": round(g, 2), "after": a, "before": b}
+                                     for g, a, b in sorted(gaps, reverse=True)[:largest] if g > 0]}
 
 
 def _cuda_started() -> bool:
