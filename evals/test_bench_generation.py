@@ -1,9 +1,10 @@
 """GPU benchmarks of generation and activation capture (`-m bench`; skipped without CUDA).
 
 A random-init Gemma-2B-shaped model (vocab 256000, d_model 2048, 18 layers, MQA) in bf16, warm,
-100 prompts x 40 tokens -> 512 greedy tokens. Targets (issue "fast generation"):
+100 prompts x 40 tokens -> 512 greedy tokens. Targets (issue "fast generation", the time tightened by issue 23):
 - static backend, decode step compiled and captured as a CUDA graph, with ablation hooks on every
-  layer: <= 2.0 s and >= 3.6x plain `model.generate` measured in the same run;
+  layer: <= 1.0 s (1.56 s on an H200 at issue 23's start) and >= 3.6x plain `model.generate` measured in the same
+  run; the weight-read floor (512 steps x weight bytes / the measured copy bandwidth) is recorded beside it;
 - hook overhead vs the same backend unhooked: <= 5% (both static paths);
 - activation capture (all layers, 5 positions) >= 50% of the plain forward's tokens/s.
 Results go to $HARNESS_BENCH_DIR (default reports/bench/) as JSON with GPU and library versions.
@@ -16,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+import bench_floor
 import pytest
 import torch
 
@@ -25,8 +27,9 @@ pytestmark = [
 ]
 
 N_PROMPTS, PROMPT_LEN, NEW_TOKENS = 100, 40, 512
-TARGET_S, TARGET_SPEEDUP, HOOK_OVERHEAD_MAX, CAPTURE_FRACTION_MIN = 2.0, 3.6, 0.05, 0.5
+TARGET_S, TARGET_SPEEDUP, HOOK_OVERHEAD_MAX, CAPTURE_FRACTION_MIN = 1.0, 3.6, 0.05, 0.5
 RESULTS: dict = {}
+FLOOR: dict = {}  # NEW_TOKENS steps each reading every weight once, at the measured bandwidth (KV reads come on top)
 
 
 def _results_path() -> Path:
@@ -46,6 +49,7 @@ def _record(**entries) -> None:
         "cuda": torch.version.cuda,
     }
     RESULTS["workload"] = {"prompts": N_PROMPTS, "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS, "dtype": "bf16"}
+    RESULTS["weight_read_floor"] = FLOOR
     _results_path().write_text(json.dumps(RESULTS, indent=1, sort_keys=True))
 
 
@@ -74,6 +78,8 @@ def gemma_2b():
     input_ids = torch.randint(10, config.vocab_size, (N_PROMPTS, PROMPT_LEN), generator=gen).cuda()
     attention_mask = torch.ones_like(input_ids)
     direction = torch.randn(config.hidden_size, generator=gen)
+    bandwidth, weights = bench_floor.copy_bandwidth(), bench_floor.weight_bytes(model)
+    FLOOR.update(weight_bytes=weights, copy_bandwidth_bytes_per_s=bandwidth, seconds=NEW_TOKENS * weights / bandwidth)
     return model, input_ids, attention_mask, direction / direction.norm()
 
 
@@ -136,6 +142,7 @@ def test_static_backend_with_ablation(gemma_2b, plain_generate, benchmark):
             "static_ablated_s": hooked_s,
             "speedup_ablated_vs_plain": plain_s / hooked_s,
             "hook_overhead": hooked_s / static_s - 1,
+            "ablated_x_floor": hooked_s / FLOOR["seconds"],
             "greedy_agreement_static_vs_plain_bf16": _agreement(static_out, plain_out),
         }
     )
@@ -167,6 +174,7 @@ def test_static_compiled_with_ablation(gemma_2b, plain_generate):
             "speedup_ablated_vs_plain": plain_s / hooked_s,
             "greedy_agreement_static_vs_plain_bf16": _agreement(static_out, plain_out),
             "hook_overhead": hooked_s / static_s - 1,
+            "ablated_x_floor": hooked_s / FLOOR["seconds"],
             "wall_incl_compile_s": time.perf_counter() - t0,
             # hooks honoured under compile: closer to the uncompiled ablated run than to the unablated one
             "agreement_ablated_compiled_vs_ablated_graph": _agreement(hooked_out, eager_hooked),

@@ -18,6 +18,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import bench_floor
 import pytest
 import torch
 
@@ -49,21 +50,6 @@ def gpt_oss():
     gen = torch.Generator().manual_seed(1)
     input_ids = torch.randint(10, 100000, (BATCH, PROMPT_LEN), generator=gen).cuda()
     return model, input_ids, torch.ones_like(input_ids)
-
-
-def _copy_bandwidth() -> float:
-    """Bytes read plus written per second of a 4 GiB device-to-device copy (median of 5)."""
-    src = torch.empty(2**31, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(6):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    del src, dst
-    return 2 * 2**31 / sorted(times[1:])[2]
 
 
 def _generate(model, input_ids, mask, new_tokens, experts: bool, attention: bool, compile_step: bool = False):
@@ -121,7 +107,7 @@ def test_moe_decode_near_floor(gpt_oss, benchmark):
 
     model, input_ids, mask = gpt_oss
     params = sum(p.numel() for p in model.parameters())
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = bench_floor.weight_bytes(model)
     floor_ms = weight_bytes / HBM_BYTES_PER_S * 1e3
     record: dict = {
         "env": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -130,7 +116,7 @@ def test_moe_decode_near_floor(gpt_oss, benchmark):
         "stock_experts_implementation": model.get_experts_implementation()[""],
         "stock_attention_implementation": model.config._attn_implementation,
         "floor_ms_per_step": floor_ms,
-        "copy_bandwidth_bytes_per_s": _copy_bandwidth(),
+        "copy_bandwidth_bytes_per_s": bench_floor.copy_bandwidth(),
         "variants": {},
     }
     variants = {
