@@ -441,8 +441,8 @@ def _shared_and_plain(model, tokenizer, questions, monkeypatch, batch_size=3):
     import harness.measures.capability as capability
 
     calls = []
-    real = capability._suffix_logits
-    monkeypatch.setattr(capability, "_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capability.suffix_logits
+    monkeypatch.setattr(capability, "suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     shot_sets = _subject_shots(questions, 3)
     shot_sets = [next(s for s in shot_sets if s[0]["subject"] == q["subject"]) for q in questions]  # one list per subject
     shared = multiple_choice_accuracy(model, tokenizer, questions, n_shot=3, shot_sets=shot_sets,
@@ -473,8 +473,8 @@ def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch
     from harness.measures import capability
 
     passes = []
-    real_prefix = capability._prefix_cache
-    monkeypatch.setattr(capability, "_prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
+    real_prefix = capability.prefix_cache
+    monkeypatch.setattr(capability, "prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
     model, tok = tiny_model(family)
     shared, plain, used = _shared_and_plain(model, tok, SUBJECT_QUESTIONS, monkeypatch)
     assert shared["predicted"] == plain["predicted"]
@@ -555,8 +555,8 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     from harness.measures.capability import cloze_accuracy
 
     calls = []
-    real = capability._suffix_logits
-    monkeypatch.setattr(capability, "_suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capability.suffix_logits
+    monkeypatch.setattr(capability, "suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tok = tiny_model(family)
     shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
     shared = cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=3, progress=False)
@@ -569,7 +569,7 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
         assert calls, f"{family}: the shared-context path was not taken"
     else:  # linear attention: one prefix pass shows it, the rest go the plain way
         passes = []
-        real_prefix = capability._prefix_cache
-        monkeypatch.setattr(capability, "_prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
+        real_prefix = capability.prefix_cache
+        monkeypatch.setattr(capability, "prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
         cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=1, progress=False)
         assert len(passes) == 1 and not calls

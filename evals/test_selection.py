@@ -283,12 +283,18 @@ def test_several_candidates_per_forward_score_as_one_per_forward(planted, k):
     kw = {"max_layer_fraction": 1.0, "kl_max": 1e9, "induce_min": -1e9, "progress": False}
     one = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
     many = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], candidates_per_forward=k, **kw)
+    _assert_same_scores(one, many)
+
+
+def _assert_same_scores(a, b) -> int:
+    """Two sweeps scored the same candidates alike (float tolerance) and chose the same one; -> how many scored."""
     cols = ["bypass_score", "induce_score", "kl"]
-    scored = one.table[cols].notna().all(axis=1)
+    scored = a.table[cols].notna().all(axis=1)
     assert scored.sum() >= 3
-    assert torch.allclose(torch.tensor(one.table[cols][scored].to_numpy()),
-                          torch.tensor(many.table[cols][scored].to_numpy()), atol=1e-4, rtol=0)
-    assert (many.layer, many.pos) == (one.layer, one.pos)
+    assert torch.allclose(torch.tensor(a.table[cols][scored].to_numpy()),
+                          torch.tensor(b.table[cols][scored].to_numpy()), atol=1e-4, rtol=0)
+    assert (b.layer, b.pos) == (a.layer, a.pos)
+    return int(scored.sum())
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "gpt_oss"])
@@ -309,3 +315,32 @@ def test_ablate_rows_is_ablate_row_by_row(family):
         assert torch.allclose(together[row], alone, atol=1e-5, rtol=0), (family, row)
     with pytest.raises(ValueError, match="2 directions for a batch of 3"), ablate_rows(model, directions[:2]):
         forward_logits(model, ids, mask, last_only=True)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "llama", "qwen3_5"])
+def test_shared_prefix_scores_as_the_plain_pass(family, monkeypatch):
+    """shared_prefix: the baseline and each ablated pass compute the validation prompts' common prefix once (tiny
+    gpt_oss: its Harmony system turn is most of every prompt); the table equals the plain pass's within float
+    tolerance and the same candidate wins. qwen3_5's recurrent layers cannot extend a cache: one prefix pass shows
+    it and the plain pass runs from then on."""
+    from harness.steering import selection
+
+    model, tok = tiny_model(family)
+    candidates = diff_in_means(mean_activations(model, tok, HARMFUL[TRAIN], progress=False),
+                               mean_activations(model, tok, HARMLESS[TRAIN], progress=False))
+    outcomes = []
+    real = selection.last_logits_sharing_prefix
+    monkeypatch.setattr(selection, "last_logits_sharing_prefix",
+                        lambda *a, **k: outcomes.append(out := real(*a, **k)) or out)
+    kw = {"max_layer_fraction": 1.0, "kl_max": 1e9, "induce_min": -1e9, "progress": False, "batch_size": 3}
+    plain = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
+    assert not outcomes
+    shared = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], shared_prefix=True, **kw)
+    scored = _assert_same_scores(plain, shared)
+    if family == "qwen3_5":
+        assert [o is None for o in outcomes] == [True]
+    else:
+        assert len(outcomes) == scored + 1 and all(o is not None for o in outcomes)
+    with pytest.raises(SelectionError, match="one candidate per forward"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], shared_prefix=True,
+                         candidates_per_forward=2, **kw)

@@ -29,6 +29,17 @@ class SelectionConfig(Strict):
         "(harness.steering.selection.select_direction): fewer, larger forwards where the sweep is bound by per-forward "
         "overhead; the same arithmetic per row in another batch shape"
     )
+    shared_prefix: bool = Field(
+        False, description="the baseline and each candidate's ablated pass compute the token prefix every validation "
+        "prompt shares (the chat template's system turn: 64 of gpt-oss-20b's ~80 tokens) once and extend its KV cache "
+        "by each prompt's rest; equal to the plain pass to float tolerance; one candidate per forward"
+    )
+
+    @model_validator(mode="after")
+    def _one_candidate_with_shared_prefix(self) -> SelectionConfig:
+        if self.shared_prefix and self.candidates_per_forward > 1:
+            raise ValueError("shared_prefix scores one candidate per forward: set candidates_per_forward = 1")
+        return self
 
 
 ReadPoint = Literal["block_input", "layer_output"]

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.data.capability_sets import LETTERS, CapabilityDataError, validate_question
-from harness.models.logits import (forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id, padded,
-                                   target_logprobs)
+from harness.models.logits import forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id, target_logprobs
+from harness.models.prefix import common_prefix_len, prefix_cache, suffix_logits
 
 
 class AnswerTokenError(ValueError):
@@ -172,13 +172,13 @@ def multiple_choice_accuracy(
             order = sorted(members, key=lambda i: -len(encoded[i]))
             cached = None
             if prefix_len and len(encoded[order[0]]) <= limit:
-                cached, limit = _prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id, len(encoded[order[0]]))
+                cached, limit = prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id, len(encoded[order[0]]))
             for batch in index_batches(len(order), batch_size):
                 rows = [order[k] for k in batch]
                 if cached is not None:  # else no shared prefix, or a cache this path cannot extend exactly
                     cache, prefix_mask, prefix_lens = cached
                     suffixes = [encoded[i][prefix_len:] for i in rows]
-                    logits = _suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(rows),
+                    logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(rows),
                                             suffixes, pad_id, keep=1)[:, -1].float().cpu()  # [batch, vocab]
                 else:
                     ids, mask = left_pad([encoded[i] for i in rows], pad_id)
@@ -195,14 +195,6 @@ def multiple_choice_accuracy(
 # --- shared-prefix scoring ----------------------------------------------------------------------
 
 
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for k in range(n):
-        if any(s[k] != first[k] for s in seqs[1:]):
-            return k
-    return n
-
-
 def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> list[tuple[int, list[int]]]:
     """Questions with the same shots, as (shared token count, question indices). The shared part is the longest
     common prefix of the group's own token ids (the plain path's tokens, never a separately tokenized prefix), less
@@ -214,53 +206,9 @@ def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> l
     out = []
     for group in members.values():
         seqs = [encoded[i] for i in group]
-        shared = min(_common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if len(group) > 1 else 0
+        shared = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1) if len(group) > 1 else 0
         out.append((max(shared, 0), group))
     return out
-
-
-def _extends_to(layer) -> float:
-    """The longest whole prompt (prefix + suffix, in slots) for which this cache layer extended by a suffix equals one
-    pass of the whole prompt: any for a KV layer, full or sliding-window (`_suffix_logits` keeps each row's real
-    tokens contiguous, so a window counts the same distances as in one pass); none for a recurrent
-    (linear-attention) or shared-KV layer."""
-    return math.inf if type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") else 0
-
-
-def _prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
-    """(cached, limit): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
-    `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt;
-    `limit` is the longest prompt this model's cache can be extended to (0 with a recurrent layer, else unbounded), so a
-    caller skips the prefix pass of any longer prompt that follows."""
-    ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
-    out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    layers = getattr(cache, "layers", None)
-    limit = min((_extends_to(la) for la in layers or ()), default=0) if type(cache).__name__ == "DynamicCache" else 0
-    if total_len > limit:
-        return None, limit
-    return (cache, mask, mask.sum(-1)), limit
-
-
-def _suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
-                   suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
-    """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the
-    cached prefix row `rows_of[k]` (a suffix shorter than `keep` leaves its first entries undefined). The cache's
-    rows are reordered in place (a caller that reuses it passes a copy). The suffixes are padded on the right, so
-    each row's real tokens run on from its left-padded prefix without a gap: a sliding window sees the distances of
-    the whole prompt, and positions count on from each prefix's real length."""
-    index = torch.tensor(list(rows_of), dtype=torch.long)
-    cache.batch_select_indices(index.to(cache.layers[0].keys.device))
-    ids, mask = padded(suffixes, pad_id, "right")  # [batch, suffix]
-    full_mask = torch.cat([prefix_mask[index], mask], dim=1)
-    position_ids = prefix_lens[index][:, None] + torch.arange(ids.shape[1])
-    want = (mask.sum(-1, keepdim=True) - keep + torch.arange(keep)).clamp(min=0)  # [batch, keep] suffix positions
-    kept = torch.unique(want)  # [n] every row's positions, sorted: the logits computed
-    device = model.device
-    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=kept.to(device)).logits  # [batch, n, vocab]
-    col = torch.searchsorted(kept, want).to(device)  # [batch, keep]
-    return torch.take_along_dim(out, col[..., None], dim=1)
 
 
 # --- ARC: answer-text (cloze) scoring -----------------------------------------------------------
@@ -328,7 +276,7 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
         else:
             # All but the last context token of each question is computed once, `batch_size` contexts per forward;
             # every choice of those questions is then scored in one pass over their caches.
-            shared = {i: min(_common_prefix_len([ctx + cont for *_, ctx, cont in rows]),
+            shared = {i: min(common_prefix_len([ctx + cont for *_, ctx, cont in rows]),
                              min(len(ctx) for _, _, ctx, _ in rows) - 1)
                       for i, rows in by_question.items()}
             order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
@@ -340,13 +288,13 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
                 prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
                 suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
                 longest = max(len(p) for p in prefixes) + max(len(s) for s in suffixes)
-                cached, limit = _prefix_cache(model, prefixes, pad_id, longest) if longest <= limit else (None, limit)
+                cached, limit = prefix_cache(model, prefixes, pad_id, longest) if longest <= limit else (None, limit)
                 if cached is None:
                     plain(rows)
                     continue
                 keep = max(len(cont) for *_, cont in rows)
                 slot = {i: k for k, i in enumerate(chosen)}
-                add(rows, _suffix_logits(model, *cached, [slot[r[0]] for r in rows], suffixes, pad_id, keep=keep + 1),
+                add(rows, suffix_logits(model, *cached, [slot[r[0]] for r in rows], suffixes, pad_id, keep=keep + 1),
                     keep)
                 bar.update(len(rows))
     logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]

@@ -22,7 +22,15 @@ from tqdm.auto import tqdm
 
 from harness.models.arch import n_layers
 from harness.models.chat import format_instructions
-from harness.models.logits import forward_kwargs, forward_logits, last_position_logits, next_token_kl, prompt_batches
+from harness.models.logits import (
+    forward_kwargs,
+    forward_logits,
+    last_position_logits,
+    next_token_kl,
+    pad_token_id,
+    prompt_batches,
+)
+from harness.models.prefix import last_logits_sharing_prefix
 from harness.run.cache import ItemStore, in_memory_compute
 from harness.steering.activations import block_inputs, can_resume, resume_at
 from harness.steering.directions import EPS_NORM, unit
@@ -212,6 +220,7 @@ def select_direction(
     score_pruned_layers: bool = False,
     score_form: str = "reference",
     candidates_per_forward: int = 1,
+    shared_prefix: bool = False,
 ) -> SelectionResult:
     """Score candidates `[layer, pos, d_model]` (pos indexed from the end) and pick the refusal direction.
 
@@ -225,9 +234,14 @@ def select_direction(
     `candidates_per_forward` > 1 ablates that many candidates in one forward over as many copies of the validation
     prompts (`ablate_rows`), where a sweep is bound by per-forward overhead; the arithmetic per row is the same,
     the batch shape is not, so on a GPU the scores can differ in their last bits from one candidate per forward.
+    `shared_prefix`: the baseline and each ablated pass compute the token prefix every validation prompt shares (a
+    chat template's system turn) once and extend its cache by each prompt's rest (`last_logits_sharing_prefix`;
+    the plain pass where the model's cache cannot be extended); the scores equal the plain pass's to float tolerance.
     """
     if candidates_per_forward < 1:
         raise SelectionError(f"candidates_per_forward must be >= 1, got {candidates_per_forward}")
+    if shared_prefix and candidates_per_forward > 1:
+        raise SelectionError("shared_prefix scores one candidate per forward; set candidates_per_forward = 1")
     total = n_layers(model)
     if candidates.ndim != 3 or candidates.shape[0] != total:
         raise SelectionError(
@@ -245,9 +259,14 @@ def select_direction(
     n_harmful = len(harmful_val)
     val_batches = prompt_batches(tokenizer, harmful_val + harmless_val, system=system, batch_size=batch_size)
 
+    plain = [not shared_prefix]  # set once a shared-prefix pass has shown it cannot serve this model or these prompts
+
     @torch.inference_mode()
     def val_logits() -> tuple[Tensor, Tensor]:  # ([n_harmful, vocab], [n_harmless, vocab]) on the model's device
-        logits = torch.cat([forward_logits(model, i, m, last_only=True, on_cpu=False) for i, m in val_batches])
+        logits = None if plain[0] else last_logits_sharing_prefix(model, val_batches, pad_token_id(tokenizer))
+        if logits is None:
+            plain[0] = True
+            logits = torch.cat([forward_logits(model, i, m, last_only=True, on_cpu=False) for i, m in val_batches])
         return logits[:n_harmful], logits[n_harmful:]
 
     @functools.cache

@@ -1,0 +1,91 @@
+"""Shared-prefix forward passes: a token prefix common to many prompts is computed once, and its KV cache extended by
+each prompt's own suffix, so a batch costs about its unique tokens. Used where prompts repeat a long prefix: MMLU's
+5-shot subjects, ARC's answer choices, a chat template's system turn (gpt-oss-20b's Harmony header) in selection."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+
+from harness.models.logits import forward_kwargs, left_pad, padded
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs[1:]):
+            return k
+    return n
+
+
+def _extends_to(layer) -> float:
+    """The longest whole prompt (prefix + suffix, in slots) for which this cache layer extended by a suffix equals one
+    pass of the whole prompt: any for a KV layer, full or sliding-window (`suffix_logits` keeps each row's real
+    tokens contiguous, so a window counts the same distances as in one pass); none for a recurrent
+    (linear-attention) or shared-KV layer."""
+    return math.inf if type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") else 0
+
+
+def prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
+    """(cached, limit): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
+    `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt;
+    `limit` is the longest prompt this model's cache can be extended to (0 with a recurrent layer, else unbounded), so a
+    caller skips the prefix pass of any longer prompt that follows."""
+    ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
+    out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    layers = getattr(cache, "layers", None)
+    limit = min((_extends_to(la) for la in layers or ()), default=0) if type(cache).__name__ == "DynamicCache" else 0
+    if total_len > limit:
+        return None, limit
+    return (cache, mask, mask.sum(-1)), limit
+
+
+def suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
+                   suffixes: Sequence[Sequence[int]], pad_id: int, keep: int) -> torch.Tensor:
+    """Logits `[batch, keep, vocab]` (on the model's device) of the last `keep` positions of each suffix after the
+    cached prefix row `rows_of[k]` (a suffix shorter than `keep` leaves its first entries undefined). The cache's
+    rows are reordered in place (a caller that reuses it passes a copy). The suffixes are padded on the right, so
+    each row's real tokens run on from its left-padded prefix without a gap: a sliding window sees the distances of
+    the whole prompt, and positions count on from each prefix's real length."""
+    index = torch.tensor(list(rows_of), dtype=torch.long)
+    cache.batch_select_indices(index.to(cache.layers[0].keys.device))
+    ids, mask = padded(suffixes, pad_id, "right")  # [batch, suffix]
+    full_mask = torch.cat([prefix_mask[index], mask], dim=1)
+    position_ids = prefix_lens[index][:, None] + torch.arange(ids.shape[1])
+    want = (mask.sum(-1, keepdim=True) - keep + torch.arange(keep)).clamp(min=0)  # [batch, keep] suffix positions
+    kept = torch.unique(want)  # [n] every row's positions, sorted: the logits computed
+    device = model.device
+    out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
+                past_key_values=cache, use_cache=True, logits_to_keep=kept.to(device)).logits  # [batch, n, vocab]
+    col = torch.searchsorted(kept, want).to(device)  # [batch, keep]
+    return torch.take_along_dim(out, col[..., None], dim=1)
+
+
+def last_logits_sharing_prefix(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
+                               min_shared: int = 1) -> torch.Tensor | None:
+    """Next-token logits at each row's last token -> `[n, vocab]` float32 on the model's device, for left-padded
+    `batches` (`prompt_batches`): the prefix every row of every batch shares is computed once (one row), and each
+    batch extends a copy of its cache. None, and nothing computed but that prefix, where the rows share fewer than
+    `min_shared` tokens or the cache cannot be extended exactly (a recurrent layer): the caller runs its plain pass.
+    Run it inside an intervention as one forward of the batches."""
+    rows = [row[m.bool()].tolist() for ids, mask in batches for row, m in zip(ids, mask)]
+    shared = min(common_prefix_len(rows), min(map(len, rows)) - 1)
+    if shared < max(1, min_shared):
+        return None
+    cached, _ = prefix_cache(model, [rows[0][:shared]], pad_id, max(map(len, rows)))
+    if cached is None:
+        return None
+    cache, prefix_mask, prefix_lens = cached
+    out, start = [], 0
+    for ids, _ in batches:
+        suffixes = [r[shared:] for r in rows[start : start + len(ids)]]
+        start += len(ids)
+        logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(suffixes), suffixes,
+                               pad_id, keep=1)  # [batch, 1, vocab]
+        out.append(logits[:, -1].float())
+    return torch.cat(out)
