@@ -27,7 +27,10 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="MoE decode benchmark needs a CUDA GPU"),
 ]
 
-BATCH, PROMPT_LEN = 100, 128
+# HARNESS_BENCH_MOE_BATCH=200 measures gpt-oss-20b's joint batch (its TOML's compiled_rows): there the dense experts'
+# E/k extra FLOPs (~7.6 TFLOP a step) pass the weight read, and the sink-attention variant (the model's own grouped
+# experts) may win; a batch other than 100 writes moe_decode-b<batch>.json.
+BATCH, PROMPT_LEN = int(os.environ.get("HARNESS_BENCH_MOE_BATCH", "100")), 128
 SHORT, LONG = 128, 1024  # new tokens: variants are compared on SHORT, the chosen path also on LONG
 HBM_BYTES_PER_S = 4.8e12
 FLOOR_FACTOR_TARGET = 2.0
@@ -36,7 +39,7 @@ FLOOR_FACTOR_TARGET = 2.0
 def _bench_path() -> Path:
     root = Path(os.environ.get("HARNESS_BENCH_DIR", Path(__file__).resolve().parent.parent / "reports" / "bench"))
     root.mkdir(parents=True, exist_ok=True)
-    return root / "moe_decode.json"
+    return root / ("moe_decode.json" if BATCH == 100 else f"moe_decode-b{BATCH}.json")
 
 
 @pytest.fixture(scope="module")
@@ -151,16 +154,23 @@ def test_moe_decode_near_floor(gpt_oss, benchmark):
                            "ms_per_step": (long_wall - pre) / (LONG - 2) * 1e3}
     record["fast_long"]["x_floor"] = record["fast_long"]["ms_per_step"] / floor_ms
     _bench_path().write_text(json.dumps(record, indent=1, sort_keys=True))
-    if os.environ.get("HARNESS_BENCH_COMPILED", "1") == "1":
+    compiled = {"fast_long_compiled": True} if os.environ.get("HARNESS_BENCH_COMPILED", "1") == "1" else {}
+    if compiled and BATCH != 100:
+        compiled["grouped_experts_long_compiled"] = False  # sink attention, the model's own experts
+    for key, experts in compiled.items():
         t0 = time.perf_counter()  # the compiled step is specialised to the bucketed cache length: warm at LONG
-        _generate(model, input_ids, mask, LONG, experts=True, attention=True, compile_step=True)
+        try:
+            _generate(model, input_ids, mask, LONG, experts=experts, attention=True, compile_step=True)
+        except RuntimeError as err:  # e.g. grouped experts that sync with the host cannot be captured
+            record[key] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+            continue
         compile_s = time.perf_counter() - t0
-        wall, cout = _generate(model, input_ids, mask, LONG, experts=True, attention=True, compile_step=True)
-        record["fast_long_compiled"] = {"new_tokens": LONG, "wall_s": wall, "first_call_incl_compile_s": compile_s,
-                                        "ms_per_step": (wall - pre) / (LONG - 2) * 1e3,
-                                        "greedy_agreement_vs_graph": _agreement(cout, long_out)}
-        record["fast_long_compiled"]["x_floor"] = record["fast_long_compiled"]["ms_per_step"] / floor_ms
-    _bench_path().write_text(json.dumps(record, indent=1, sort_keys=True))
+        wall, cout = _generate(model, input_ids, mask, LONG, experts=experts, attention=True, compile_step=True)
+        record[key] = {"new_tokens": LONG, "wall_s": wall, "first_call_incl_compile_s": compile_s,
+                       "ms_per_step": (wall - pre) / (LONG - 2) * 1e3,
+                       "greedy_agreement_vs_graph": _agreement(cout, long_out)}
+        record[key]["x_floor"] = record[key]["ms_per_step"] / floor_ms
+        _bench_path().write_text(json.dumps(record, indent=1, sort_keys=True))
     benchmark.pedantic(lambda: _generate(model, input_ids, mask, 16, experts=True, attention=True), rounds=1)
 
     lines = [f"first step: {record['first_step_logits']}",
@@ -172,13 +182,13 @@ def test_moe_decode_near_floor(gpt_oss, benchmark):
             continue
         lines.append(f"{name:16s} {v['ms_per_step']:7.2f} ms/step  {v['x_floor']:5.2f}x floor  "
                      f"agree {v['greedy_agreement_vs_stock']}")
-    for key in ("fast_long", "fast_long_compiled"):
-        if key in record:
-            v = record[key]
-            lines.append(f"{key:16s} {v['ms_per_step']:7.2f} ms/step  {v['x_floor']:5.2f}x floor  {v['wall_s']:.1f} s "
-                         f"for {BATCH} x {LONG}")
+    measured = [key for key in ("fast_long", *compiled) if "ms_per_step" in record.get(key, {})]
+    for key in measured:
+        v = record[key]
+        lines.append(f"{key:16s} {v['ms_per_step']:7.2f} ms/step  {v['x_floor']:5.2f}x floor  {v['wall_s']:.1f} s "
+                     f"for {BATCH} x {LONG}")
     print("\n" + "\n".join(lines))
-    best = min(record["fast_long"]["x_floor"], record.get("fast_long_compiled", {}).get("x_floor", float("inf")))
+    best = min(record[key]["x_floor"] for key in measured)
     assert best <= FLOOR_FACTOR_TARGET, f"MoE decode at {best:.2f}x its weight-read floor"
 
 
