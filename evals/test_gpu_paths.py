@@ -6,6 +6,8 @@ its grouped decode kernel stays within transformers' own kernel-to-kernel bf16 n
 the fp32 CPU case, 100%, is in test_generation.py).
 (b) two or more GPUs: a model loaded through `harness.models.loading.load_model` with `device_map="auto"` is
 split over the GPUs by accelerate; capture, ablation and generation on it give the single-GPU results.
+(c) one compiled decode step under `shared_hooks` for baseline, ablation and ActAdd (inductor), and the
+shared-prefix pass across a sliding window, each against its plain path.
 
 Figures go to $HARNESS_BENCH_DIR/gpu_paths.json when that variable is set (no file otherwise).
 """
@@ -184,6 +186,33 @@ def test_shared_step_one_inductor_compile(monkeypatch):
     _record("shared_step/gpt_oss", {"inductor_compiles": compiles, "agreement": figures, "new_tokens": N_NEW})
     assert compiles == 1, f"{compiles} compiles for three conditions"
     assert min(figures.values()) >= AGREEMENT_MIN, figures
+
+
+def _shared_prefix_gap(device: str, dtype: torch.dtype) -> tuple[float, float]:
+    """(largest |logit| gap, argmax agreement) between `last_logits_sharing_prefix` and one plain pass per batch, on
+    tiny gpt_oss: its Harmony system turn is shared and its 8-token sliding window is shorter than every prompt."""
+    from harness.models.logits import forward_logits, pad_token_id, prompt_batches
+    from harness.models.prefix import last_logits_sharing_prefix
+
+    model, tok = _model("gpt_oss", dtype)
+    model.to(device)
+    batches = prompt_batches(tok, INSTRUCTIONS, batch_size=8)
+    with torch.inference_mode():
+        shared = last_logits_sharing_prefix(model, batches, pad_token_id(tok)).cpu()
+        plain = torch.cat([forward_logits(model, i, m, last_only=True) for i, m in batches])
+    return float((shared - plain).abs().max()), float((shared.argmax(-1) == plain.argmax(-1)).float().mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_prefix_across_a_sliding_window(dtype):
+    """The shared-prefix pass (capability, selection) on CUDA kernels: fp32 within float noise of the plain pass,
+    bf16 choosing the same next token on >= 99% of the prompts."""
+    gap, agree = _shared_prefix_gap("cuda", dtype)
+    name = str(dtype).removeprefix("torch.")
+    _record(f"shared_prefix/gpt_oss/{name}", {"max_logit_gap": gap, "argmax_agreement": agree})
+    if dtype == torch.float32:
+        assert gap < 1e-3, gap
+    assert agree >= AGREEMENT_MIN, agree
 
 
 @pytest.fixture(scope="module")
