@@ -226,3 +226,16 @@ def test_token_counts_say_which_completions_the_budget_cut(tmp_path, monkeypatch
     assert [counts[f"p{i}"] for i in range(3)] == [len(r) for r in rows]
     assert counts["p0"] == 0 and texts[0] == ""
     assert 5 in counts.values()
+
+
+def test_the_baseline_calibration_set_rides_in_spare_joint_rows():
+    """joint_batch_size: harmful and harmless go together; the baseline's coherence calibration set joins them only
+    where it adds no batch."""
+    from fixtures.completions import joint_sets
+
+    sizes = {"harmful": 100, "harmless": 100, "harmless_val": 32}
+    assert joint_sets("baseline", sizes, 232) == ("harmful", "harmless", "harmless_val")
+    assert joint_sets("baseline", sizes, 200) == ("harmful", "harmless")
+    assert joint_sets("baseline", sizes, 120) == ("harmful", "harmless", "harmless_val")  # 2 batches hold 240
+    assert joint_sets("ablation", sizes, 232) == ("harmful", "harmless")
+    assert joint_sets("baseline", sizes, None) == ()
