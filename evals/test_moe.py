@@ -75,3 +75,24 @@ def test_sink_decode_attention_matches_eager_logits():
         with sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
             got = model(**step, past_key_values=cache).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("current", [3, 10, 15])
+def test_sliding_decode_reads_only_the_window(current):
+    """A sliding layer's decode step over a static cache gives the full-cache result from the `window` slots ending
+    at the query's, also while fewer slots than the window precede it (left-padded rows, pads masked)."""
+    from types import SimpleNamespace
+
+    from harness.generation.attention import _sink_decode_sdpa
+
+    gen = torch.Generator().manual_seed(0)
+    b, heads, kv, d, slots, window = 3, 4, 2, 8, 16, 8
+    query = torch.randn(b, heads, 1, d, generator=gen)
+    key, value = torch.randn(b, kv, slots, d, generator=gen), torch.randn(b, kv, slots, d, generator=gen)
+    k = torch.arange(slots)
+    allowed = (k <= current) & (k > current - window) & (k[None] >= torch.tensor([[0], [1], [2]]))  # [b, slots]
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
+    module = SimpleNamespace(sinks=torch.randn(heads, generator=gen), sliding_window=window)
+    windowed, _ = _sink_decode_sdpa(module, query, key, value, mask)
+    full, _ = _sink_decode_sdpa(SimpleNamespace(sinks=module.sinks, sliding_window=None), query, key, value, mask)
+    torch.testing.assert_close(windowed, full, rtol=1e-5, atol=1e-6)

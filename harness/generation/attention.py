@@ -105,7 +105,8 @@ def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, sc
     (no repeat per query head, fp32 scores like `_grouped_sdpa`); longer queries use the model's own eager
     attention, so prefill is unchanged.
 
-    The sink is one extra logit per head that takes part in the softmax and is dropped after it.
+    The sink is one extra logit per head that takes part in the softmax and is dropped after it. A sliding layer
+    reads only its window's slots of a longer (static) cache (`_window_slots`).
     `query: [b, heads, 1, d]`, `key/value: [b, kv_heads, s, d]`, `attention_mask: [b, 1, 1, s]`.
     """
     b, heads, q_len, d = query.shape
@@ -114,17 +115,37 @@ def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, sc
 
         eager = sys.modules[type(module).__module__].eager_attention_forward
         return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    mask = attention_mask[..., : key.shape[-2]] if attention_mask is not None else None
+    window = getattr(module, "sliding_window", None)
+    if window is not None and mask is not None and key.shape[-2] > window:
+        key, value, mask = _window_slots(key, value, mask, window)
     kv_heads = key.shape[1]
     group = heads // kv_heads
     q = query.reshape(b, kv_heads, group, d)
     scores = _decode_scores(q, key) * (scaling if scaling is not None else d**-0.5)  # [b, kv, group, s]
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]].float()
+    if mask is not None:
+        scores = scores + mask.float()
     sinks = module.sinks.float().reshape(1, kv_heads, group, 1).expand(b, -1, -1, -1)
     combined = torch.cat([scores, sinks], dim=-1)
     probs = (combined - combined.amax(-1, keepdim=True)).softmax(-1)[..., :-1]
     out = torch.matmul(probs.to(value.dtype), value)  # [b, kv, group, d]
     return out.reshape(b, heads, 1, d).transpose(1, 2).contiguous(), None
+
+
+def _window_slots(key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                  window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K/V `[b, kv, window, d]` and additive mask `[b, 1, 1, window]` of the `window` cache slots ending at the
+    query's: a sliding layer attends to no others, so a decode step reads them, not the whole static cache (gpt-oss
+    at 232 rows: ~5.8 of the ~55 GB a step reads). The query's slot is the last one row 0's mask allows (rows are
+    left-padded, so every row's query sits there); found on the device, so the step stays capturable. Slots before
+    the cache's first are masked."""
+    slots = torch.arange(key.shape[-2], device=key.device)
+    current = torch.where(mask[0, 0, 0] == 0, slots, 0).amax()
+    idx = current - window + 1 + torch.arange(window, device=key.device)  # [window]
+    before = idx < 0
+    idx = idx.clamp(min=0)
+    mask = mask.index_select(-1, idx).masked_fill(before, torch.finfo(mask.dtype).min)
+    return key.index_select(2, idx), value.index_select(2, idx), mask
 
 
 @contextmanager
