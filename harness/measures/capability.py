@@ -5,7 +5,6 @@ the dev/train split), cross-entropy on plain text.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -166,13 +165,14 @@ def multiple_choice_accuracy(
     groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
         if shared_prefix else [(0, list(range(len(questions))))]
     last: dict[int, torch.Tensor] = {}  # question -> next-token logits [vocab]
-    limit = math.inf  # the longest prompt a prefix cache extends to, once a prefix pass has shown it
+    extendable = True  # until a prefix pass shows this model's cache cannot be extended
     with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
         for prefix_len, members in groups:
             order = sorted(members, key=lambda i: -len(encoded[i]))
             cached = None
-            if prefix_len and len(encoded[order[0]]) <= limit:
-                cached, limit = prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id, len(encoded[order[0]]))
+            if prefix_len and extendable:
+                cached = prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id)
+                extendable = cached is not None
             for batch in index_batches(len(order), batch_size):
                 rows = [order[k] for k in batch]
                 if cached is not None:  # else no shared prefix, or a cache this path cannot extend exactly
@@ -280,15 +280,15 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
                              min(len(ctx) for _, _, ctx, _ in rows) - 1)
                       for i, rows in by_question.items()}
             order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
-            limit = math.inf  # the longest prompt a prefix cache extends to, once a prefix pass has shown it
+            extendable = True  # until a prefix pass shows this model's cache cannot be extended
             plain([r for i in by_question if shared[i] <= 0 for r in by_question[i]])
             for batch in index_batches(len(order), batch_size):
                 chosen = [order[k] for k in batch]
                 rows = [r for i in chosen for r in by_question[i]]
                 prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
                 suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
-                longest = max(len(p) for p in prefixes) + max(len(s) for s in suffixes)
-                cached, limit = prefix_cache(model, prefixes, pad_id, longest) if longest <= limit else (None, limit)
+                cached = prefix_cache(model, prefixes, pad_id) if extendable else None
+                extendable = cached is not None
                 if cached is None:
                     plain(rows)
                     continue

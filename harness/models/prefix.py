@@ -5,7 +5,6 @@ each prompt's own suffix, so a batch costs about its unique tokens. Used where p
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
@@ -22,27 +21,24 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _extends_to(layer) -> float:
-    """The longest whole prompt (prefix + suffix, in slots) for which this cache layer extended by a suffix equals one
-    pass of the whole prompt: any for a KV layer, full or sliding-window (`suffix_logits` keeps each row's real
-    tokens contiguous, so a window counts the same distances as in one pass); none for a recurrent
-    (linear-attention) or shared-KV layer."""
-    return math.inf if type(layer).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") else 0
+EXTENDABLE_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+"""Per-token KV cache layers, full or sliding-window: extended by a suffix they equal one pass of the whole prompt
+(`suffix_logits` keeps each row's real tokens contiguous, so a window counts the distances of one pass). A recurrent
+(linear-attention) or shared-KV layer is not."""
 
 
-def prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int, total_len: int):
-    """(cached, limit): `cached` is (KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded
-    `prefixes`, or None where extending it to `total_len` slots would not equal one forward pass of each whole prompt;
-    `limit` is the longest prompt this model's cache can be extended to (0 with a recurrent layer, else unbounded), so a
-    caller skips the prefix pass of any longer prompt that follows."""
+def prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int):
+    """(KV cache, attention mask `[rows, width]`, real lengths `[rows]`) of left-padded `prefixes`, or None where the
+    model's cache cannot be extended exactly (a layer not in `EXTENDABLE_LAYERS`): that holds for every prompt, so a
+    caller skips the prefix pass of every later one."""
     ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
     out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     layers = getattr(cache, "layers", None)
-    limit = min((_extends_to(la) for la in layers or ()), default=0) if type(cache).__name__ == "DynamicCache" else 0
-    if total_len > limit:
-        return None, limit
-    return (cache, mask, mask.sum(-1)), limit
+    if type(cache).__name__ != "DynamicCache" or not layers or any(
+            type(la).__name__ not in EXTENDABLE_LAYERS for la in layers):
+        return None
+    return cache, mask, mask.sum(-1)
 
 
 def suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Tensor, rows_of: Sequence[int],
@@ -77,7 +73,7 @@ def last_logits_sharing_prefix(model, batches: Sequence[tuple[torch.Tensor, torc
     shared = min(common_prefix_len(rows), min(map(len, rows)) - 1)
     if shared < max(1, min_shared):
         return None
-    cached, _ = prefix_cache(model, [rows[0][:shared]], pad_id, max(map(len, rows)))
+    cached = prefix_cache(model, [rows[0][:shared]], pad_id)
     if cached is None:
         return None
     cache, prefix_mask, prefix_lens = cached
