@@ -148,7 +148,7 @@ def _complete(
     device = input_device(model)
     input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     eos = eos_token_ids(model, tokenizer)
-    share = compile_step and settings.backend == "static" and settings.hooked_step == "shared"
+    share = compile_step and settings.shares_step(intervention is not None)
     with shared_hooks(model) if share else nullcontext(), intervention() if intervention is not None else nullcontext():
         new_tokens = generate_tokens(
             model,

@@ -236,9 +236,9 @@ def shared_hooks(model) -> Iterator[None]:
     if model in _SHARED:
         raise RuntimeError(f"shared_hooks is already active on this {type(model).__name__}")
     pre_hooks, hooks, slots = [], [], []
+    d = d_model(model)
     for mods in layer_modules(model):
         device = next(mods.block.parameters()).device
-        d = d_model(model)
         slot = _Slots(*(torch.zeros(shape, device=device) for shape in ((1, d), (), (d,), (1, d), ())))
         pre, post = slot.hooks(mods.block, mods.residual_outputs)
         pre_hooks += pre
