@@ -42,7 +42,7 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
                         pad_id: int, batch_size: int = 8) -> list[float]:
     """Mean log-probability per completion token under `model`, each completion given its prompt: a scorer that
     sees text the way the generator did. NaN for an empty completion (nothing to score)."""
-    from harness.models.logits import forward_kwargs, target_logprobs
+    from harness.models.logits import forward_kwargs, left_pad, target_logprobs
 
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"completion_logprobs: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -52,15 +52,10 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
     for start in range(0, len(prompt_ids), batch_size):
         rows = [(list(p), list(c)) for p, c in zip(prompt_ids[start : start + batch_size],
                                                     completion_ids[start : start + batch_size])]
-        width = max(len(p) + len(c) for p, c in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [batch, seq], left-padded
-        mask = torch.zeros_like(ids)
-        scored = torch.zeros((len(rows), width), dtype=torch.bool)  # [batch, seq]: completion tokens (targets)
-        for i, (p, c) in enumerate(rows):
-            seq = p + c
-            ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq) :] = 1
-            scored[i, width - len(c) :] = len(c) > 0
+        ids, mask = left_pad([p + c for p, c in rows], pad_id)  # [batch, seq]
+        width = ids.shape[1]
+        lengths = torch.tensor([len(c) for _, c in rows])
+        scored = torch.arange(width) >= width - lengths[:, None]  # [batch, seq]: completion tokens (targets)
         n = min(max(len(c) for _, c in rows), width - 1)  # completions end every row: only the last n are scored
         if n == 0:
             out.extend(float("nan") for _ in rows)
