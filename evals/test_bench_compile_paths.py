@@ -42,6 +42,12 @@ def _path(name: str) -> Path:
     return root / f"{name}-compile-paths.json"
 
 
+def _workload(gen) -> tuple[int, int]:
+    """(rows, new tokens a row): the TOML's widest batch, HARNESS_BENCH_NEW_TOKENS (default 512)."""
+    rows = gen.compiled_rows or gen.joint_batch_size or gen.batch_size
+    return rows, int(os.environ.get("HARNESS_BENCH_NEW_TOKENS", "512"))
+
+
 def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
     return same / max(1, sum(max(len(ra), len(rb)) for ra, rb in zip(a, b)))
@@ -98,9 +104,9 @@ def _measure_on_gpu(choice: str, out: str) -> None:
     built = rehearsal_model(exp.model, "full", device="cuda")
     built.model.generation_config.eos_token_id = None
     figures = {"model_build_s": time.perf_counter() - t0}
-    rows = gen.compiled_rows or gen.joint_batch_size or gen.batch_size
-    new_tokens = int(os.environ.get("HARNESS_BENCH_NEW_TOKENS", "512"))
-    figures |= measure(built.model, built.tokenizer, choice, rows, new_tokens, "cuda", dict(exp.chat.template_kwargs or {}))
+    rows, new_tokens = _workload(gen)
+    template_kwargs = dict(exp.chat.template_kwargs or {})
+    figures |= measure(built.model, built.tokenizer, choice, rows, new_tokens, "cuda", template_kwargs)
     Path(out).write_text(json.dumps(figures))
 
 
@@ -114,11 +120,12 @@ def test_hooked_step_choice(tmp_path):
 
     from harness.config import load_experiment
 
-    gen = load_experiment(EXPERIMENT).generation
+    exp = load_experiment(EXPERIMENT)
+    gen = exp.generation
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     results = {}
     for choice in CHOICES:
         out, cache = tmp_path / f"{choice}.json", tmp_path / f"cache-{choice}"
-        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "TRITON_CACHE_DIR": str(cache / "triton"),
                "PYTHONHASHSEED": "0", "PYTHONPATH": pythonpath}
         proc = subprocess.run([sys.executable, __file__, choice, str(out)], env=env, cwd=ROOT, capture_output=True,
@@ -135,8 +142,7 @@ def test_hooked_step_choice(tmp_path):
     path = _path(EXPERIMENT)
     record = {
         "experiment": EXPERIMENT, "what": __doc__.split("\n\n")[1].replace("\n", " "),
-        "workload": {"rows": gen.compiled_rows or gen.joint_batch_size or gen.batch_size, "dtype": "bfloat16",
-                     "new_tokens": int(os.environ.get("HARNESS_BENCH_NEW_TOKENS", "512"))},
+        "workload": dict(zip(("rows", "new_tokens"), _workload(gen)), dtype=exp.model.dtype),
         "toml_hooked_step": gen.hooked_step, "faster_choice": faster, **results, "agreement": agree,
         "gpu": torch.cuda.get_device_name(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
