@@ -4,8 +4,10 @@ chat template, so a whole experiment runs end to end before anyone downloads its
 `full` keeps the real config at full size (a GPU run: memory and speed of the real thing); `tiny` keeps
 the family and the tokenizer/template but shrinks depth and width so the experiment runs on a laptop CPU.
 Config and tokenizer come from `$HARNESS_TOKENIZERS_DIR` (offline copies), from the model's GGUF file,
-or from the pinned hub revision (small files only). Where no real tokenizer or config is available the
-family's tiny one stands in, and `RehearsalModel.stand_ins` says so, for the report.
+or from the pinned hub revision (small files only). Where no real config is available the family's tiny one
+stands in; where a real template comes without its tokenizer, a real vocabulary borrowed from another model
+(`STAND_IN_VOCABULARY`) with the model's own special tokens reads it, else the family's tiny tokenizer.
+`RehearsalModel.stand_ins` says which, for the report.
 """
 
 from __future__ import annotations
@@ -197,14 +199,62 @@ def _tokenizer(cfg: ModelConfig, pinned: _Pinned) -> tuple[Any, str, list[str]]:
     tokenizer, source = _load_tokenizer(cfg, pinned.folder, pinned.kwargs, where)
     if tokenizer is not None:
         return tokenizer, source, []
-    tokenizer = tiny_tokenizer(family)
     template = _template_only(pinned.folder)
     if template is not None:
+        borrowed = _borrowed_vocabulary(pinned.folder, template)
+        if borrowed is not None:
+            note = (f"no tokenizer for {cfg.id} offline: {STAND_IN_VOCABULARY}'s byte-level BPE vocabulary "
+                    f"({len(borrowed):,} tokens with {cfg.id}'s special tokens) stands in under the real chat template")
+            return borrowed, f"{STAND_IN_VOCABULARY} vocabulary with the real special tokens and chat template of {where}", [
+                note]
+        tokenizer = tiny_tokenizer(family)
         tokenizer.chat_template = template
         return tokenizer, f"tiny {family} tokenizer with the real chat template of {where}", [
             f"no tokenizer for {cfg.id} offline: the tiny {family} tokenizer stands in under the real chat template"]
-    return tokenizer, f"tiny {family} tokenizer and template (stand-in)", [
+    return tiny_tokenizer(family), f"tiny {family} tokenizer and template (stand-in)", [
         f"no tokenizer or template for {cfg.id} offline: the tiny {family} tokenizer and template stand in"]
+
+
+# A chat template shipped without its tokenizer is read by this real byte-level BPE vocabulary, with the model's own
+# special tokens added, where an offline copy of it exists. The tiny stand-in's ~700-token vocabulary reads the
+# Arditi validation prompts at ~2.3x the tokens (gemma-2b-it: 1,893 against 810 for harmful_val) and decodes only
+# ~0.3% of a 256k-vocabulary model's random ids (59% decode here), so a full rehearsal timed too much prompt work
+# and almost no judge work.
+STAND_IN_VOCABULARY = "Qwen/Qwen3-8B"
+
+
+def _special_tokens(folder: Path) -> tuple[dict[int, str], dict[str, str]]:
+    """The real tokenizer's special tokens from its tokenizer_config.json: ({real id: text}, {"bos_token": text, ...})."""
+    import json
+
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    added = {int(i): t["content"] for i, t in config.get("added_tokens_decoder", {}).items() if t.get("special", True)}
+    roles = {}
+    for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = config.get(role)
+        text = value.get("content") if isinstance(value, dict) else value
+        if text:
+            roles[role] = text
+    return added, roles
+
+
+def _borrowed_vocabulary(folder: Path, template: str):
+    """`STAND_IN_VOCABULARY`'s tokenizer with the real special tokens added (never split) and the real template, or
+    None where either is not at hand."""
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.models.tokenizer_files import has_tokenizer, local_model_files
+
+    added, roles = _special_tokens(folder)
+    donor = local_model_files(STAND_IN_VOCABULARY)
+    if not added or donor is None or not has_tokenizer(donor):
+        return None
+    raw = Tokenizer.from_file(str(donor / "tokenizer.json"))
+    raw.add_special_tokens([AddedToken(text, special=True, normalized=False) for _, text in sorted(added.items())])
+    return PreTrainedTokenizerFast(tokenizer_object=raw, chat_template=template,
+                                   name_or_path=str(donor), **roles)
 
 
 def pinned_tokenizer(cfg: ModelConfig) -> tuple[Any, str, str, list[str]]:
@@ -227,6 +277,7 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
     pinned = _pinned(cfg)
     config, config_source, family = pinned.config, pinned.config_source, pinned.family
     tokenizer, tokenizer_source, stand_ins = _tokenizer(cfg, pinned)
+    tokenizer_stands_in = bool(stand_ins)
     if config is None:
         if mode == "full":
             raise RehearsalError(
@@ -252,7 +303,7 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
             randomize_zero_inits(model)
-    _generation_config(model, pinned.folder, tokenizer)
+    _generation_config(model, pinned.folder, tokenizer, stand_in=tokenizer_stands_in)
     model.config.harness_real_layers = real_layers
     if cfg.family is not None:
         model.config.harness_family = cfg.family
@@ -260,16 +311,34 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
     return RehearsalModel(model, tokenizer, family, config_source, tokenizer_source, stand_ins)
 
 
-def _generation_config(model, folder: Path | None, tokenizer) -> None:
-    """The model's own generation config (its stop tokens) where it is at hand, else the tokenizer's EOS."""
+def _generation_config(model, folder: Path | None, tokenizer, stand_in: bool) -> None:
+    """The model's own generation config (its stop tokens) where it is at hand, else the tokenizer's EOS. Under a
+    stand-in tokenizer its special-token ids are the stand-in's ids of the same tokens (the real <eos> is 1 in
+    gemma-2b-it's vocabulary, another id in a borrowed one)."""
     from transformers import GenerationConfig
 
     if folder is not None and (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
+        if stand_in:
+            _renumber_special_ids(model.generation_config, _special_tokens(folder)[0], tokenizer)
     elif tokenizer.eos_token_id is not None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     if tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _renumber_special_ids(config, real: dict[int, str], tokenizer) -> None:
+    """In place: each bos/eos/pad id of `config` (the real vocabulary's) as `tokenizer`'s id of the same token; one the
+    real tokenizer's files do not name falls back to the tokenizer's own (eos, bos, pad)."""
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        ids = [value] if isinstance(value, int) else list(value)
+        fallback = getattr(tokenizer, name)
+        mapped = [tokenizer.convert_tokens_to_ids(real[i]) if i in real else fallback for i in ids]
+        mapped = list(dict.fromkeys(i for i in mapped if i is not None))
+        setattr(config, name, (mapped[0] if isinstance(value, int) else mapped) if mapped else None)
 
 
 def scaled_layer(layer: int, model) -> int:
