@@ -156,18 +156,21 @@ def shrink_config(config) -> None:
         text.max_window_layers = n
 
 
-def _template_only(folder: Path | None) -> str | None:
-    """A chat template shipped without its tokenizer (gemma-2b-it here): the real template on a stand-in."""
+def _tokenizer_config(folder: Path) -> dict:
+    """The folder's tokenizer_config.json ({} where there is none)."""
     import json
 
+    path = folder / "tokenizer_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _template_only(folder: Path | None) -> str | None:
+    """A chat template shipped without its tokenizer (gemma-2b-it here): the real template on a stand-in."""
     if folder is None:
         return None
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        return json.loads(config.read_text()).get("chat_template")
-    return None
+    return _tokenizer_config(folder).get("chat_template")
 
 
 @dataclass
@@ -225,10 +228,7 @@ STAND_IN_VOCABULARY = "Qwen/Qwen3-8B"
 
 def _special_tokens(folder: Path) -> tuple[dict[int, str], dict[str, str]]:
     """The real tokenizer's special tokens from its tokenizer_config.json: ({real id: text}, {"bos_token": text, ...})."""
-    import json
-
-    path = folder / "tokenizer_config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
+    config = _tokenizer_config(folder)
     added = {int(i): t["content"] for i, t in config.get("added_tokens_decoder", {}).items() if t.get("special", True)}
     roles = {}
     for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
