@@ -208,8 +208,8 @@ def _tokenizer(cfg: ModelConfig, pinned: _Pinned) -> tuple[Any, str, list[str]]:
         if borrowed is not None:
             note = (f"no tokenizer for {cfg.id} offline: {STAND_IN_VOCABULARY}'s byte-level BPE vocabulary "
                     f"({len(borrowed):,} tokens with {cfg.id}'s special tokens) stands in under the real chat template")
-            return borrowed, f"{STAND_IN_VOCABULARY} vocabulary with the real special tokens and chat template of {where}", [
-                note]
+            source = f"{STAND_IN_VOCABULARY} vocabulary with the real special tokens and chat template of {where}"
+            return borrowed, source, [note]
         tokenizer = tiny_tokenizer(family)
         tokenizer.chat_template = template
         return tokenizer, f"tiny {family} tokenizer with the real chat template of {where}", [
@@ -259,7 +259,8 @@ def _borrowed_vocabulary(folder: Path, template: str):
 
 def pinned_tokenizer(cfg: ModelConfig) -> tuple[Any, str, str, list[str]]:
     """(tokenizer, where it came from, family, stand-ins): the model's own tokenizer and template where they
-    are at hand; else the family's tiny tokenizer, with the real template where that exists."""
+    are at hand; else a stand-in (`_tokenizer`): a real vocabulary or the family's tiny tokenizer under the real
+    template where that exists, the tiny tokenizer and template where it does not."""
     pinned = _pinned(cfg)
     tokenizer, source, stand_ins = _tokenizer(cfg, pinned)
     return tokenizer, source, pinned.family, stand_ins
