@@ -344,3 +344,33 @@ def test_shared_prefix_scores_as_the_plain_pass(family, monkeypatch):
     with pytest.raises(SelectionError, match="one candidate per forward"):
         select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], shared_prefix=True,
                          candidates_per_forward=2, **kw)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "llama", "gemma2"])
+def test_packed_scores_as_the_plain_pass(family, monkeypatch):
+    """packed: the baseline, ablated and induce passes read the validation prompts packed into rows (no padding,
+    the shared prefix once a row); the table equals the plain pass's within float tolerance and the same candidate
+    wins, and every pass went through packed rows."""
+    from harness.steering import selection
+
+    model, tok = tiny_model(family)
+    candidates = diff_in_means(mean_activations(model, tok, HARMFUL[TRAIN], progress=False),
+                               mean_activations(model, tok, HARMLESS[TRAIN], progress=False))
+    calls = []
+    real = selection.packed_last_logits
+    monkeypatch.setattr(selection, "packed_last_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = {"max_layer_fraction": 1.0, "kl_max": 1e9, "induce_min": -1e9, "progress": False, "batch_size": 3}
+    plain = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
+    assert not calls
+    packed = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, **kw)
+    scored = _assert_same_scores(plain, packed)
+    assert len(calls) >= 2 * scored + 1  # baseline, then each candidate's ablated and induce passes
+    with pytest.raises(SelectionError, match="not both"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, shared_prefix=True, **kw)
+
+
+def test_packed_selection_refuses_a_recurrent_model():
+    model, tok = tiny_model("qwen3_5")
+    candidates = torch.randn(len(model.model.layers), 2, model.config.hidden_size)
+    with pytest.raises(SelectionError, match="attention-only.*linear_attention"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, progress=False)

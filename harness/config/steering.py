@@ -35,10 +35,18 @@ class SelectionConfig(Strict):
         "by each prompt's rest; equal to the plain pass to float tolerance; one candidate per forward"
     )
 
+    packed: bool = Field(
+        False, description="every pass packs the validation prompts into rows (harness.models.packing): no padding, "
+        "the prefix they all share computed once per row (so it replaces shared_prefix); equal to the plain pass to "
+        "float tolerance; attention-only models, one candidate per forward"
+    )
+
     @model_validator(mode="after")
     def _one_candidate_with_shared_prefix(self) -> SelectionConfig:
-        if self.shared_prefix and self.candidates_per_forward > 1:
-            raise ValueError("shared_prefix scores one candidate per forward: set candidates_per_forward = 1")
+        if (self.shared_prefix or self.packed) and self.candidates_per_forward > 1:
+            raise ValueError("shared_prefix and packed score one candidate per forward: set candidates_per_forward = 1")
+        if self.shared_prefix and self.packed:
+            raise ValueError("packed rows already share the prompts' common prefix: set shared_prefix or packed")
         return self
 
 

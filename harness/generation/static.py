@@ -15,24 +15,16 @@ from typing import Any
 import torch
 
 from harness.generation.common import GenerationError, text_config
+from harness.models.arch import NotAttentionOnly, layer_windows
 
 
 def _layer_windows(config: Any) -> list[int | None]:
-    """Per decoder layer: the sliding window, or None for full attention."""
-    cfg = text_config(config)
-    n = cfg.num_hidden_layers
-    types = getattr(cfg, "layer_types", None)
-    window = getattr(cfg, "sliding_window", None)
-    if types is None:
-        uses = window is not None and getattr(cfg, "use_sliding_window", True)
-        return [window if uses else None] * n
-    bad = sorted({t for t in types if t not in ("full_attention", "sliding_attention")})
-    if bad:
+    try:
+        return layer_windows(config)
+    except NotAttentionOnly as err:
         raise GenerationError(
-            f"backend 'static' supports full and sliding attention layers only; {cfg.model_type} has {bad}; "
-            "use backend 'transformers'"
-        )
-    return [window if t == "sliding_attention" else None for t in types[:n]]
+            f"backend 'static' supports full and sliding attention layers only; {err}; use backend 'transformers'"
+        ) from err
 
 
 def _static_masks(

@@ -274,6 +274,27 @@ def d_model(model) -> int:
     return int(embeddings(model).weight.shape[1])
 
 
+class NotAttentionOnly(ValueError):
+    """A model with a layer that is neither full nor sliding-window attention (a recurrent, linear-attention layer)."""
+
+
+def layer_windows(model_or_config) -> list[int | None]:
+    """Per decoder layer: its sliding window, or None for full attention. What a hand-built attention mask (the static
+    backend's cache slots, packed prompts) must reproduce; `NotAttentionOnly` for any other layer type."""
+    config = _config(model_or_config)
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    n = cfg.num_hidden_layers
+    types = getattr(cfg, "layer_types", None)
+    window = getattr(cfg, "sliding_window", None)
+    if types is None:
+        uses = window is not None and getattr(cfg, "use_sliding_window", True)
+        return [window if uses else None] * n
+    bad = sorted({t for t in types if t not in ("full_attention", "sliding_attention")})
+    if bad:
+        raise NotAttentionOnly(f"{cfg.model_type} has {bad} layers besides full and sliding attention")
+    return [window if t == "sliding_attention" else None for t in types[:n]]
+
+
 def _path_in(block: nn.Module, module: nn.Module) -> str:
     return next((name for name, m in block.named_modules() if m is module), type(module).__name__)
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from harness.models.arch import n_layers
+from harness.models.arch import NotAttentionOnly, layer_windows, n_layers
 from harness.models.chat import format_instructions
 from harness.models.logits import (
     forward_kwargs,
@@ -30,6 +30,7 @@ from harness.models.logits import (
     pad_token_id,
     prompt_batches,
 )
+from harness.models.packing import pack, pack_kwargs, packed_last_logits
 from harness.models.prefix import last_logits_sharing_prefix
 from harness.run.cache import ItemStore, in_memory_compute
 from harness.steering.activations import block_inputs, can_resume, resume_at
@@ -178,26 +179,39 @@ def _filter_reasons(
 
 
 def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], *, system: str | None,
-                   batch_size: int):
+                   batch_size: int, packed: bool = False):
     """`logits(vector, layer)`: last-position logits [n, vocab] of `prompts` with `vector` added at
     block `layer` (one of `layers`). Blocks below `layer` are unchanged by ActAdd, so where the model
     allows it each batch starts at `layer` from its baseline block input, captured once (identical
-    results, fewer FLOPs: the induce pass of a sweep costs about half a forward on average)."""
+    results, fewer FLOPs: the induce pass of a sweep costs about half a forward on average). `packed`: the prompts
+    go through packed rows (`harness.models.packing`) instead of left-padded batches."""
     batches = prompt_batches(tokenizer, prompts, system=system, batch_size=batch_size)
+    if packed:
+        packs = pack(_token_rows(batches), pad_token_id(tokenizer))
+        forwards = [pack_kwargs(model, p) for p in packs]
+        run = [functools.partial(packed_last_logits, model, [p], [kw]) for p, kw in zip(packs, forwards)]
+    else:
+        forwards = [forward_kwargs(model, ids, mask) for ids, mask in batches]
+        run = [functools.partial(forward_logits, model, ids, mask, last_only=True, on_cpu=False)
+               for ids, mask in batches]
     resumable = can_resume(model) and len(layers) > 0
-    inputs = [block_inputs(model, layers, **forward_kwargs(model, ids, mask)) if resumable else None
-              for ids, mask in batches]
+    inputs = [block_inputs(model, layers, **kw) if resumable else None for kw in forwards]
 
     @torch.inference_mode()
     def logits(vector: Tensor, layer: int) -> Tensor:
         out = []
-        for (ids, mask), hidden in zip(batches, inputs):
+        for forward, hidden in zip(run, inputs):
             with resume_at(model, layer, hidden[layer]) if hidden is not None else nullcontext():
                 with actadd(model, vector, layer, 1.0):
-                    out.append(forward_logits(model, ids, mask, last_only=True, on_cpu=False))
+                    out.append(forward())
         return torch.cat(out)
 
     return logits
+
+
+def _token_rows(batches: list[tuple[Tensor, Tensor]]) -> list[list[int]]:
+    """Each prompt's real tokens, from left-padded batches."""
+    return [row[m.bool()].tolist() for ids, mask in batches for row, m in zip(ids, mask)]
 
 
 def select_direction(
@@ -221,6 +235,7 @@ def select_direction(
     score_form: str = "reference",
     candidates_per_forward: int = 1,
     shared_prefix: bool = False,
+    packed: bool = False,
 ) -> SelectionResult:
     """Score candidates `[layer, pos, d_model]` (pos indexed from the end) and pick the refusal direction.
 
@@ -237,11 +252,20 @@ def select_direction(
     `shared_prefix`: the baseline and each ablated pass compute the token prefix every validation prompt shares (a
     chat template's system turn) once and extend its cache by each prompt's rest (`last_logits_sharing_prefix`;
     the plain pass where the model's cache cannot be extended); the scores equal the plain pass's to float tolerance.
+    `packed`: every pass packs its prompts into rows (`harness.models.packing`): no padding, and the prefix every
+    prompt shares computed once per row; the scores equal the plain pass's to float tolerance. Attention-only models.
     """
     if candidates_per_forward < 1:
         raise SelectionError(f"candidates_per_forward must be >= 1, got {candidates_per_forward}")
-    if shared_prefix and candidates_per_forward > 1:
-        raise SelectionError("shared_prefix scores one candidate per forward; set candidates_per_forward = 1")
+    if (shared_prefix or packed) and candidates_per_forward > 1:
+        raise SelectionError("shared_prefix and packed score one candidate per forward; set candidates_per_forward = 1")
+    if shared_prefix and packed:
+        raise SelectionError("packed rows already share the prompts' common prefix; set shared_prefix or packed, not both")
+    if packed:
+        try:
+            layer_windows(model)
+        except NotAttentionOnly as err:
+            raise SelectionError(f"packed selection needs attention-only layers: {err}; set packed = false") from err
     total = n_layers(model)
     if candidates.ndim != 3 or candidates.shape[0] != total:
         raise SelectionError(
@@ -260,9 +284,14 @@ def select_direction(
     val_batches = prompt_batches(tokenizer, harmful_val + harmless_val, system=system, batch_size=batch_size)
 
     plain = [not shared_prefix]  # set once a shared-prefix pass has shown it cannot serve this model or these prompts
+    val_packs = pack(_token_rows(val_batches), pad_token_id(tokenizer)) if packed else []
+    val_forwards = [pack_kwargs(model, p) for p in val_packs]
 
     @torch.inference_mode()
     def val_logits() -> tuple[Tensor, Tensor]:  # ([n_harmful, vocab], [n_harmless, vocab]) on the model's device
+        if packed:
+            logits = packed_last_logits(model, val_packs, val_forwards)
+            return logits[:n_harmful], logits[n_harmful:]
         logits = None if plain[0] else last_logits_sharing_prefix(model, val_batches, pad_token_id(tokenizer))
         if logits is None:
             plain[0] = True
@@ -314,7 +343,7 @@ def select_direction(
     }
 
     induced_logits = _actadd_logits(model, tokenizer, harmless_val, sorted({layer for layer, _ in todo.values()}),
-                                    system=system, batch_size=batch_size)
+                                    system=system, batch_size=batch_size, packed=packed)
 
     def run(batch: list[str]) -> list[dict[str, float]]:
         if len(batch) == 1:
