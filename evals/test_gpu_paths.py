@@ -188,28 +188,30 @@ def test_shared_step_one_inductor_compile(monkeypatch):
     assert min(figures.values()) >= AGREEMENT_MIN, figures
 
 
-def _shared_prefix_gap(device: str, dtype: torch.dtype) -> tuple[float, float]:
-    """(largest |logit| gap, argmax agreement) between `last_logits_sharing_prefix` and one plain pass per batch, on
-    tiny gpt_oss: its Harmony system turn is shared and its 8-token sliding window is shorter than every prompt."""
+def _packed_gap(device: str, dtype: torch.dtype) -> tuple[float, float]:
+    """(largest |logit| gap, argmax agreement) between packed rows (`harness.models.packing`) and one left-padded
+    pass per batch, on tiny gpt_oss: its Harmony system turn is shared, its 8-token sliding window is shorter than
+    every prompt, and its eager attention adds sinks to the block mask."""
     from harness.models.logits import forward_logits, pad_token_id, prompt_batches
-    from harness.models.prefix import last_logits_sharing_prefix
+    from harness.models.packing import pack, packed_last_logits
 
     model, tok = _model("gpt_oss", dtype)
     model.to(device)
     batches = prompt_batches(tok, INSTRUCTIONS, batch_size=8)
+    seqs = [row[m.bool()].tolist() for ids, mask in batches for row, m in zip(ids, mask)]
     with torch.inference_mode():
-        shared = last_logits_sharing_prefix(model, batches, pad_token_id(tok)).cpu()
+        packed = packed_last_logits(model, pack(seqs, pad_token_id(tok), row_tokens=256)).cpu()
         plain = torch.cat([forward_logits(model, i, m, last_only=True) for i, m in batches])
-    return float((shared - plain).abs().max()), float((shared.argmax(-1) == plain.argmax(-1)).float().mean())
+    return float((packed - plain).abs().max()), float((packed.argmax(-1) == plain.argmax(-1)).float().mean())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shared_prefix_across_a_sliding_window(dtype):
-    """The shared-prefix pass (capability, selection) on CUDA kernels: fp32 within float noise of the plain pass,
-    bf16 choosing the same next token on >= 99% of the prompts."""
-    gap, agree = _shared_prefix_gap("cuda", dtype)
+def test_packed_rows_across_a_sliding_window(dtype):
+    """Packed rows (selection) on CUDA kernels: fp32 within float noise of the padded pass, bf16 choosing the same
+    next token on >= 99% of the prompts."""
+    gap, agree = _packed_gap("cuda", dtype)
     name = str(dtype).removeprefix("torch.")
-    _record(f"shared_prefix/gpt_oss/{name}", {"max_logit_gap": gap, "argmax_agreement": agree})
+    _record(f"packed/gpt_oss/{name}", {"max_logit_gap": gap, "argmax_agreement": agree})
     if dtype == torch.float32:
         assert gap < 1e-3, gap
     assert agree >= AGREEMENT_MIN, agree

@@ -317,35 +317,6 @@ def test_ablate_rows_is_ablate_row_by_row(family):
         forward_logits(model, ids, mask, last_only=True)
 
 
-@pytest.mark.parametrize("family", ["gpt_oss", "llama", "qwen3_5"])
-def test_shared_prefix_scores_as_the_plain_pass(family, monkeypatch):
-    """shared_prefix: the baseline and each ablated pass compute the validation prompts' common prefix once (tiny
-    gpt_oss: its Harmony system turn is most of every prompt); the table equals the plain pass's within float
-    tolerance and the same candidate wins. qwen3_5's recurrent layers cannot extend a cache: one prefix pass shows
-    it and the plain pass runs from then on."""
-    from harness.steering import selection
-
-    model, tok = tiny_model(family)
-    candidates = diff_in_means(mean_activations(model, tok, HARMFUL[TRAIN], progress=False),
-                               mean_activations(model, tok, HARMLESS[TRAIN], progress=False))
-    outcomes = []
-    real = selection.last_logits_sharing_prefix
-    monkeypatch.setattr(selection, "last_logits_sharing_prefix",
-                        lambda *a, **k: outcomes.append(out := real(*a, **k)) or out)
-    kw = {"max_layer_fraction": 1.0, "kl_max": 1e9, "induce_min": -1e9, "progress": False, "batch_size": 3}
-    plain = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
-    assert not outcomes
-    shared = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], shared_prefix=True, **kw)
-    scored = _assert_same_scores(plain, shared)
-    if family == "qwen3_5":
-        assert [o is None for o in outcomes] == [True]
-    else:
-        assert len(outcomes) == scored + 1 and all(o is not None for o in outcomes)
-    with pytest.raises(SelectionError, match="one candidate per forward"):
-        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], shared_prefix=True,
-                         candidates_per_forward=2, **kw)
-
-
 @pytest.mark.parametrize("family", ["gpt_oss", "llama", "gemma2"])
 def test_packed_scores_as_the_plain_pass(family, monkeypatch):
     """packed: the baseline, ablated and induce passes read the validation prompts packed into rows (no padding,
@@ -365,8 +336,9 @@ def test_packed_scores_as_the_plain_pass(family, monkeypatch):
     packed = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, **kw)
     scored = _assert_same_scores(plain, packed)
     assert len(calls) >= 2 * scored + 1  # baseline, then each candidate's ablated and induce passes
-    with pytest.raises(SelectionError, match="not both"):
-        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, shared_prefix=True, **kw)
+    with pytest.raises(SelectionError, match="one candidate per forward"):
+        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, candidates_per_forward=2,
+                         **kw)
 
 
 def test_packed_selection_refuses_a_recurrent_model():

@@ -29,24 +29,24 @@ class SelectionConfig(Strict):
         "(harness.steering.selection.select_direction): fewer, larger forwards where the sweep is bound by per-forward "
         "overhead; the same arithmetic per row in another batch shape"
     )
-    shared_prefix: bool = Field(
-        False, description="the baseline and each candidate's ablated pass compute the token prefix every validation "
-        "prompt shares (the chat template's system turn: 64 of gpt-oss-20b's ~80 tokens) once and extend its KV cache "
-        "by each prompt's rest; equal to the plain pass to float tolerance; one candidate per forward"
-    )
-
     packed: bool = Field(
         False, description="every pass packs the validation prompts into rows (harness.models.packing): no padding, "
-        "the prefix they all share computed once per row (so it replaces shared_prefix); equal to the plain pass to "
-        "float tolerance; attention-only models, one candidate per forward"
+        "and the prefix they all share (a chat template's system turn) computed once per row; equal to the padded "
+        "pass to float tolerance; attention-only models, one candidate per forward"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_prefix_is_packed(cls, data):
+        if isinstance(data, dict) and "shared_prefix" in data:
+            raise ValueError("shared_prefix was replaced by packed = true, which also shares the prompts' common "
+                             "prefix and drops their padding")
+        return data
+
     @model_validator(mode="after")
-    def _one_candidate_with_shared_prefix(self) -> SelectionConfig:
-        if (self.shared_prefix or self.packed) and self.candidates_per_forward > 1:
-            raise ValueError("shared_prefix and packed score one candidate per forward: set candidates_per_forward = 1")
-        if self.shared_prefix and self.packed:
-            raise ValueError("packed rows already share the prompts' common prefix: set shared_prefix or packed")
+    def _one_candidate_when_packed(self) -> SelectionConfig:
+        if self.packed and self.candidates_per_forward > 1:
+            raise ValueError("packed scores one candidate per forward: set candidates_per_forward = 1")
         return self
 
 

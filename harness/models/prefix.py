@@ -1,10 +1,9 @@
 """Shared-prefix forward passes: a token prefix common to many prompts is computed once, and its KV cache extended by
 each prompt's own suffix, so a batch costs about its unique tokens. Used where prompts repeat a long prefix: MMLU's
-5-shot subjects, ARC's answer choices, a chat template's system turn (gpt-oss-20b's Harmony header) in selection."""
+5-shot subjects, ARC's answer choices (selection's last-token passes pack their prompts instead: harness.models.packing)."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -60,28 +59,3 @@ def suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Te
                 past_key_values=cache, use_cache=True, logits_to_keep=kept.to(device)).logits  # [batch, n, vocab]
     col = torch.searchsorted(kept, want).to(device)  # [batch, keep]
     return torch.take_along_dim(out, col[..., None], dim=1)
-
-
-def last_logits_sharing_prefix(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
-                               min_shared: int = 1) -> torch.Tensor | None:
-    """Next-token logits at each row's last token -> `[n, vocab]` float32 on the model's device, for left-padded
-    `batches` (`prompt_batches`): the prefix every row of every batch shares is computed once (one row), and each
-    batch extends a copy of its cache. None, and nothing computed but that prefix, where the rows share fewer than
-    `min_shared` tokens or the cache cannot be extended exactly (a recurrent layer): the caller runs its plain pass.
-    Run it inside an intervention as one forward of the batches."""
-    rows = [row[m.bool()].tolist() for ids, mask in batches for row, m in zip(ids, mask)]
-    shared = min(common_prefix_len(rows), min(map(len, rows)) - 1)
-    if shared < max(1, min_shared):
-        return None
-    cached = prefix_cache(model, [rows[0][:shared]], pad_id)
-    if cached is None:
-        return None
-    cache, prefix_mask, prefix_lens = cached
-    out, start = [], 0
-    for ids, _ in batches:
-        suffixes = [r[shared:] for r in rows[start : start + len(ids)]]
-        start += len(ids)
-        logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(suffixes), suffixes,
-                               pad_id, keep=1)  # [batch, 1, vocab]
-        out.append(logits[:, -1].float())
-    return torch.cat(out)

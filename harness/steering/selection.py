@@ -31,7 +31,6 @@ from harness.models.logits import (
     prompt_batches,
 )
 from harness.models.packing import pack, pack_kwargs, packed_last_logits
-from harness.models.prefix import last_logits_sharing_prefix
 from harness.run.cache import ItemStore, in_memory_compute
 from harness.steering.activations import block_inputs, can_resume, resume_at
 from harness.steering.directions import EPS_NORM, unit
@@ -234,7 +233,6 @@ def select_direction(
     score_pruned_layers: bool = False,
     score_form: str = "reference",
     candidates_per_forward: int = 1,
-    shared_prefix: bool = False,
     packed: bool = False,
 ) -> SelectionResult:
     """Score candidates `[layer, pos, d_model]` (pos indexed from the end) and pick the refusal direction.
@@ -249,18 +247,14 @@ def select_direction(
     `candidates_per_forward` > 1 ablates that many candidates in one forward over as many copies of the validation
     prompts (`ablate_rows`), where a sweep is bound by per-forward overhead; the arithmetic per row is the same,
     the batch shape is not, so on a GPU the scores can differ in their last bits from one candidate per forward.
-    `shared_prefix`: the baseline and each ablated pass compute the token prefix every validation prompt shares (a
-    chat template's system turn) once and extend its cache by each prompt's rest (`last_logits_sharing_prefix`;
-    the plain pass where the model's cache cannot be extended); the scores equal the plain pass's to float tolerance.
     `packed`: every pass packs its prompts into rows (`harness.models.packing`): no padding, and the prefix every
-    prompt shares computed once per row; the scores equal the plain pass's to float tolerance. Attention-only models.
+    prompt shares (a chat template's system turn) computed once per row; the scores equal the padded pass's to float
+    tolerance. Attention-only models.
     """
     if candidates_per_forward < 1:
         raise SelectionError(f"candidates_per_forward must be >= 1, got {candidates_per_forward}")
-    if (shared_prefix or packed) and candidates_per_forward > 1:
-        raise SelectionError("shared_prefix and packed score one candidate per forward; set candidates_per_forward = 1")
-    if shared_prefix and packed:
-        raise SelectionError("packed rows already share the prompts' common prefix; set shared_prefix or packed, not both")
+    if packed and candidates_per_forward > 1:
+        raise SelectionError("packed scores one candidate per forward; set candidates_per_forward = 1")
     if packed:
         try:
             layer_windows(model)
@@ -278,12 +272,11 @@ def select_direction(
     pos_list = _resolve_positions(positions, candidates.shape[1])
     sweep = [(layer, pos) for layer in _resolve_layers(layers, total) for pos in pos_list]
 
-    # Harmful and harmless validation prompts go through one tokenization and one forward per batch, and the
-    # logits are reduced where they are: a sweep is bound by per-forward overhead, not by FLOPs.
+    # Harmful and harmless validation prompts go through one tokenization and one forward per batch (or packed rows),
+    # and the logits are reduced where they are.
     n_harmful = len(harmful_val)
     val_batches = prompt_batches(tokenizer, harmful_val + harmless_val, system=system, batch_size=batch_size)
 
-    plain = [not shared_prefix]  # set once a shared-prefix pass has shown it cannot serve this model or these prompts
     val_packs = pack(_token_rows(val_batches), pad_token_id(tokenizer)) if packed else []
     val_forwards = [pack_kwargs(model, p) for p in val_packs]
 
@@ -291,10 +284,7 @@ def select_direction(
     def val_logits() -> tuple[Tensor, Tensor]:  # ([n_harmful, vocab], [n_harmless, vocab]) on the model's device
         if packed:
             logits = packed_last_logits(model, val_packs, val_forwards)
-            return logits[:n_harmful], logits[n_harmful:]
-        logits = None if plain[0] else last_logits_sharing_prefix(model, val_batches, pad_token_id(tokenizer))
-        if logits is None:
-            plain[0] = True
+        else:
             logits = torch.cat([forward_logits(model, i, m, last_only=True, on_cpu=False) for i, m in val_batches])
         return logits[:n_harmful], logits[n_harmful:]
 
