@@ -441,8 +441,8 @@ def _shared_and_plain(model, tokenizer, questions, monkeypatch, batch_size=3):
     import harness.measures.capability as capability
 
     calls = []
-    real = capability.packed_last_logits
-    monkeypatch.setattr(capability, "packed_last_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capability.suffix_logits
+    monkeypatch.setattr(capability, "suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     shot_sets = _subject_shots(questions, 3)
     shot_sets = [next(s for s in shot_sets if s[0]["subject"] == q["subject"]) for q in questions]  # one list per subject
     shared = multiple_choice_accuracy(model, tokenizer, questions, n_shot=3, shot_sets=shot_sets,
@@ -450,13 +450,13 @@ def _shared_and_plain(model, tokenizer, questions, monkeypatch, batch_size=3):
     used = len(calls)
     plain = multiple_choice_accuracy(model, tokenizer, questions, n_shot=3, shot_sets=shot_sets,
                                      batch_size=batch_size, progress=False, shared_prefix=False)
-    assert len(calls) == used  # the plain path packs nothing
+    assert len(calls) == used  # the plain path never extends a cache
     return shared, plain, used
 
 
 def test_shared_prefix_equals_the_plain_path(model, tokenizer, monkeypatch):
-    """Questions of one subject share their shots: packed, the prefix is computed once a row and each question follows
-    it, and the letters' log-probabilities equal one forward pass of each whole prompt."""
+    """Questions of one subject share their shots: the prefix is computed once and extended per question, and the
+    letters' log-probabilities equal one forward pass of each whole prompt."""
     shared, plain, used = _shared_and_plain(model, tokenizer, SUBJECT_QUESTIONS, monkeypatch)
     assert used > 0
     assert shared["predicted"] == plain["predicted"] and shared["accuracy"] == plain["accuracy"]
@@ -467,8 +467,14 @@ def test_shared_prefix_equals_the_plain_path(model, tokenizer, monkeypatch):
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "gemma2", "gemma3", "gemma4", "qwen2", "qwen3",
                                     "qwen3_5", "gpt_oss"])
 def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch):
-    """Every tiny family: equal to the plain path; attention-only families take the packed path, sliding windows
-    shorter than the prompt included (tiny mistral, gemma2/3/4, gpt_oss); linear attention takes the plain one."""
+    """Every tiny family: equal to the plain path; families whose cache is KV take the shared path, sliding windows
+    shorter than the prompt included (tiny mistral, gemma2/3/4, gpt_oss); linear attention falls back to the plain
+    one."""
+    from harness.measures import capability
+
+    passes = []
+    real_prefix = capability.prefix_cache
+    monkeypatch.setattr(capability, "prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
     model, tok = tiny_model(family)
     shared, plain, used = _shared_and_plain(model, tok, SUBJECT_QUESTIONS, monkeypatch)
     assert shared["predicted"] == plain["predicted"]
@@ -481,9 +487,9 @@ def test_shared_prefix_equals_the_plain_path_in_every_family(family, monkeypatch
         shortest = min(len(tok(mmlu_prompt(q, s)).input_ids) for q, s in zip(SUBJECT_QUESTIONS, shots))
         assert model.config.sliding_window < shortest, (family, model.config.sliding_window, shortest)
     if family != "qwen3_5":
-        assert used > 0, f"{family}: the packed path was not taken"
-    else:
-        assert used == 0, family
+        assert used > 0, f"{family}: the shared-prefix path was not taken"
+    else:  # the first subject's prefix pass shows the recurrent cache; the second subject skips its prefix pass
+        assert used == 0 and len(passes) == 1, family
 
 
 def test_shared_prefix_equals_the_plain_path_on_the_demo_model(monkeypatch):
@@ -544,13 +550,13 @@ def test_cloze_accuracy_equals_one_by_one_sums(model, tokenizer):
 @pytest.mark.parametrize("family", ["llama", "gemma", "qwen3", "qwen3_5", "gpt_oss"])
 def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     """A question's choices share one pass over its context: the same answers as one pass per (question, choice),
-    log-probabilities within float tolerance (a family with a recurrent layer takes the plain path)."""
+    log-probabilities within float tolerance (a family whose cache cannot be extended takes the plain path)."""
     import harness.measures.capability as capability
     from harness.measures.capability import cloze_accuracy
 
     calls = []
-    real = capability.packed_tail_logits
-    monkeypatch.setattr(capability, "packed_tail_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capability.suffix_logits
+    monkeypatch.setattr(capability, "suffix_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tok = tiny_model(family)
     shot_sets = [[QUESTIONS[(i + 1) % len(QUESTIONS)], QUESTIONS[(i + 2) % len(QUESTIONS)]] for i in range(len(QUESTIONS))]
     shared = cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=3, progress=False)
@@ -560,6 +566,10 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
     for a, b in zip(shared["logprobs"], plain["logprobs"]):
         assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0), family
     if family != "qwen3_5":  # gpt_oss: its window is shorter than every prompt
-        assert calls, f"{family}: the packed path was not taken"
-    else:
-        assert not calls, family
+        assert calls, f"{family}: the shared-context path was not taken"
+    else:  # linear attention: one prefix pass shows it, the rest go the plain way
+        passes = []
+        real_prefix = capability.prefix_cache
+        monkeypatch.setattr(capability, "prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
+        cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=1, progress=False)
+        assert len(passes) == 1 and not calls

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness.models.arch import NotAttentionOnly
-from harness.models.logits import forward_kwargs, forward_logits, left_pad
-from harness.models.packing import pack, pack_groups, packed_last_logits, packed_tail_logits
+from harness.models.logits import forward_logits, left_pad
+from harness.models.packing import pack, packed_last_logits
 from harness.models.tiny import tiny_model
 
 # Sliding windows (8 tokens in the tiny configs), soft-capping, MQA, attention sinks and a Gemma 4 MoE block included.
@@ -38,31 +38,6 @@ def test_packed_logits_equal_a_padded_batch(family):
     with torch.inference_mode():
         got = packed_last_logits(model, packs).cpu()
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_oss"])
-def test_groups_with_their_own_prefixes_give_each_sequence_its_padded_logits(family):
-    """Several groups (an MMLU subject's shots, an ARC question's context) in rows: each sequence sees only its own
-    group's prefix; its last 3 positions' logits equal those of prefix + sequence in a padded batch."""
-    model, tok = tiny_model(family)
-    model = model.float()
-    gen = torch.Generator().manual_seed(3)
-    groups = []
-    for g, (shared, lengths) in enumerate([(6, [3, 9, 2]), (2, [5, 1]), (11, [4, 7, 3, 2])]):
-        prefix = torch.randint(3, len(tok), (shared,), generator=gen).tolist()
-        groups.append((prefix, [torch.randint(3, len(tok), (n,), generator=gen).tolist() for n in lengths]))
-    whole = [list(prefix) + rest for prefix, rests in groups for rest in rests]
-    ids, mask = left_pad(whole, 0)
-    with torch.inference_mode():
-        want = model(**forward_kwargs(model, ids, mask),
-                     use_cache=False).logits[:, -3:]  # [n, 3, vocab]
-        packs = pack_groups(groups, 0, row_tokens=26, forward_tokens=26)
-        got = torch.cat([packed_tail_logits(model, p, 3) for p in packs])
-    # Three rows: group 0; group 1 and the start of group 2; the rest of group 2 under its prefix again.
-    assert [sorted(set(p.group[0].tolist()) - {-1}) for p in packs] == [[0], [1, 2], [2]]
-    lengths = [len(rest) for _, rests in groups for rest in rests]
-    for k, n in enumerate(lengths):  # a sequence shorter than 3 leaves its first entries undefined
-        torch.testing.assert_close(got[k, 3 - min(n, 3):], want[k, 3 - min(n, 3):], atol=2e-5, rtol=1e-5)
 
 
 def test_packing_shares_the_prefix_once_per_row_and_keeps_prompt_order():

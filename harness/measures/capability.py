@@ -4,6 +4,7 @@ the dev/train split), cross-entropy on plain text.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,9 +13,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.data.capability_sets import LETTERS, CapabilityDataError, validate_question
-from harness.models.arch import NotAttentionOnly, layer_windows
 from harness.models.logits import forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id, target_logprobs
-from harness.models.packing import common_prefix_len, pack_groups, packed_last_logits, packed_tail_logits
+from harness.models.prefix import common_prefix_len, prefix_cache, suffix_logits
 
 
 class AnswerTokenError(ValueError):
@@ -123,10 +123,10 @@ def multiple_choice_accuracy(
     Shots come from `shot_sets` (one list per question, `few_shot_sets` from the dev/train split) or `shots` (the
     same for every question); without either, question i uses the first `n_shot` other questions of the list, so
     no question sees its own answer and n stays len(questions).
-    With `shared_prefix`, questions are packed into rows (`harness.models.packing`): those with the same shots (an
-    MMLU subject) follow one copy of their common token prefix, with no padding, so a 5-shot set costs about its
-    unique tokens; the scores equal the plain path's to float tolerance (evals/test_capability.py). Models with a
-    recurrent (linear-attention) layer take the plain path.
+    With `shared_prefix`, questions with the same shots (an MMLU subject) share one forward pass of their common
+    token prefix (the KV cache is computed once and extended per question), so a 5-shot set costs about its unique
+    tokens; the scores equal the plain path's to float tolerance (evals/test_capability.py). Models whose cache is
+    not per-token KV (linear attention) take the plain path.
     Returns {"accuracy", "n", "correct": [bool] (for paired tests), "predicted": [int], "logprobs": [[float]] (the
     answer letters' log-probabilities)}.
     """
@@ -162,25 +162,28 @@ def multiple_choice_accuracy(
     letter_ids = torch.tensor(letters)
     encoded = [tokenizer(mmlu_prompt(q, shots_of(i)))["input_ids"] + shared for i, q in enumerate(questions)]
     pad_id = pad_token_id(tokenizer)
+    groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
+        if shared_prefix else [(0, list(range(len(questions))))]
     last: dict[int, torch.Tensor] = {}  # question -> next-token logits [vocab]
+    extendable = True  # until a prefix pass shows this model's cache cannot be extended
     with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
-        if shared_prefix and _packable(model):
-            groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))])
-            members = [i for _, group in groups for i in group]
-            packs = pack_groups([(encoded[group[0]][:shared], [encoded[i][shared:] for i in group])
-                                 for shared, group in groups], pad_id)
-            start = 0
-            for p in packs:
-                logits = packed_last_logits(model, [p]).cpu()  # [n, vocab]
-                last.update(zip(members[start : start + len(logits)], logits))
-                start += len(logits)
-                bar.update(len(logits))
-        else:
-            order = sorted(range(len(questions)), key=lambda i: -len(encoded[i]))
+        for prefix_len, members in groups:
+            order = sorted(members, key=lambda i: -len(encoded[i]))
+            cached = None
+            if prefix_len and extendable:
+                cached = prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id)
+                extendable = cached is not None
             for batch in index_batches(len(order), batch_size):
                 rows = [order[k] for k in batch]
-                ids, mask = left_pad([encoded[i] for i in rows], pad_id)
-                last.update(zip(rows, forward_logits(model, ids, mask, last_only=True)))  # [batch, vocab]
+                if cached is not None:  # else no shared prefix, or a cache this path cannot extend exactly
+                    cache, prefix_mask, prefix_lens = cached
+                    suffixes = [encoded[i][prefix_len:] for i in rows]
+                    logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(rows),
+                                            suffixes, pad_id, keep=1)[:, -1].float().cpu()  # [batch, vocab]
+                else:
+                    ids, mask = left_pad([encoded[i] for i in rows], pad_id)
+                    logits = forward_logits(model, ids, mask, last_only=True)  # [batch, vocab]
+                last.update(zip(rows, logits))
                 bar.update(len(rows))
     scored = [torch.log_softmax(last[i], dim=-1)[letter_ids[: len(q["choices"])]] for i, q in enumerate(questions)]
     predicted = [int(lp.argmax()) for lp in scored]
@@ -190,15 +193,6 @@ def multiple_choice_accuracy(
 
 
 # --- shared-prefix scoring ----------------------------------------------------------------------
-
-
-def _packable(model) -> bool:
-    """Whether `harness.models.packing` can serve this model (attention layers only)."""
-    try:
-        layer_windows(model)
-    except NotAttentionOnly:
-        return False
-    return True
 
 
 def _prefix_groups(encoded: Sequence[Sequence[int]], keys: Sequence[tuple]) -> list[tuple[int, list[int]]]:
@@ -233,9 +227,9 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
     """k-shot accuracy by the log-likelihood of each choice's text after "Answer:", as lm-evaluation-harness scores
     ARC: `acc` takes the choice with the largest summed log-probability, `acc_norm` divides it by the choice's length
     in bytes. The continuation's tokens are the whole string's tokens after the context's (lm-eval's split). With
-    `shared_prefix` the questions are packed into rows (`harness.models.packing`), each question's context once and
-    then its choices' continuations, with no padding, so scoring the 3-5 answer texts of a question costs about one
-    pass over its context, not one per choice (models with a recurrent layer take the plain path).
+    `shared_prefix` a question's choices share one pass over its context, and `batch_size` contexts (left-padded) go
+    through one forward, so scoring the 3-5 answer texts of a batch of questions costs about one pass over their
+    contexts, not one per choice or per question.
     Returns {"accuracy" (acc), "accuracy_norm", "n", "correct", "correct_norm", "predicted", "logprobs"}."""
     if not questions:
         raise ValueError("cloze_accuracy needs at least one question")
@@ -277,24 +271,32 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
     for request in requests:
         by_question.setdefault(request[0], []).append(request)
     with tqdm(total=len(requests), desc="multiple choice (cloze)", disable=not progress) as bar:
-        if not (shared_prefix and _packable(model)):
+        if not shared_prefix:
             plain(requests)
         else:
-            # All but the last context token of each question once, then each choice's last context token and
-            # continuation. One row per forward: the logits kept are each row's continuations, not a union over rows.
-            groups, rows = [], []
-            for rs in by_question.values():
-                whole = [ctx + cont for *_, ctx, cont in rs]
-                shared = max(min(common_prefix_len(whole), min(len(ctx) for *_, ctx, _ in rs) - 1), 0)
-                groups.append((whole[0][:shared], [w[shared:] for w in whole]))
-                rows.extend(rs)
-            start = 0
-            for p in pack_groups(groups, pad_id, forward_tokens=0):
-                chunk = rows[start : start + len(p.spans)]
-                start += len(chunk)
-                keep = max(len(cont) for *_, cont in chunk)
-                add(chunk, packed_tail_logits(model, p, keep + 1), keep)
-                bar.update(len(chunk))
+            # All but the last context token of each question is computed once, `batch_size` contexts per forward;
+            # every choice of those questions is then scored in one pass over their caches.
+            shared = {i: min(common_prefix_len([ctx + cont for *_, ctx, cont in rows]),
+                             min(len(ctx) for _, _, ctx, _ in rows) - 1)
+                      for i, rows in by_question.items()}
+            order = sorted((i for i in by_question if shared[i] > 0), key=lambda i: -shared[i])
+            extendable = True  # until a prefix pass shows this model's cache cannot be extended
+            plain([r for i in by_question if shared[i] <= 0 for r in by_question[i]])
+            for batch in index_batches(len(order), batch_size):
+                chosen = [order[k] for k in batch]
+                rows = [r for i in chosen for r in by_question[i]]
+                prefixes = [by_question[i][0][2][: shared[i]] for i in chosen]
+                suffixes = [(ctx + cont)[shared[i]:] for i, _, ctx, cont in rows]
+                cached = prefix_cache(model, prefixes, pad_id) if extendable else None
+                extendable = cached is not None
+                if cached is None:
+                    plain(rows)
+                    continue
+                keep = max(len(cont) for *_, cont in rows)
+                slot = {i: k for k, i in enumerate(chosen)}
+                add(rows, suffix_logits(model, *cached, [slot[r[0]] for r in rows], suffixes, pad_id, keep=keep + 1),
+                    keep)
+                bar.update(len(rows))
     logprobs = [[score[i, j] for j in range(len(q["choices"]))] for i, q in enumerate(questions)]
     predicted = [int(torch.tensor(lp).argmax()) for lp in logprobs]
     normed = [int(torch.tensor([v / len((" " + c).encode()) for v, c in zip(lp, q["choices"])]).argmax())

@@ -1,12 +1,11 @@
-"""Packed forward passes: many short sequences in one row, each attending only to itself and the prefix it shares.
+"""Packed forward passes: many short prompts in one row, each attending only to itself and the prefix they all share.
 
 A left-padded batch of prompts of uneven length spends FLOPs on its padding (40% of the Arditi validation prompts'
-batch under Qwen3's template), and a prefix shared by many prompts (a chat template's system turn, an MMLU subject's
-five shots, an ARC question before its answer choices) is recomputed per prompt. Packed, a row holds each group's
-shared prefix once and then the group's sequences (their rest after the prefix); a block mask lets a sequence's tokens
-see its group's prefix and its own earlier tokens only, at the positions it has alone (sliding windows count those
-positions), so each sequence's logits are the function a padded batch computes, at about its real tokens' cost.
-Attention-only models: a recurrent (linear-attention) layer would carry state from one sequence into the next.
+batch under Qwen3's template), and a shared chat-template prefix (a system turn) is recomputed per prompt. Packed,
+a row holds the shared prefix once and then each prompt's rest; a block mask lets each prompt's tokens see the prefix
+and their own earlier tokens only, at the positions the prompt has alone (sliding windows count those positions), so
+each prompt's last-token logits are the function a batch computes, at about its real tokens' cost. Attention-only
+models: a recurrent (linear-attention) layer would carry state from one prompt into the next.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.models.arch import layer_windows
+from harness.models.prefix import common_prefix_len
 
 PACK_TOKENS = 2048
 """Tokens per packed row: the masked attention is computed densely over the row, so its FLOPs grow with the row's
@@ -24,41 +24,25 @@ square (~7% beside a 4k-wide model's other FLOPs at 2048 tokens)."""
 FORWARD_TOKENS = 8192
 """Tokens per forward (rows x width): several rows go through one forward where they fit."""
 
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens every sequence shares."""
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for k in range(n):
-        if any(s[k] != first[k] for s in seqs[1:]):
-            return k
-    return n
-
-
-Group = tuple[Sequence[int], Sequence[Sequence[int]]]
-"""(shared prefix, the sequences' rests after it)."""
-
 
 @dataclass(frozen=True)
 class Pack:
-    """One forward of packed rows. `input_ids`, `position_ids`, `group`, `segment`: `[rows, width]` on the CPU (`group`:
-    the group's index, -1 for right padding; `segment`: -1 on a group's prefix, the sequence's index on its own tokens,
-    -2 on padding). `spans`: (row, start, stop) columns of each packed sequence's own tokens, in sequence order."""
+    """One forward of packed rows. `input_ids`, `position_ids`, `segment`: `[rows, width]` on the CPU (`segment`: -1
+    for the shared prefix, the prompt's index for its own tokens, -2 for right padding); `ends`: (row, column) of
+    each packed prompt's last token, in prompt order."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    group: torch.Tensor
     segment: torch.Tensor
-    spans: list[tuple[int, int, int]]
-
-    @property
-    def ends(self) -> list[tuple[int, int]]:
-        """(row, column) of each sequence's last token."""
-        return [(r, stop - 1) for r, _, stop in self.spans]
+    ends: list[tuple[int, int]]
 
 
 def pack(seqs: Sequence[Sequence[int]], pad_id: int, *, shared: int | None = None, row_tokens: int = PACK_TOKENS,
          forward_tokens: int = FORWARD_TOKENS) -> list[Pack]:
-    """Token rows `seqs` as one group: the prefix is their first `shared` tokens (by default as many as every sequence
-    shares, each keeping one of its own), see `pack_groups`."""
+    """Token rows `seqs` packed for forward passes: each row is the shared prefix (its first `shared` tokens; by
+    default as many as every sequence shares, each keeping one of its own) then whole sequences in order, up to
+    `row_tokens` (a longer sequence gets a row of its own); rows go together into forwards of up to `forward_tokens`.
+    The packs' prompts, in order, are `seqs` in order."""
     if not seqs:
         raise ValueError("pack needs at least one sequence")
     if any(len(s) == 0 for s in seqs):
@@ -67,82 +51,55 @@ def pack(seqs: Sequence[Sequence[int]], pad_id: int, *, shared: int | None = Non
     shared = limit if shared is None else shared
     if not 0 <= shared <= limit:
         raise ValueError(f"shared prefix of {shared} tokens; these sequences share at most {limit} with one left each")
-    return pack_groups([(seqs[0][:shared], [s[shared:] for s in seqs])], pad_id, row_tokens=row_tokens,
-                       forward_tokens=forward_tokens)
-
-
-def pack_groups(groups: Sequence[Group], pad_id: int, *, row_tokens: int = PACK_TOKENS,
-                forward_tokens: int = FORWARD_TOKENS) -> list[Pack]:
-    """`groups` packed for forward passes: rows of up to `row_tokens` (a longer block gets a row of its own), each a run
-    of blocks "group prefix, then some of the group's sequences in order" (a group that does not fit goes on in the next
-    row with its prefix again); rows go together into forwards of up to `forward_tokens`. The packs' sequences, in
-    order, are the groups' sequences in order."""
-    if not groups or any(not rests for _, rests in groups):
-        raise ValueError("pack_groups needs groups of at least one sequence")
-    if any(len(rest) == 0 for _, rests in groups for rest in rests):
-        raise ValueError("pack cannot place an empty sequence")
-    rows: list[list[tuple[int, list[int]]]] = []  # per row: (group, its sequences' global indices) blocks
-    used, index = row_tokens, 0
-    for g, (prefix, rests) in enumerate(groups):
-        open_here = False  # whether this group has a block in the current row
-        for rest in rests:
-            need = len(rest) + (0 if open_here else len(prefix))
-            if not rows or used + need > row_tokens:
-                rows.append([])
-                used, open_here, need = 0, False, len(rest) + len(prefix)
-            if not open_here:
-                rows[-1].append((g, []))
-                open_here = True
-            rows[-1][-1][1].append(index)
-            used += need
-            index += 1
-    rests_of = [rest for _, rests in groups for rest in rests]
-    widths = [sum(len(groups[g][0]) + sum(len(rests_of[i]) for i in members) for g, members in row) for row in rows]
+    rows: list[list[int]] = []  # sequence indices per row
+    used = row_tokens
+    for i, seq in enumerate(seqs):
+        rest = len(seq) - shared
+        if rows and used + rest <= row_tokens:
+            rows[-1].append(i)
+            used += rest
+        else:
+            rows.append([i])
+            used = shared + rest
+    widths = [shared + sum(len(seqs[i]) - shared for i in row) for row in rows]
     packs, start = [], 0
     while start < len(rows):
         stop = start + 1
         while stop < len(rows) and (stop + 1 - start) * max(widths[start : stop + 1]) <= forward_tokens:
             stop += 1
-        packs.append(_pack_rows(rows[start:stop], groups, rests_of, pad_id))
+        packs.append(_pack_rows(rows[start:stop], seqs, shared, pad_id))
         start = stop
     return packs
 
 
-def _pack_rows(rows: list[list[tuple[int, list[int]]]], groups: Sequence[Group], rests_of: list[Sequence[int]],
-               pad_id: int) -> Pack:
-    width = max(sum(len(groups[g][0]) + sum(len(rests_of[i]) for i in members) for g, members in row) for row in rows)
+def _pack_rows(rows: list[list[int]], seqs: Sequence[Sequence[int]], shared: int, pad_id: int) -> Pack:
+    width = max(shared + sum(len(seqs[i]) - shared for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
-    grp = torch.full((len(rows), width), -1, dtype=torch.long)
     seg = torch.full((len(rows), width), -2, dtype=torch.long)
-    spans = []
+    ends = []
     for r, row in enumerate(rows):
-        col = 0
-        for g, members in row:
-            prefix = list(groups[g][0])
-            ids[r, col : col + len(prefix)] = torch.tensor(prefix, dtype=torch.long)
-            pos[r, col : col + len(prefix)] = torch.arange(len(prefix))
-            grp[r, col : col + len(prefix)] = g
-            seg[r, col : col + len(prefix)] = -1
-            col += len(prefix)
-            for i in members:
-                rest = list(rests_of[i])
-                ids[r, col : col + len(rest)] = torch.tensor(rest, dtype=torch.long)
-                pos[r, col : col + len(rest)] = torch.arange(len(prefix), len(prefix) + len(rest))
-                grp[r, col : col + len(rest)] = g
-                seg[r, col : col + len(rest)] = i
-                spans.append((r, col, col + len(rest)))
-                col += len(rest)
-    return Pack(ids, pos, grp, seg, spans)
+        ids[r, :shared] = torch.tensor(list(seqs[row[0]][:shared]), dtype=torch.long)
+        pos[r, :shared] = torch.arange(shared)
+        seg[r, :shared] = -1
+        col = shared
+        for i in row:
+            n = len(seqs[i]) - shared
+            ids[r, col : col + n] = torch.tensor(list(seqs[i][shared:]), dtype=torch.long)
+            pos[r, col : col + n] = torch.arange(shared, len(seqs[i]))
+            seg[r, col : col + n] = i
+            col += n
+            ends.append((r, col - 1))
+    return Pack(ids, pos, seg, ends)
 
 
 def pack_mask(config, p: Pack, dtype: torch.dtype, device) -> torch.Tensor | dict[str, torch.Tensor]:
-    """Additive attention masks `[rows, 1, width, width]` for `p`: a token sees its group's prefix and its own
-    sequence's earlier tokens (a padding token sees itself, so no row of the softmax is empty), and a sliding-window
+    """Additive attention masks `[rows, 1, width, width]` for `p`: a token sees the shared prefix and its own
+    prompt's earlier tokens (a padding token sees itself, so no row of the softmax is empty), and a sliding-window
     layer only those within its window by position. Keyed by layer type where the model's config names them."""
-    seg, grp, pos = p.segment.to(device), p.group.to(device), p.position_ids.to(device)
-    same_group = (grp[:, :, None] == grp[:, None, :]) & (grp[:, :, None] >= 0)
-    same = same_group & ((seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == -1))
+    seg = p.segment.to(device)
+    pos = p.position_ids.to(device)
+    same = (seg[:, :, None] == seg[:, None, :]) | ((seg[:, None, :] == -1) & (seg[:, :, None] >= 0))
     dist = pos[:, :, None] - pos[:, None, :]  # [rows, q, k]
     causal = same & (dist >= 0)
     eye = torch.eye(seg.shape[1], dtype=torch.bool, device=device)[None]
@@ -171,20 +128,16 @@ def pack_kwargs(model, p: Pack) -> dict:
             "attention_mask": pack_mask(model.config, p, dtype, device)}
 
 
-def packed_tail_logits(model, p: Pack, keep: int, kwargs: dict | None = None) -> torch.Tensor:
-    """Logits `[n, keep, vocab]` (the model's dtype, on its device) at the last `keep` tokens of each of `p`'s
-    sequences; a sequence shorter than `keep` leaves its first entries undefined."""
-    rows = torch.tensor([r for r, _, _ in p.spans])
-    want = torch.stack([(torch.arange(stop - keep, stop)).clamp(min=start) for _, start, stop in p.spans])  # [n, keep]
-    kept = torch.unique(want)  # sorted: the columns whose logits are computed
-    logits = model(**(kwargs if kwargs is not None else pack_kwargs(model, p)), use_cache=False,
-                   logits_to_keep=kept.to(model.device)).logits  # [rows, n_kept, vocab]
-    index = torch.searchsorted(kept, want)
-    return logits[rows.to(logits.device)[:, None], index.to(logits.device)]
-
-
 def packed_last_logits(model, packs: Sequence[Pack], kwargs: Sequence[dict] | None = None) -> torch.Tensor:
-    """Next-token logits at each packed sequence's last token -> `[n, vocab]` float32 on the model's device, in
-    sequence order across `packs`. `kwargs`: precomputed `pack_kwargs`, one per pack."""
-    return torch.cat([packed_tail_logits(model, p, 1, kwargs[k] if kwargs is not None else None)[:, 0].float()
-                      for k, p in enumerate(packs)])
+    """Next-token logits at each packed prompt's last token -> `[n, vocab]` float32 on the model's device, in prompt
+    order across `packs` (each `Pack`'s prompts in order, packs in order). `kwargs`: precomputed `pack_kwargs`."""
+    out = []
+    for k, p in enumerate(packs):
+        rows = torch.tensor([r for r, _ in p.ends])
+        cols = torch.tensor([c for _, c in p.ends])
+        kept = torch.unique(cols)  # sorted: the positions whose logits are computed
+        logits = model(**(kwargs[k] if kwargs is not None else pack_kwargs(model, p)), use_cache=False,
+                       logits_to_keep=kept.to(model.device)).logits  # [rows, n_kept, vocab]
+        index = torch.searchsorted(kept, cols)
+        out.append(logits[rows.to(logits.device), index.to(logits.device)].float())
+    return torch.cat(out)
