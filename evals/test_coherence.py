@@ -55,6 +55,26 @@ def test_logprob_in_one_row_chunks_equals_one_by_one(llama, monkeypatch):
     assert got[:3] == pytest.approx(want, abs=1e-4) and math.isnan(got[3])
 
 
+def test_logits_over_budget_split_the_forward_and_values_do_not_move(llama, monkeypatch):
+    """A batch whose [rows, positions, vocab] logits pass LOGITS_BYTES goes through in forwards of fewer rows (a
+    256k vocabulary over 1,000-token completions asked 30 GiB); the values are those of one forward per prompt."""
+    from harness.measures import coherence
+
+    model, _ = llama
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16]]
+    completions = [[20, 21, 22, 23], [24], [25, 26, 27, 28, 29, 30, 31], []]
+    widths = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape[0]) or real(*a, **k))
+    head = model.get_output_embeddings().weight  # [vocab, d_model]
+    per_row = 8 * head.shape[0] * head.element_size()
+    monkeypatch.setattr(coherence, "LOGITS_BYTES", 2 * per_row)  # two rows of 7 + 1 positions fit
+    got = completion_logprobs(model, prompts, completions, pad_id=0, batch_size=4)
+    want = [_one_by_one(model, p, c) for p, c in zip(prompts[:3], completions[:3])]
+    assert got[:3] == pytest.approx(want, abs=1e-4) and math.isnan(got[3])
+    assert max(widths) <= 2 and len(widths) >= 2
+
+
 def test_completion_without_prompt_scores_from_its_second_token(llama):
     """Nothing predicts a row's first token: a completion that starts the row is scored from its second."""
     model, _ = llama

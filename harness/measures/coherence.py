@@ -37,13 +37,17 @@ def repeated_ngram_share(ids: Sequence[int], n: int = REPEAT_N) -> float:
     return repeats / len(grams)
 
 
+LOGITS_BYTES = 4 << 30
+"""Most bytes of [rows, positions, vocab] logits one scoring forward may produce: a batch of long completions over a
+256k vocabulary is split into forwards of fewer rows (32 rows of ~1,000 tokens asked 30 GiB on an 80 GB GPU)."""
+
+
 @torch.inference_mode()
 def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *,
                         pad_id: int, batch_size: int = 8) -> list[float]:
     """Mean log-probability per completion token under `model`, each completion given its prompt: a scorer that
-    sees text the way the generator did. NaN for an empty completion (nothing to score)."""
-    from harness.models.logits import forward_kwargs, left_pad, target_logprobs
-
+    sees text the way the generator did. NaN for an empty completion (nothing to score). A batch whose logits would
+    pass `LOGITS_BYTES` goes through in forwards of fewer rows."""
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"completion_logprobs: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
     if batch_size < 1:
@@ -52,21 +56,32 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
     for start in range(0, len(prompt_ids), batch_size):
         rows = [(list(p), list(c)) for p, c in zip(prompt_ids[start : start + batch_size],
                                                     completion_ids[start : start + batch_size])]
-        ids, mask = left_pad([p + c for p, c in rows], pad_id)  # [batch, seq]
-        width = ids.shape[1]
-        lengths = torch.tensor([len(c) for _, c in rows])
-        scored = torch.arange(width) >= width - lengths[:, None]  # [batch, seq]: completion tokens (targets)
-        n = min(max(len(c) for _, c in rows), width - 1)  # completions end every row: only the last n are scored
-        if n == 0:
-            out.extend(float("nan") for _ in rows)
-            continue
-        logits = model(**forward_kwargs(model, ids, mask), use_cache=False,
-                       logits_to_keep=n + 1).logits  # [batch, n + 1, vocab]
-        token_lp = target_logprobs(logits[:, :-1], ids[:, width - n :])  # [batch, n]: position t predicts token t+1
-        keep = scored[:, width - n :]
-        for i in range(len(rows)):
-            k = int(keep[i].sum())
-            out.append(float(token_lp[i][keep[i]].sum()) / k if k else float("nan"))
+        out.extend(_mean_logprobs(model, rows, pad_id))
+    return out
+
+
+def _mean_logprobs(model, rows: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
+    from harness.models.logits import forward_kwargs, left_pad, target_logprobs
+
+    ids, mask = left_pad([p + c for p, c in rows], pad_id)  # [batch, seq]
+    width = ids.shape[1]
+    n = min(max(len(c) for _, c in rows), width - 1)  # completions end every row: only the last n are scored
+    if n == 0:
+        return [float("nan")] * len(rows)
+    head = model.get_output_embeddings().weight  # [vocab, d_model]
+    fit = max(1, LOGITS_BYTES // ((n + 1) * head.shape[0] * head.element_size()))
+    if fit < len(rows):
+        return [v for k in range(0, len(rows), fit) for v in _mean_logprobs(model, rows[k : k + fit], pad_id)]
+    lengths = torch.tensor([len(c) for _, c in rows])
+    scored = torch.arange(width) >= width - lengths[:, None]  # [batch, seq]: completion tokens (targets)
+    logits = model(**forward_kwargs(model, ids, mask), use_cache=False,
+                   logits_to_keep=n + 1).logits  # [batch, n + 1, vocab]
+    token_lp = target_logprobs(logits[:, :-1], ids[:, width - n :])  # [batch, n]: position t predicts token t+1
+    keep = scored[:, width - n :]
+    out = []
+    for i in range(len(rows)):
+        k = int(keep[i].sum())
+        out.append(float(token_lp[i][keep[i]].sum()) / k if k else float("nan"))
     return out
 
 
