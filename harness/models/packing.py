@@ -20,7 +20,8 @@ from harness.models.prefix import common_prefix_len
 
 PACK_TOKENS = 2048
 """Tokens per packed row: the masked attention is computed densely over the row, so its FLOPs grow with the row's
-square (~7% beside a 4k-wide model's other FLOPs at 2048 tokens)."""
+square (~7% beside a 4k-wide model's other FLOPs at 2048 tokens, far more on a narrow one: the 576-wide demo model's
+capability scoring ran 40% slower packed than with its shared-prefix cache, so only selection packs)."""
 FORWARD_TOKENS = 8192
 """Tokens per forward (rows x width): several rows go through one forward where they fit."""
 
