@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from harness.generation.common import GenerationError, text_config
-from harness.models.arch import NotAttentionOnly, layer_windows
+from harness.models.arch import NotAttentionOnly, layer_windows, masks_by_layer_type
 
 
 def _layer_windows(config: Any) -> list[int | None]:
@@ -46,17 +46,7 @@ def _static_masks(
         allowed = base if window is None else base & (dist < window)[None, None]
         return torch.where(allowed, torch.zeros((), dtype=dtype, device=valid.device), neg)
 
-    full = next((w for w in windows if w is None), "none")
-    sliding = next((w for w in windows if w is not None), None)
-    cfg = text_config(config)
-    if getattr(cfg, "layer_types", None) is None:
-        return additive(windows[0])
-    masks = {}
-    if full != "none":
-        masks["full_attention"] = additive(None)
-    if sliding is not None:
-        masks["sliding_attention"] = additive(sliding)
-    return masks
+    return masks_by_layer_type(config, windows, additive)
 
 
 COMPILE_LEN_BUCKET = 64

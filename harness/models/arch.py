@@ -6,6 +6,7 @@ goes through `layer_modules` / `residual_writers`, so supporting a new family is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -293,6 +294,23 @@ def layer_windows(model_or_config) -> list[int | None]:
     if bad:
         raise NotAttentionOnly(f"{cfg.model_type} has {bad} layers besides full and sliding attention")
     return [window if t == "sliding_attention" else None for t in types[:n]]
+
+
+def masks_by_layer_type(model_or_config, windows: list[int | None], additive: Callable[[int | None], torch.Tensor]
+                        ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The attention mask(s) a model is called with, from `additive(window)` (None: full attention) and its
+    `layer_windows`: one mask where the config names no layer types, else one per type its layers use."""
+    config = _config(model_or_config)
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if getattr(cfg, "layer_types", None) is None:
+        return additive(windows[0])
+    masks = {}
+    if None in windows:
+        masks["full_attention"] = additive(None)
+    sliding = next((w for w in windows if w is not None), None)
+    if sliding is not None:
+        masks["sliding_attention"] = additive(sliding)
+    return masks
 
 
 def _path_in(block: nn.Module, module: nn.Module) -> str:

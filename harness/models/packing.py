@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.models.arch import layer_windows
+from harness.models.arch import layer_windows, masks_by_layer_type
 from harness.models.prefix import common_prefix_len
 
 PACK_TOKENS = 2048
@@ -68,13 +68,12 @@ def pack(seqs: Sequence[Sequence[int]], pad_id: int, *, shared: int | None = Non
         stop = start + 1
         while stop < len(rows) and (stop + 1 - start) * max(widths[start : stop + 1]) <= forward_tokens:
             stop += 1
-        packs.append(_pack_rows(rows[start:stop], seqs, shared, pad_id))
+        packs.append(_pack_rows(rows[start:stop], seqs, shared, pad_id, max(widths[start:stop])))
         start = stop
     return packs
 
 
-def _pack_rows(rows: list[list[int]], seqs: Sequence[Sequence[int]], shared: int, pad_id: int) -> Pack:
-    width = max(shared + sum(len(seqs[i]) - shared for i in row) for row in rows)
+def _pack_rows(rows: list[list[int]], seqs: Sequence[Sequence[int]], shared: int, pad_id: int, width: int) -> Pack:
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     seg = torch.full((len(rows), width), -2, dtype=torch.long)
@@ -110,15 +109,7 @@ def pack_mask(config, p: Pack, dtype: torch.dtype, device) -> torch.Tensor | dic
         allowed = (causal if window is None else causal & (dist < window)) | eye
         return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), neg)[:, None]
 
-    windows = layer_windows(config)
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if getattr(cfg, "layer_types", None) is None:
-        return additive(windows[0])
-    kinds = {"full_attention": None} if None in windows else {}
-    sliding = next((w for w in windows if w is not None), None)
-    if sliding is not None:
-        kinds["sliding_attention"] = sliding
-    return {name: additive(w) for name, w in kinds.items()}
+    return masks_by_layer_type(config, layer_windows(config), additive)
 
 
 def pack_kwargs(model, p: Pack) -> dict:
