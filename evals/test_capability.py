@@ -136,6 +136,8 @@ def test_batched_left_padded_accuracy_equals_one_by_one(model, tokenizer):
         ids = tokenizer(mmlu_prompt(q, shots))["input_ids"]
         last = torch.log_softmax(_single_logits(model, ids)[-1], -1)
         expected.append(int(last[letters[: len(q["choices"])]].argmax()))
+        # The values too: a random model's argmax is often the same letter for every question.
+        assert result["logprobs"][i] == pytest.approx(last[letters[: len(q["choices"])]].tolist(), abs=1e-4)
     assert result["predicted"] == expected
     assert result["correct"] == [p == q["answer"] for p, q in zip(expected, QUESTIONS)]
     assert result["n"] == len(QUESTIONS)
@@ -401,6 +403,7 @@ def test_accuracy_with_per_question_shots_equals_one_by_one(model, tokenizer):
     for i, q in enumerate(QUESTIONS):
         last = torch.log_softmax(_single_logits(model, tokenizer(mmlu_prompt(q, shot_sets[i]))["input_ids"])[-1], -1)
         assert result["predicted"][i] == int(last[letters[: len(q["choices"])]].argmax())
+        assert result["logprobs"][i] == pytest.approx(last[letters[: len(q["choices"])]].tolist(), abs=1e-4)
     with pytest.raises(ValueError, match="not both"):
         multiple_choice_accuracy(model, tokenizer, QUESTIONS, n_shot=2, shots=QUESTIONS[:2], shot_sets=shot_sets)
     with pytest.raises(ValueError, match="shot_sets\\[0\\] has only 2 shots"):

@@ -160,11 +160,12 @@ def multiple_choice_accuracy(
 
     shared, letters = answer_tokens(tokenizer, max(len(q["choices"]) for q in questions))
     letter_ids = torch.tensor(letters)
-    encoded = [tokenizer(mmlu_prompt(q, shots_of(i)))["input_ids"] + shared for i, q in enumerate(questions)]
+    prompts = [mmlu_prompt(q, shots_of(i)) for i, q in enumerate(questions)]
+    encoded = [ids + shared for ids in tokenizer(prompts)["input_ids"]]
     pad_id = pad_token_id(tokenizer)
     groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
         if shared_prefix else [(0, list(range(len(questions))))]
-    last: dict[int, torch.Tensor] = {}  # question -> next-token logits [vocab]
+    picked: dict[int, torch.Tensor] = {}  # question -> the answer letters' log-probabilities [letters]
     extendable = True  # until a prefix pass shows this model's cache cannot be extended
     with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
         for prefix_len, members in groups:
@@ -179,13 +180,15 @@ def multiple_choice_accuracy(
                     cache, prefix_mask, prefix_lens = cached
                     suffixes = [encoded[i][prefix_len:] for i in rows]
                     logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(rows),
-                                            suffixes, pad_id, keep=1)[:, -1].float().cpu()  # [batch, vocab]
+                                            suffixes, pad_id, keep=1)[:, -1]  # [batch, vocab]
                 else:
                     ids, mask = left_pad([encoded[i] for i in rows], pad_id)
-                    logits = forward_logits(model, ids, mask, last_only=True)  # [batch, vocab]
-                last.update(zip(rows, logits))
+                    logits = forward_logits(model, ids, mask, last_only=True, on_cpu=False)  # [batch, vocab]
+                # Softmax where the logits are: only [batch, letters] comes to the CPU, not [batch, vocab].
+                logprobs = torch.log_softmax(logits.float(), dim=-1)[:, letter_ids.to(logits.device)].cpu()
+                picked.update(zip(rows, logprobs))
                 bar.update(len(rows))
-    scored = [torch.log_softmax(last[i], dim=-1)[letter_ids[: len(q["choices"])]] for i, q in enumerate(questions)]
+    scored = [picked[i][: len(q["choices"])] for i, q in enumerate(questions)]
     predicted = [int(lp.argmax()) for lp in scored]
     correct = [p == q["answer"] for p, q in zip(predicted, questions)]
     return {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": correct, "predicted": predicted,
@@ -238,11 +241,15 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
     for i, q in enumerate(questions):
         validate_question(q, f"questions[{i}]")
     requests = []  # (question, choice, context ids, continuation ids)
+    contexts = [arc_context(q, shot_sets[i][:n_shot]) for i, q in enumerate(questions)]
+    # One tokenizer call per list, not per string: a fast tokenizer encodes a batch in Rust (in parallel where allowed).
+    context_ids = tokenizer(contexts)["input_ids"]
+    whole_ids = iter(tokenizer([c + " " + choice for c, q in zip(contexts, questions) for choice in q["choices"]])[
+        "input_ids"])
     for i, q in enumerate(questions):
-        context = arc_context(q, shot_sets[i][:n_shot])
-        ctx = tokenizer(context)["input_ids"]
+        ctx = context_ids[i]
         for j, choice in enumerate(q["choices"]):
-            whole = tokenizer(context + " " + choice)["input_ids"]
+            whole = next(whole_ids)
             cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else tokenizer(" " + choice, add_special_tokens=False)[
                 "input_ids"]
             requests.append((i, j, whole[: len(whole) - len(cont)], cont))
