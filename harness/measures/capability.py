@@ -166,28 +166,44 @@ def multiple_choice_accuracy(
     groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
         if shared_prefix else [(0, list(range(len(questions))))]
     picked: dict[int, torch.Tensor] = {}  # question -> the answer letters' log-probabilities [letters]
-    extendable = True  # until a prefix pass shows this model's cache cannot be extended
+
+    def score(rows: list[int], logits: torch.Tensor) -> None:
+        """`logits: [batch, vocab]` where the model left them; the softmax runs there, so only [batch, letters]
+        comes to the CPU."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:, letter_ids.to(logits.device)].cpu()
+        picked.update(zip(rows, logprobs))
+        bar.update(len(rows))
+
+    def plain(members: list[int]) -> None:
+        order = sorted(members, key=lambda i: -len(encoded[i]))
+        for batch in index_batches(len(order), batch_size):
+            rows = [order[k] for k in batch]
+            ids, mask = left_pad([encoded[i] for i in rows], pad_id)
+            score(rows, forward_logits(model, ids, mask, last_only=True, on_cpu=False))
+
     with tqdm(total=len(questions), desc="multiple choice", disable=not progress) as bar:
-        for prefix_len, members in groups:
-            order = sorted(members, key=lambda i: -len(encoded[i]))
-            cached = None
-            if prefix_len and extendable:
-                cached = prefix_cache(model, [encoded[order[0]][:prefix_len]], pad_id)
-                extendable = cached is not None
-            for batch in index_batches(len(order), batch_size):
-                rows = [order[k] for k in batch]
-                if cached is not None:  # else no shared prefix, or a cache this path cannot extend exactly
-                    cache, prefix_mask, prefix_lens = cached
-                    suffixes = [encoded[i][prefix_len:] for i in rows]
-                    logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [0] * len(rows),
-                                            suffixes, pad_id, keep=1)[:, -1]  # [batch, vocab]
-                else:
-                    ids, mask = left_pad([encoded[i] for i in rows], pad_id)
-                    logits = forward_logits(model, ids, mask, last_only=True, on_cpu=False)  # [batch, vocab]
-                # Softmax where the logits are: only [batch, letters] comes to the CPU, not [batch, vocab].
-                logprobs = torch.log_softmax(logits.float(), dim=-1)[:, letter_ids.to(logits.device)].cpu()
-                picked.update(zip(rows, logprobs))
-                bar.update(len(rows))
+        plain([i for prefix_len, members in groups if not prefix_len for i in members])
+        # `batch_size` subjects' prefixes go through one forward (left-padded), then their questions `batch_size` at a
+        # time, each row extending its own subject's cached prefix: a 1000-question MMLU of 57 subjects takes 2
+        # prefix passes and ~32 question passes, not one prefix pass and a part-filled question pass per subject.
+        shared = sorted(((n, m) for n, m in groups if n), key=lambda g: -g[0])
+        extendable = True  # until a prefix pass shows this model's cache cannot be extended
+        for chunk in index_batches(len(shared), batch_size):
+            chosen = [shared[k] for k in chunk]
+            cached = prefix_cache(model, [encoded[m[0]][:n] for n, m in chosen], pad_id) if extendable else None
+            extendable = cached is not None
+            if cached is None:
+                plain([i for _, m in chosen for i in m])
+                continue
+            cache, prefix_mask, prefix_lens = cached
+            members = sorted(((slot, i) for slot, (n, m) in enumerate(chosen) for i in m),
+                             key=lambda si: -(len(encoded[si[1]]) - chosen[si[0]][0]))  # longest suffix first
+            for batch in index_batches(len(members), batch_size):
+                rows = [members[k] for k in batch]
+                suffixes = [encoded[i][chosen[slot][0]:] for slot, i in rows]
+                logits = suffix_logits(model, copy.deepcopy(cache), prefix_mask, prefix_lens, [slot for slot, _ in rows],
+                                       suffixes, pad_id, keep=1)[:, -1]  # [batch, vocab]
+                score([i for _, i in rows], logits)
     scored = [picked[i][: len(q["choices"])] for i, q in enumerate(questions)]
     predicted = [int(lp.argmax()) for lp in scored]
     correct = [p == q["answer"] for p, q in zip(predicted, questions)]
