@@ -322,3 +322,15 @@ def test_compiled_hook_arithmetic_equals_the_eager_one(monkeypatch):
             torch.testing.assert_close(model(**batch).logits, eager["own", k], rtol=0, atol=1e-5)
         with shared_hooks(model), make():
             torch.testing.assert_close(model(**batch).logits, eager["shared", k], rtol=0, atol=1e-5)
+
+
+def test_only_decode_sized_hook_inputs_run_the_compiled_arithmetic():
+    """The compiled copy serves decode steps (up to FUSED_MAX_ROWS rows, any layout); a prefill stays eager, so no
+    compile is spent on prefill shapes."""
+    from harness.steering.interventions import FUSED_MAX_ROWS, _decode_sized
+
+    d = 8
+    assert _decode_sized(torch.zeros(232, 1, d)) and _decode_sized(torch.zeros(FUSED_MAX_ROWS, d))
+    assert _decode_sized(torch.zeros(2, FUSED_MAX_ROWS // 2, d))
+    assert not _decode_sized(torch.zeros(FUSED_MAX_ROWS + 1, 1, d))
+    assert not _decode_sized(torch.zeros(1, 2048, d))
