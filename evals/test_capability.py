@@ -576,3 +576,30 @@ def test_cloze_shared_context_equals_the_plain_path(family, monkeypatch):
         monkeypatch.setattr(capability, "prefix_cache", lambda *a, **k: passes.append(1) or real_prefix(*a, **k))
         cloze_accuracy(model, tok, QUESTIONS, shot_sets=shot_sets, n_shot=2, batch_size=1, progress=False)
         assert len(passes) == 1 and not calls
+
+
+def test_encode_texts_tokenizes_a_set_once_per_tokenizer(tokenizer):
+    """A capability set is scored once per condition: its tokens come from one tokenizer call, remembered by the
+    texts' digest (other texts or arguments are encoded anew, and the memo keeps ENCODED_KEEP lists)."""
+    from harness.measures.capability import ENCODED_KEEP, encode_texts
+
+    calls = []
+
+    class Counting:
+        def __call__(self, texts, **kwargs):
+            calls.append(list(texts))
+            return tokenizer(texts, **kwargs)
+
+    counting = Counting()
+    texts = ["The first text.", "A second one."]
+    first = encode_texts(counting, texts)
+    assert first == tokenizer(texts)["input_ids"] and len(calls) == 1
+    assert encode_texts(counting, list(texts)) is first and len(calls) == 1
+    assert encode_texts(counting, texts[::-1]) == first[::-1] and len(calls) == 2
+    assert encode_texts(counting, texts, truncation=True, max_length=2) == [ids[:2] for ids in first]
+    assert len(calls) == 3
+    for k in range(ENCODED_KEEP):
+        encode_texts(counting, [f"text {k}"])
+    encode_texts(counting, texts)
+    assert len(calls) == 3 + ENCODED_KEEP + 1  # the oldest lists were let go
+    assert encode_texts(counting, texts) is not first

@@ -5,6 +5,8 @@ the dev/train split), cross-entropy on plain text.
 from __future__ import annotations
 
 import copy
+import hashlib
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +17,26 @@ from tqdm.auto import tqdm
 from harness.data.capability_sets import LETTERS, CapabilityDataError, validate_question
 from harness.models.logits import forward_kwargs, forward_logits, index_batches, left_pad, pad_token_id, target_logprobs
 from harness.models.prefix import common_prefix_len, prefix_cache, suffix_logits
+
+ENCODED_KEEP = 4  # token lists remembered per tokenizer: a run's MMLU prompts, ARC contexts and answers, CE texts
+_encoded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {digest of texts: input_ids}
+
+
+def encode_texts(tokenizer, texts: Sequence[str], **kwargs) -> list[list[int]]:
+    """`tokenizer(texts, **kwargs)["input_ids"]` in one call (a fast tokenizer encodes the batch in Rust), remembered
+    per tokenizer by the SHA-256 of the texts and arguments: a capability set is scored once per condition, and its
+    tokens do not change between conditions. The lists are shared: callers must not modify them."""
+    h = hashlib.sha256(repr(sorted(kwargs.items())).encode())
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    memo = _encoded.setdefault(tokenizer, {})
+    key = h.digest()
+    if key not in memo:
+        if len(memo) >= ENCODED_KEEP:
+            memo.pop(next(iter(memo)))
+        memo[key] = tokenizer(list(texts), **kwargs)["input_ids"]
+    return memo[key]
 
 
 class AnswerTokenError(ValueError):
@@ -161,7 +183,7 @@ def multiple_choice_accuracy(
     shared, letters = answer_tokens(tokenizer, max(len(q["choices"]) for q in questions))
     letter_ids = torch.tensor(letters)
     prompts = [mmlu_prompt(q, shots_of(i)) for i, q in enumerate(questions)]
-    encoded = [ids + shared for ids in tokenizer(prompts)["input_ids"]]
+    encoded = [ids + shared for ids in encode_texts(tokenizer, prompts)]
     pad_id = pad_token_id(tokenizer)
     groups = _prefix_groups(encoded, [tuple(map(id, shots_of(i))) for i in range(len(questions))]) \
         if shared_prefix else [(0, list(range(len(questions))))]
@@ -258,10 +280,9 @@ def cloze_accuracy(model, tokenizer, questions: list[dict], *, shot_sets: list[l
         validate_question(q, f"questions[{i}]")
     requests = []  # (question, choice, context ids, continuation ids)
     contexts = [arc_context(q, shot_sets[i][:n_shot]) for i, q in enumerate(questions)]
-    # One tokenizer call per list, not per string: a fast tokenizer encodes a batch in Rust (in parallel where allowed).
-    context_ids = tokenizer(contexts)["input_ids"]
-    whole_ids = iter(tokenizer([c + " " + choice for c, q in zip(contexts, questions) for choice in q["choices"]])[
-        "input_ids"])
+    context_ids = encode_texts(tokenizer, contexts)
+    whole_ids = iter(encode_texts(tokenizer, [c + " " + choice for c, q in zip(contexts, questions)
+                                              for choice in q["choices"]]))
     for i, q in enumerate(questions):
         ctx = context_ids[i]
         for j, choice in enumerate(q["choices"]):
@@ -342,7 +363,7 @@ def cross_entropy(model, tokenizer, texts: list[str], *, max_length: int = 256, 
     """
     if not texts:
         raise ValueError("cross_entropy needs at least one text")
-    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+    encoded = encode_texts(tokenizer, texts, truncation=True, max_length=max_length)
     pad_id = pad_token_id(tokenizer)
     total, count = 0.0, 0
     for batch in index_batches(len(encoded), batch_size):
