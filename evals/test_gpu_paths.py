@@ -288,3 +288,21 @@ def test_device_map_auto_capture_ablation_generation(split_and_single):
     )
     for key, value in agreement.items():
         assert value >= AGREEMENT_MIN, f"ablated greedy tokens {key}: {value:.2%}"
+
+
+def test_masked_attention_of_new_shapes_plans_nothing_per_shape():
+    """After configure_cuda_kernels (what a CUDA run's device fixture and load_model call), masked attention of a
+    shape not seen before runs the memory-efficient kernel, not cuDNN's, which builds a plan per shape."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from harness.models.kernels import configure_cuda_kernels
+
+    configure_cuda_kernels()
+    q = torch.randn(4, 8, 237, 128, device="cuda", dtype=torch.bfloat16)
+    mask = torch.ones(4, 1, 237, 237, device="cuda", dtype=torch.bool).tril()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+        torch.cuda.synchronize()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_efficient_attention" in ops, sorted(ops)
+    assert not any("cudnn" in op for op in ops), sorted(ops)
