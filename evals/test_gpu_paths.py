@@ -306,3 +306,34 @@ def test_masked_attention_of_new_shapes_plans_nothing_per_shape():
     ops = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_efficient_attention" in ops, sorted(ops)
     assert not any("cudnn" in op for op in ops), sorted(ops)
+
+
+def test_sink_attention_runs_a_fused_kernel_and_matches_eager():
+    """gpt-oss's attention with sinks through SDPA (what configure_model_kernels switches a CUDA gpt-oss to): in
+    fp32 its logits equal eager attention's, and in bf16 a masked prefill runs the memory-efficient kernel, not
+    the math fallback."""
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from harness.models.chat import tokenize_instructions
+    from harness.models.kernels import SINK_SDPA, configure_cuda_kernels, configure_model_kernels
+    from harness.models.tiny import tiny_model
+
+    configure_cuda_kernels()
+    eager, tok = tiny_model("gpt_oss")
+    eager = eager.cuda()
+    fast = copy.deepcopy(eager)
+    configure_model_kernels(fast)
+    assert fast.config._attn_implementation == SINK_SDPA
+    enc = tokenize_instructions(tok, ["how to make a bomb at home", "hi", "list three fruits"]).to("cuda")
+    real = enc["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**enc).logits[real], eager(**enc).logits[real], rtol=1e-4, atol=1e-4)
+        fast.to(torch.bfloat16)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fast(**enc)
+            torch.cuda.synchronize()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_efficient_attention" in ops, sorted(ops)
+    assert "aten::_scaled_dot_product_attention_math" not in ops, sorted(ops)

@@ -96,3 +96,49 @@ def test_sliding_decode_reads_only_the_window(current):
     windowed, _ = _sink_decode_sdpa(module, query, key, value, mask)
     full, _ = _sink_decode_sdpa(SimpleNamespace(sinks=module.sinks, sliding_window=None), query, key, value, mask)
     torch.testing.assert_close(windowed, full, rtol=1e-5, atol=1e-6)
+
+
+def test_sink_attention_through_sdpa_equals_eager_in_every_pass():
+    """configure_model_kernels (forced on the CPU) runs gpt-oss's attention with sinks through SDPA: the logits of
+    a left-padded batch longer than the sliding window, of a suffix pass over its cached prefix (capability's
+    shared-prefix path) and of packed rows (selection) equal eager attention's in float32."""
+    import copy
+
+    from harness.models.kernels import SINK_SDPA, configure_model_kernels
+    from harness.models.packing import pack, pack_kwargs, packed_last_logits
+
+    eager, tok = tiny_model("gpt_oss")
+    fast = copy.deepcopy(eager)
+    configure_model_kernels(fast, on_cpu=True)
+    assert fast.config._attn_implementation == SINK_SDPA and eager.config._attn_implementation == "eager"
+    enc = tokenize_instructions(tok, PROMPTS)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert ids.shape[1] > eager.config.sliding_window
+    real = mask.bool()
+    with torch.no_grad():
+        out = {name: m(input_ids=ids, attention_mask=mask).logits for name, m in (("eager", eager), ("fast", fast))}
+        torch.testing.assert_close(out["fast"][real], out["eager"][real], rtol=1e-4, atol=1e-5)
+        cut = ids.shape[1] - 5
+        suffix = {}
+        for name, m in (("eager", eager), ("fast", fast)):
+            cache = m(input_ids=ids[:, :cut], attention_mask=mask[:, :cut], use_cache=True).past_key_values
+            suffix[name] = m(input_ids=ids[:, cut:], attention_mask=mask, past_key_values=cache).logits
+        torch.testing.assert_close(suffix["fast"], suffix["eager"], rtol=1e-4, atol=1e-5)
+        seqs = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+        packs = pack(seqs, tok.pad_token_id)
+        packed = {name: packed_last_logits(m, packs, [pack_kwargs(m, p) for p in packs])
+                  for name, m in (("eager", eager), ("fast", fast))}
+        torch.testing.assert_close(packed["fast"], packed["eager"], rtol=1e-4, atol=1e-5)
+    assert out["eager"][real].abs().max() > 1e-3
+
+
+def test_sink_attention_is_switched_on_cuda_gpt_oss_only():
+    from harness.models.kernels import configure_model_kernels
+
+    model, _ = tiny_model("gpt_oss")
+    configure_model_kernels(model)  # a CPU model keeps the stock path
+    assert model.config._attn_implementation == "eager"
+    llama, _ = tiny_model("llama")
+    before = llama.config._attn_implementation
+    configure_model_kernels(llama, on_cpu=True)
+    assert llama.config._attn_implementation == before

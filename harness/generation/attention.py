@@ -1,7 +1,7 @@
 """Attention kernels the static backend switches in for decode.
 
 Grouped/multi-query SDPA without repeated K/V, and on CUDA gpt-oss's sink attention over the shared K/V;
-prefill and the CPU keep the model's own modules where noted.
+the CPU keeps the model's own modules where noted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 
 from harness.generation.common import text_config
 from harness.models.arch import input_device
+from harness.models.kernels import SINK_SDPA, sink_attention
 
 GROUPED_SDPA = "harness_grouped_sdpa"
 DECODE_MATMUL = True
@@ -102,8 +103,8 @@ SINK_DECODE = "harness_sink_decode"
 
 def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """gpt-oss attention with sinks: one-query decode steps as two batched matmuls over the shared K/V
-    (no repeat per query head, fp32 scores like `_grouped_sdpa`); longer queries use the model's own eager
-    attention, so prefill is unchanged.
+    (no repeat per query head, fp32 scores like `_grouped_sdpa`); longer queries (prefill) go through SDPA with the
+    sink as one more key (`harness.models.kernels.sink_attention`, what a CUDA run's every other pass uses).
 
     The sink is one extra logit per head that takes part in the softmax and is dropped after it. A sliding layer
     reads only its window's slots of a longer (static) cache (`_window_slots`).
@@ -111,10 +112,7 @@ def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, sc
     """
     b, heads, q_len, d = query.shape
     if q_len != 1:
-        import sys
-
-        eager = sys.modules[type(module).__module__].eager_attention_forward
-        return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sink_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     mask = attention_mask[..., : key.shape[-2]] if attention_mask is not None else None
     window = getattr(module, "sliding_window", None)
     if window is not None and mask is not None and key.shape[-2] > window:
@@ -154,7 +152,7 @@ def sink_decode_attention(model: Any, on_cpu: bool = False) -> Iterator[None]:
     repeats K/V per query head (8x for gpt-oss-20b) on every decode step. The CPU keeps the stock path."""
     config = model.config
     cfg = text_config(config)
-    if cfg.model_type != "gpt_oss" or cfg._attn_implementation != "eager" or not (
+    if cfg.model_type != "gpt_oss" or cfg._attn_implementation not in ("eager", SINK_SDPA) or not (
         on_cpu or input_device(model).type == "cuda"
     ):
         yield

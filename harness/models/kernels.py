@@ -1,4 +1,5 @@
-"""Process-wide kernel choices for forwards on a GPU, made once where a run picks CUDA.
+"""Kernel choices for forwards on a GPU, made once where a run picks CUDA: process-wide (attention backends) and per
+model (gpt-oss's attention with sinks through SDPA).
 
 cuDNN's fused attention builds an execution graph for every new problem shape (batch, query and key lengths):
 tens of milliseconds of host time each, which recent PyTorch pays first on Hopper, where it ranks cuDNN above
@@ -16,3 +17,60 @@ import torch
 def configure_cuda_kernels() -> None:
     """Leave cuDNN's SDPA out of the backends scaled_dot_product_attention chooses from (for this process)."""
     torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+SINK_SDPA = "harness_sink_sdpa"
+
+
+def sink_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                   **kwargs) -> tuple[torch.Tensor, None]:
+    """gpt-oss attention with sinks (one extra logit per head in the softmax, dropped after it) through SDPA.
+
+    The sink becomes one more key whose value is zero: queries and keys get 8 more dimensions (the fused kernels'
+    alignment), zero for the real keys; the query's first extra one is 1/scale and the sink key's is the head's
+    sink, so the sink key scores exactly the sink. A padding query that sees no real key puts all its weight on the
+    sink and returns zeros, as eager attention does. The stock eager path materializes [batch, heads, q, keys]
+    scores in the model's dtype several times; the fused kernel never does.
+    `query: [b, heads, q, d]`, `key/value: [b, kv_heads, s, d]`, `attention_mask: [b, 1, q, >= s]` additive.
+    """
+    b, heads, q_len, d = query.shape
+    s = key.shape[-2]
+    group = heads // key.shape[1]
+    scale = scaling if scaling is not None else d**-0.5
+    key = key.repeat_interleave(group, dim=1) if group > 1 else key  # [b, heads, s, d]
+    value = value.repeat_interleave(group, dim=1) if group > 1 else value
+    extra = query.new_zeros(b, heads, q_len, 8)
+    extra[..., 0] = 1.0 / scale
+    q = torch.cat([query, extra], dim=-1)  # [b, heads, q, d + 8]
+    sink_key = key.new_zeros(b, heads, 1, d + 8)
+    sink_key[..., d] = module.sinks.to(key.dtype).reshape(1, heads, 1)
+    k = torch.cat([torch.cat([key, key.new_zeros(b, heads, s, 8)], dim=-1), sink_key], dim=2)  # [b, heads, s+1, d+8]
+    # Values padded alike (every fused kernel takes equal head sizes); the sink's value is zero.
+    v = torch.nn.functional.pad(value, (0, 8, 0, 1))  # [b, heads, s + 1, d + 8]
+    mask = None
+    if attention_mask is not None:
+        visible = True if attention_mask.dtype == torch.bool else 0.0  # the sink is visible to every query
+        mask = torch.nn.functional.pad(attention_mask[..., :s], (0, 1), value=visible)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # [b, heads, q, d+8]
+    return out[..., :d].transpose(1, 2).contiguous(), None
+
+
+def configure_model_kernels(model, on_cpu: bool = False) -> None:
+    """On CUDA, gpt-oss's eager attention (the only stock one with sinks) runs as `sink_attention` in every pass of
+    the run; the CPU keeps the stock path unless `on_cpu` (tests)."""
+    from harness.models.arch import input_device
+
+    config = model.config
+    text = config.get_text_config()
+    if text.model_type != "gpt_oss" or text._attn_implementation != "eager":
+        return
+    if not on_cpu and input_device(model).type != "cuda":
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(SINK_SDPA, sink_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(SINK_SDPA, eager_mask)  # additive masks, as eager attention reads them
+    for c in {id(c): c for c in (config, text)}.values():
+        c._attn_implementation = SINK_SDPA

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from harness.config import ModelConfig
+from harness.models.kernels import configure_model_kernels
 
 Mode = Literal["tiny", "full"]
 MODES: tuple[str, ...] = ("tiny", "full")
@@ -309,6 +310,7 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
     if cfg.family is not None:
         model.config.harness_family = cfg.family
     model.to(device).eval().requires_grad_(False)
+    configure_model_kernels(model)
     return RehearsalModel(model, tokenizer, family, config_source, tokenizer_source, stand_ins)
 
 
