@@ -324,13 +324,34 @@ def test_compiled_hook_arithmetic_equals_the_eager_one(monkeypatch):
             torch.testing.assert_close(model(**batch).logits, eager["shared", k], rtol=0, atol=1e-5)
 
 
+@torch.no_grad()
+@pytest.mark.skipif(shutil.which("cc") is None, reason="inductor needs a C compiler on the CPU")
+def test_one_compile_serves_every_decode_hook(monkeypatch):
+    """Decode-step inputs of any batch size, an own hook (a float scale, no shift) and a shared one (tensor scale
+    and shift) all run one compiled graph, equal to the eager arithmetic."""
+    from harness.steering import interventions as iv
+
+    monkeypatch.setattr(iv, "_fused", lambda x: iv._decode_sized(x))
+    d = 16
+    r = torch.nn.functional.normalize(torch.randn(1, d), dim=-1)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for rows in (7, 100, 232):
+        x = torch.randn(rows, 1, d)
+        eager = x - 2.0 * (x @ r.T) @ r
+        torch.testing.assert_close(iv._edit(x, r, 2.0), eager, rtol=0, atol=1e-5)
+        add = torch.randn(d)
+        torch.testing.assert_close(iv._edit(x, r, torch.tensor(2.0), add), eager + add, rtol=0, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, dict(torch._dynamo.utils.counters["stats"])
+
+
 def test_only_decode_sized_hook_inputs_run_the_compiled_arithmetic():
-    """The compiled copy serves decode steps (up to FUSED_MAX_ROWS rows, any layout); a prefill stays eager, so no
-    compile is spent on prefill shapes."""
+    """The compiled copy serves decode steps (one position per row, up to FUSED_MAX_ROWS rows); a prefill stays
+    eager, so no compile is spent on prefill shapes."""
     from harness.steering.interventions import FUSED_MAX_ROWS, _decode_sized
 
     d = 8
     assert _decode_sized(torch.zeros(232, 1, d)) and _decode_sized(torch.zeros(FUSED_MAX_ROWS, d))
-    assert _decode_sized(torch.zeros(2, FUSED_MAX_ROWS // 2, d))
+    assert not _decode_sized(torch.zeros(2, 3, d))  # a prefill, however small
     assert not _decode_sized(torch.zeros(FUSED_MAX_ROWS + 1, 1, d))
     assert not _decode_sized(torch.zeros(1, 2048, d))

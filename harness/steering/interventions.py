@@ -124,21 +124,32 @@ def _shift(x: torch.Tensor, r: torch.Tensor, scale: torch.Tensor, add: torch.Ten
 
 
 FUSED_MAX_ROWS = 256
-"""Rows (tokens) up to which an eager hook on CUDA runs the compiled copy of its one-direction arithmetic: decode
-steps (batches of up to 232 rows), where the five small kernels of the eager path cost 13.6 us against 2.2 us fused
+"""Rows up to which an eager hook on CUDA runs the compiled copy of its one-direction arithmetic at a decode step
+(batches of up to 232 rows), where the five small kernels of the eager path cost 13.6 us against 2.2 us fused
 in a CUDA graph (H100). A prefill's hooks stay eager: over [tokens, d_model] the extra passes cost about 1% of its
 forward, while compiling for prefill shapes took 4.2 s of a cold gemma-2b-it rehearsal on an H100."""
 
 
 @functools.cache
-def _compiled(fn: Callable) -> Callable:
-    """`fn` under torch.compile, made on first use (dynamo is not imported where no hook runs fused), for a dynamic
-    row count: every decode batch size shares one compile."""
-    return torch.compile(fn, dynamic=True)
+def _fused_shift() -> Callable:
+    """`_shift` under torch.compile, made on first use (dynamo is not imported where no hook runs fused), for a
+    dynamic row count: one compile serves every hook, own or shared, with or without a shift, at every decode batch
+    size (each compile cost ~3 s of a cold H100 run)."""
+    return torch.compile(_shift, dynamic=True)
+
+
+@functools.cache
+def _constant(value: float, width: int | None, device: torch.device) -> torch.Tensor:
+    """A float32 constant on `device`, made once: a scale (`width` None, 0-d) or a zero shift (`[width]`). A decode
+    step's eager warm-up makes it before any CUDA graph capture."""
+    return torch.full(() if width is None else (width,), value, dtype=torch.float32, device=device)
 
 
 def _decode_sized(x: torch.Tensor) -> bool:
-    return x.numel() <= FUSED_MAX_ROWS * x.shape[-1]
+    """A decode step's input: one position per row (`[batch, 1, d]`, or `[tokens, d]` from a flattened MoE writer),
+    at most FUSED_MAX_ROWS rows. Prefill shapes would each need their own compile."""
+    one_position = x.dim() == 2 or (x.dim() == 3 and x.shape[1] == 1)
+    return one_position and x.numel() <= FUSED_MAX_ROWS * x.shape[-1]
 
 
 def _fused(x: torch.Tensor) -> bool:
@@ -155,10 +166,11 @@ def _edit(x: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor,
     if b.shape[0] == 1 and torch.compiler.is_compiling():
         return _remove_component(x, b[0], scale) if add is None else _shift(x, b[0], scale, add)
     if b.shape[0] == 1 and _fused(x):
-        rows = x.reshape(-1, x.shape[-1])  # [rows, d_model]: one dynamic dimension, whatever the hook's layout
-        out = _compiled(_remove_component)(rows, b[0], scale) if add is None else \
-            _compiled(_shift)(rows, b[0], scale, add)
-        return out.reshape(x.shape)
+        if not isinstance(scale, torch.Tensor):
+            scale = _constant(float(scale), None, x.device)
+        if add is None:  # a zero shift: `_shift` then equals `_remove_component` bit for bit
+            add = _constant(0.0, x.shape[-1], x.device)
+        return _fused_shift()(x, b[0], scale, add)
     x32 = x.float()
     out = x32 - scale * (x32 @ b.T) @ b
     return (out if add is None else out + add).to(x.dtype)
