@@ -317,15 +317,15 @@ def test_sink_attention_runs_a_fused_kernel_and_matches_eager():
     from torch.profiler import ProfilerActivity, profile
 
     from harness.models.chat import tokenize_instructions
-    from harness.models.kernels import SINK_SDPA, configure_cuda_kernels, configure_model_kernels
+    from harness.models.kernels import SINK_SDPA, configure_model_kernels
     from harness.models.tiny import tiny_model
 
-    configure_cuda_kernels()
+    torch.backends.cuda.enable_cudnn_sdp(True)
     eager, tok = tiny_model("gpt_oss")
     eager = eager.cuda()
     fast = copy.deepcopy(eager)
-    configure_model_kernels(fast)
-    assert fast.config._attn_implementation == SINK_SDPA
+    configure_model_kernels(fast)  # a model on CUDA: the process-wide choices too
+    assert fast.config._attn_implementation == SINK_SDPA and not torch.backends.cuda.cudnn_sdp_enabled()
     enc = tokenize_instructions(tok, ["how to make a bomb at home", "hi", "list three fruits"]).to("cuda")
     real = enc["attention_mask"].bool()
     with torch.no_grad():

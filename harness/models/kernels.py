@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from harness.models.arch import input_device
+
 
 def configure_cuda_kernels() -> None:
     """Leave cuDNN's SDPA out of the backends scaled_dot_product_attention chooses from (for this process)."""
@@ -57,15 +59,15 @@ def sink_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.
 
 
 def configure_model_kernels(model, on_cpu: bool = False) -> None:
-    """On CUDA, gpt-oss's eager attention (the only stock one with sinks) runs as `sink_attention` in every pass of
-    the run; the CPU keeps the stock path unless `on_cpu` (tests)."""
-    from harness.models.arch import input_device
-
+    """The kernel choices for `model`, where it sits on CUDA: the process-wide ones (`configure_cuda_kernels`), and
+    gpt-oss's eager attention (the only stock one with sinks) run as `sink_attention` in every pass of the run. The
+    CPU keeps the stock path unless `on_cpu` (tests)."""
+    on_cuda = input_device(model).type == "cuda"
+    if on_cuda:
+        configure_cuda_kernels()
     config = model.config
     text = config.get_text_config()
-    if text.model_type != "gpt_oss" or text._attn_implementation != "eager":
-        return
-    if not on_cpu and input_device(model).type != "cuda":
+    if not (on_cuda or on_cpu) or text.model_type != "gpt_oss" or text._attn_implementation != "eager":
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from harness.config import ModelConfig
 from harness.models.arch import family_of
-from harness.models.kernels import configure_cuda_kernels, configure_model_kernels
+from harness.models.kernels import configure_model_kernels
 from harness.run.pins import sha256_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -93,9 +93,7 @@ def load_model(cfg: ModelConfig, device: str | None = None):
         model.config.harness_family = cfg.family
     if cfg.device_map is None:
         model.to(_device(device, cfg))
-    if next(model.parameters()).is_cuda:
-        configure_cuda_kernels()
-        configure_model_kernels(model)
+    configure_model_kernels(model)
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code, **kwargs)
     return model, tokenizer
