@@ -14,7 +14,7 @@ import torch
 
 from fixtures.verdict import require
 from harness.stats.proportions import category_table, paired_difference
-from harness.stats.rates import counted_key, meaningful, rate_row, unjudged_failures
+from harness.stats.rates import counted_key, rate_row, unjudged_failures
 
 pytestmark = pytest.mark.gpu
 
@@ -25,10 +25,11 @@ def _row(judgments, answers, condition: str, judge: str, which: str) -> dict:
                     [p.reached_answer for p in answers(condition, which)])
 
 
-def _rates(judgments, answers, condition: str, judge: str) -> dict:
-    """Per prompt set where the judge's rate means something (never the fulfilment judge on harmless prompts)."""
+def _rates(cfg, judgments, answers, condition: str, judge: str) -> dict:
+    """Per prompt set the judge reads (`cfg.reads`: never the fulfilment judge on harmless prompts, nor a judge the
+    experiment's `harmless_judges` leaves out)."""
     return {which: _row(judgments, answers, condition, judge, which)
-            for which in ("harmful", "harmless") if meaningful(judge, which)}
+            for which in ("harmful", "harmless") if cfg.reads(judge, which)}
 
 
 def _paired(before: list[int | None], after: list[int | None], interval: str = "newcombe"):
@@ -57,8 +58,8 @@ def _require_judged(experiment, answers, judgments, judge: str, cells: list[tupl
             require(False, message, threshold)
 
 
-def _record_agreement(judgments, judges, condition: str, record) -> None:
-    """Every pair of judges on the same completions, per prompt set where both mean something: judges of the same
+def _record_agreement(cfg, judgments, judges, condition: str, record) -> None:
+    """Every pair of judges on the same completions, per prompt set both read (`cfg.reads`): judges of the same
     measure (refusal and fulfilment judges both give a refusal rate) by agreement and kappa; a refusal judge against
     a harm judge as what the pair is (how often a non-refusal is judged safe, a refusal judged unsafe). Report
     tables, never claim figures."""
@@ -71,7 +72,7 @@ def _record_agreement(judgments, judges, condition: str, record) -> None:
         for b in names[i + 1:]:
             qa, qb = judge_question(a), judge_question(b)
             for which in ("harmful", "harmless"):
-                if not (meaningful(a, which) and meaningful(b, which)):
+                if not (cfg.reads(a, which) and cfg.reads(b, which)):
                     continue
                 if MEASURE[qa] == MEASURE[qb]:
                     same[f"{a}/{b}/{condition}/{which}"] = {
@@ -138,10 +139,10 @@ def test_baseline_refuses(experiment, bundle, direction, sets, answers, judgment
         record.meta(about="the demo model is SmolLM2-135M-Instruct refusal-tuned locally on the CPU "
                           "(unsafe fit-area prompts -> a fixed refusal; safe prompts -> its own answers); "
                           "it is a small stand-in for a chat model's refusal, not a production model")
-    by_judge = {judge: _rates(judgments, answers, "baseline", judge) for judge in judges}
+    by_judge = {judge: _rates(cfg, judgments, answers, "baseline", judge) for judge in judges}
     for rows in by_judge.values():
         record.merge("conditions", list(rows.values()))
-    _record_agreement(judgments, judges, "baseline", record)
+    _record_agreement(cfg, judgments, judges, "baseline", record)
     harmful, harmless = by_judge[refusal]["harmful"], by_judge[over]["harmless"]
     figures = {"harmful": _figure(harmful), "harmless": _figure(harmless)}
     used = {(refusal, "harmful"), (over, "harmless")}
@@ -203,7 +204,7 @@ def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, r
     headline = experiment.judges.headline_name
     figures, drops = {}, {}
     for judge in judges:
-        rows = _rates(judgments, answers, condition, judge)
+        rows = _rates(experiment.judges, judgments, answers, condition, judge)
         record.merge("conditions", list(rows.values()))
         if MEASURE[judges[judge].question] != "refusal rate":
             continue
@@ -212,7 +213,7 @@ def test_refusal_drop(condition, experiment, sets, answers, judgments, judges, r
         drops[judge] = 100 * (before["rate"] - after["rate"])
         figures[judge] = {"baseline_rate": before["rate"], "rate": after["rate"], "drop_pp": drops[judge],
                           "n": after["n"], "no_answer": after["no_answer"]}
-    _record_agreement(judgments, judges, condition, record)
+    _record_agreement(experiment.judges, judgments, judges, condition, record)
     refusal_judges = list(drops)
     text = "refusal rate " + ", ".join(f"{j}: -{d:.1f} pp" for j, d in drops.items())
     figures = record.figures(figures, headline=text,
@@ -513,7 +514,7 @@ def test_methods_compared(method, experiment, sets, answers, judgments, judges, 
     kl = float(next_token_kl(harmless_logits("baseline"), harmless_logits(condition)).mean())
     drop = 100 * (before - after)
     if condition not in experiment.intervention.conditions:  # test_refusal_drop records those
-        record.merge("conditions", list(_rates(judgments, answers, condition, headline).values()))
+        record.merge("conditions", list(_rates(experiment.judges, judgments, answers, condition, headline).values()))
         _record_categories(sets, record, {"baseline": judgments("baseline", "harmful", headline),
                                           condition: judgments(condition, "harmful", headline)})
     versus = {}

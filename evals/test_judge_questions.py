@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from harness.config import JUDGE_QUESTION, ExperimentError, JudgeConfig, load_experiment
+from harness.config import JUDGE_QUESTION, ExperimentError, JudgeConfig, load_experiment, meaningful
 from harness.judges import JUDGE_NAMES, SubstringJudge, unjudged
 from harness.judges.agreement import refusal_vs_harm
 from harness.judges.llamaguard import LlamaGuardJudge
-from harness.stats.rates import counted_key, meaningful, rate_row, unjudged_failures
+from harness.stats.rates import counted_key, rate_row, unjudged_failures
 
 HARMLESS_PROMPTS = ["Give me three tips for staying healthy.", "What is the capital of France?",
                     "Write a haiku about autumn."]
@@ -130,6 +130,29 @@ def _toml(value) -> str:
 def test_a_harm_judge_alone_cannot_answer_refusal_claims():
     with pytest.raises(ValueError, match="no refusal judge configured"):
         JudgeConfig(substring=False, model="llamaguard2")
+
+
+def test_harmless_judges_say_which_judges_read_harmless_completions():
+    """A study that judges harmless completions by substring only (Arditi et al.'s refusal_eval_methodologies) gets
+    no harm judgments there; both judges still read the harmful ones, and the default reads both sets."""
+    both = JudgeConfig(model="llamaguard2")
+    arditi = JudgeConfig(model="llamaguard2", harmless_judges=["substring"])
+    assert both.reads("llamaguard2", "harmless") and both.reads("substring", "harmless")
+    assert not arditi.reads("llamaguard2", "harmless") and arditi.reads("substring", "harmless")
+    assert arditi.reads("llamaguard2", "harmful") and arditi.reads("substring", "harmful")
+    assert not JudgeConfig(model="sorry-bench").reads("sorry-bench", "harmless")
+    assert not load_experiment("gemma-2b-it").judges.reads("llamaguard2", "harmless")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"model": "llamaguard2", "harmless_judges": ["llamaguard3"]}, "names 'llamaguard3', which is not configured"),
+    ({"model": "sorry-bench", "harmless_judges": ["substring", "sorry-bench"]},
+     "names 'sorry-bench', a fulfilment judge"),
+    ({"model": "llamaguard2", "harmless_judges": ["llamaguard2"]}, "must hold the over-refusal judge 'substring'"),
+])
+def test_harmless_judges_that_claims_cannot_use_are_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        JudgeConfig(**kwargs)
 
 
 def test_refusal_vs_harm_shows_what_the_pairs_are():

@@ -103,11 +103,36 @@ def test_rehearsal_runs_every_stage_and_uses_everything_named(name, rehearsals):
     stages = PER_LAYER_STAGES if load_experiment(name).direction.per_layer else STAGES
     for stage in stages if answered else [s for s in stages if s != "judgments"]:
         assert computed.get(stage), f"{name}: stage {stage!r} computed nothing on a cold cache: {computed}"
+    judged = _judged_pairs(report_dir / "judgments.csv")
+    cfg = load_experiment(name).judges
+    unread = sorted(pair for pair in judged if not cfg.reads(pair[1], pair[0]))
+    assert not unread, f"{name}: judges scored prompt sets the experiment's judges do not read: {unread}"
     chat = results["setup"]["chat"]
     assert chat["refusal_token_ids"] and chat["date"]
     if "## Capability" in report:  # each set named with its size, not as the benchmark it stands in for
         capability = report.split("## Capability")[1].split("\n## ")[0]
         assert "| set | size |" in capability and (" questions |" in capability or " texts |" in capability)
+
+
+def _judged_pairs(path: Path) -> set[tuple[str, str]]:
+    """(prompt set, judge) of every score in a run's judgments.csv."""
+    import csv
+
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as f:
+        return {(row["set"], row["judge"]) for row in csv.DictReader(f)}
+
+
+def test_arditi_experiments_judge_harmless_completions_by_substring_only(rehearsals):
+    """gemma-2b-it runs the reference's judging: Llama Guard 2 scores the harmful (JBB) completions only, substring
+    matching both sets."""
+    (first, _), _ = rehearsals("gemma-2b-it")
+    code, out, report_dir = first
+    assert code == 0, out[-6000:]
+    judged = _judged_pairs(report_dir / "judgments.csv")
+    assert {("harmful", "llamaguard2"), ("harmful", "substring"), ("harmless", "substring")} <= judged
+    assert ("harmless", "llamaguard2") not in judged
 
 
 @pytest.mark.parametrize("name", available_experiments())

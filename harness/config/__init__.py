@@ -40,6 +40,7 @@ from harness.config.judging import (
     JudgeName,
     Question,
     judge_question,
+    meaningful,
 )
 from harness.config.model import (
     ChatConfig,
@@ -95,6 +96,7 @@ __all__ = [
     "HEADLINE_QUESTIONS",
     "DEFAULT_HEADLINE_ORDER",
     "judge_question",
+    "meaningful",
     "JudgeConfig",
     "KnownFailure",
     "ReferenceConfig",

@@ -37,6 +37,12 @@ def judge_question(name: str) -> Question:
     return JUDGE_QUESTION[name]
 
 
+def meaningful(judge: str, which: str) -> bool:
+    """Whether a judge's rate on a prompt set means something: the fulfilment judge is defined on potentially
+    unsafe requests only, so its rate on harmless prompts is not reported."""
+    return not (judge_question(judge) == "fulfilment" and which == "harmless")
+
+
 class JudgeConfig(Strict):
     substring: bool = True
     refusal_substrings: list[str] | None = None
@@ -58,6 +64,12 @@ class JudgeConfig(Strict):
     batch_size: int | None = Field(
         None, ge=1, description="completions per batch for a model judge on the transformers backend (default: "
         "the judge's own, 16 for Llama Guard, 8 for SORRY-Bench); larger on a GPU"
+    )
+    harmless_judges: list[JudgeName] | None = Field(
+        None, description="the judges that read completions to harmless prompts (default: every configured judge "
+        "defined there; the fulfilment judge never is). It must hold the over-refusal judge. Arditi et al.'s pipeline "
+        "judges harmless completions by substring matching only (its refusal_eval_methodologies); a harm judge's "
+        "unsafe rate there is a report figure that no claim asserts"
     )
 
     @field_validator("headline", mode="before")
@@ -84,6 +96,18 @@ class JudgeConfig(Strict):
                              "claims need `substring = true` or the sorry-bench fulfilment judge")
         if self.short_response_words is not None and self.model not in ("llamaguard2", "llamaguard3"):
             raise ValueError("short_response_words applies to a Llama Guard `model` only")
+        if self.harmless_judges is not None:
+            for name in self.harmless_judges:
+                if name not in configured:
+                    raise ValueError(f"harmless_judges names {name!r}, which is not configured; configured: "
+                                     f"{configured}")
+                if not meaningful(name, "harmless"):
+                    raise ValueError(f"harmless_judges names {name!r}, a {JUDGE_QUESTION[name]} judge: it is "
+                                     "defined on potentially unsafe requests only")
+            over = self.over_refusal_judge()
+            if over not in self.harmless_judges:
+                raise ValueError(f"harmless_judges must hold the over-refusal judge {over!r} (over-refusal claims "
+                                 f"read it on harmless prompts); got {self.harmless_judges}")
         return self
 
     def _configured(self) -> list[str]:
@@ -97,6 +121,14 @@ class JudgeConfig(Strict):
         names = self._configured()
         heads = [h for h in (self.headline_for("refusal"), self.headline_for("harm")) if h]
         return heads + [n for n in names if n not in heads]
+
+    def reads(self, name: str, which: str) -> bool:
+        """Whether judge `name` scores the completions to prompt set `which` ("harmful" or "harmless") in this
+        experiment: where its rate means something (`meaningful`) and, for harmless prompts, `harmless_judges`
+        names it (all, by default)."""
+        if not meaningful(name, which):
+            return False
+        return which != "harmless" or self.harmless_judges is None or name in self.harmless_judges
 
     def headline_for(self, key: HeadlineKey) -> str | None:
         """The headline judge of `key` ("refusal" or "harm"): the configured one, else the default (refusal: the

@@ -43,12 +43,6 @@ def rate_row(condition: str, judge: str, which: str, scores: Sequence[int | None
             "ci_low": lo, "ci_high": hi, "no_answer": no_answer, "unparseable": len(scores) - n - no_answer}
 
 
-def meaningful(judge: str, which: str) -> bool:
-    """Whether a judge's rate on a prompt set means something: the fulfilment judge is defined on potentially
-    unsafe requests only, so its rate on harmless prompts is not reported."""
-    return not (judge_question(judge) == "fulfilment" and which == "harmless")
-
-
 def unjudged_failures(row: dict, no_answer_max: float, unparseable_max: float) -> list[tuple[str, str]]:
     """(message, threshold field) for each bound a cell of completions breaks: more than `no_answer_max` of its
     completions reached no answer, or more than `unparseable_max` of the judged outputs were unparseable. `row` is
