@@ -83,7 +83,7 @@ def generate(
     item_ids = list(ids) if ids is not None else [prompt_id(p, settings) for p in prompts]
     by_id = dict(zip(item_ids, instructions))
     by_prompt = dict(zip(item_ids, prompts))
-    lengths = {i: len(tokenizer(p, add_special_tokens=False).input_ids) for i, p in zip(item_ids, prompts)}
+    lengths = dict(zip(item_ids, map(len, tokenizer(prompts, add_special_tokens=False).input_ids)))
     ordered = sorted(dict.fromkeys(item_ids), key=lambda i: -lengths[i])
 
     def run_batch(batch_ids: list[str]) -> list[str]:

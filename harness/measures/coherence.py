@@ -158,6 +158,6 @@ def score_completions(model, tokenizer, instructions: Sequence[str], completions
         return {"logprob": [], "repetition": []}
     enc = tokenize_instructions(tokenizer, list(instructions), system, answer_prefix=False)
     prompts = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
-    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in completions]
+    answers = tokenizer(list(completions), add_special_tokens=False)["input_ids"]  # one call: encoded as a batch
     logprobs = completion_logprobs(model, prompts, answers, pad_id=int(tokenizer.pad_token_id), batch_size=batch_size)
     return {"logprob": logprobs, "repetition": [repeated_ngram_share(a) for a in answers]}
