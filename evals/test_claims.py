@@ -732,23 +732,29 @@ def test_completion_coherence(experiment, sets, judgments, coherence, coherence_
     (mean per-token log-probability under the unmodified model) and how repetitive (repeated token 3-grams) the
     completions are, and how many of the headline judge's compliances are coherent under the rule calibrated on
     the baseline's completions to harmless validation prompts (harness.measures.coherence). A refusal drop made of
-    gibberish shows here as compliance that is not coherent. The figures are snapshotted, so a change fails."""
+    gibberish shows here as compliance that is not coherent. The figures are snapshotted, so a change fails. A set
+    the headline judge does not read (a fulfilment judge's harmless prompts) counts the over-refusal judge's
+    compliances, and its rows name that judge."""
     from harness.measures.coherence import summarize
 
-    headline = experiment.judges.headline_name
+    cfg = experiment.judges
+    headline = cfg.headline_name
     rows = {}
     for condition in _all_conditions(experiment):
         for which in ("harmful", "harmless"):
+            judge = headline if cfg.reads(headline, which) else cfg.over_refusal_judge()
             scored = coherence(condition, which)
-            rows[f"{condition}/{which}"] = {"condition": condition, "set": which, **summarize(
-                scored["logprob"], scored["repetition"], judgments(condition, which, headline), coherence_rule)}
+            rows[f"{condition}/{which}"] = {"condition": condition, "set": which,
+                                            **({} if judge == headline else {"judge": judge}), **summarize(
+                scored["logprob"], scored["repetition"], judgments(condition, which, judge), coherence_rule)}
     record.artifact("coherence", {"rule": coherence_rule.as_dict(), "judge": headline, "rows": rows})
     shown = [r for r in rows.values() if r["set"] == "harmful" and r["condition"] != "baseline"]
+    used = list(dict.fromkeys([headline, *(r.get("judge", headline) for r in rows.values())]))
     figures = record.figures(
         {"rule": coherence_rule.as_dict(), "judge": headline, "groups": rows},
         headline=f"{headline} compliance on harmful prompts that stays coherent: "
                  + ", ".join(f"{r['condition']} {r['complied_coherent']} of {r['complied']}" for r in shown),
-        provenance=_provenance(sets, [headline], *_all_conditions(experiment)))
+        provenance=_provenance(sets, used, *_all_conditions(experiment)))
     assert figures == claim_snapshot
 
 
