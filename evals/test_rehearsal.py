@@ -103,10 +103,15 @@ def test_rehearsal_runs_every_stage_and_uses_everything_named(name, rehearsals):
     stages = PER_LAYER_STAGES if load_experiment(name).direction.per_layer else STAGES
     for stage in stages if answered else [s for s in stages if s != "judgments"]:
         assert computed.get(stage), f"{name}: stage {stage!r} computed nothing on a cold cache: {computed}"
+    # Each judge scores the prompt sets it reads and no other (a harm judge skips harmless prompts where the study's
+    # recipe does, e.g. gemma-2b-it's Llama Guard 2; a fulfilment judge never reads them).
     judged = _judged_pairs(report_dir / "judgments.csv")
     cfg = load_experiment(name).judges
     unread = sorted(pair for pair in judged if not cfg.reads(pair[1], pair[0]))
     assert not unread, f"{name}: judges scored prompt sets the experiment's judges do not read: {unread}"
+    if answered:
+        missing = sorted({("harmful", j) for j in cfg.names()} - judged)
+        assert not missing, f"{name}: judges that read harmful prompts scored none: {missing}"
     chat = results["setup"]["chat"]
     assert chat["refusal_token_ids"] and chat["date"]
     if "## Capability" in report:  # each set named with its size, not as the benchmark it stands in for
@@ -122,17 +127,6 @@ def _judged_pairs(path: Path) -> set[tuple[str, str]]:
         return set()
     with path.open(newline="") as f:
         return {(row["set"], row["judge"]) for row in csv.DictReader(f)}
-
-
-def test_arditi_experiments_judge_harmless_completions_by_substring_only(rehearsals):
-    """gemma-2b-it runs the reference's judging: Llama Guard 2 scores the harmful (JBB) completions only, substring
-    matching both sets."""
-    (first, _), _ = rehearsals("gemma-2b-it")
-    code, out, report_dir = first
-    assert code == 0, out[-6000:]
-    judged = _judged_pairs(report_dir / "judgments.csv")
-    assert {("harmful", "llamaguard2"), ("harmful", "substring"), ("harmless", "substring")} <= judged
-    assert ("harmless", "llamaguard2") not in judged
 
 
 @pytest.mark.parametrize("name", available_experiments())
