@@ -744,9 +744,10 @@ def test_completion_coherence(experiment, sets, judgments, coherence, coherence_
         for which in ("harmful", "harmless"):
             judge = headline if cfg.reads(headline, which) else cfg.over_refusal_judge()
             scored = coherence(condition, which)
-            rows[f"{condition}/{which}"] = {"condition": condition, "set": which,
-                                            **({} if judge == headline else {"judge": judge}), **summarize(
-                scored["logprob"], scored["repetition"], judgments(condition, which, judge), coherence_rule)}
+            summary = summarize(scored["logprob"], scored["repetition"], judgments(condition, which, judge),
+                                coherence_rule)
+            named = {} if judge == headline else {"judge": judge}
+            rows[f"{condition}/{which}"] = {"condition": condition, "set": which, **named, **summary}
     record.artifact("coherence", {"rule": coherence_rule.as_dict(), "judge": headline, "rows": rows})
     shown = [r for r in rows.values() if r["set"] == "harmful" and r["condition"] != "baseline"]
     used = list(dict.fromkeys([headline, *(r.get("judge", headline) for r in rows.values())]))
