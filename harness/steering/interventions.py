@@ -152,9 +152,13 @@ def _decode_sized(x: torch.Tensor) -> bool:
     return one_position and x.numel() <= FUSED_MAX_ROWS * x.shape[-1]
 
 
+FUSE_DECODE_HOOKS = True
+"""Whether eager hooks on CUDA run the compiled copy at decode sizes at all (`evals/test_bench_hooks.py` times both)."""
+
+
 def _fused(x: torch.Tensor) -> bool:
     """Whether an eager hook runs the compiled copy of its one-direction arithmetic (one kernel instead of five)."""
-    return x.is_cuda and _decode_sized(x)
+    return FUSE_DECODE_HOOKS and x.is_cuda and _decode_sized(x)
 
 
 def _edit(x: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor,
