@@ -22,6 +22,8 @@ import bench_floor
 import pytest
 import torch
 
+from harness.models.logits import cache_keyword, returned_cache
+
 pytestmark = [
     pytest.mark.bench,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="MoE decode benchmark needs a CUDA GPU"),
@@ -83,13 +85,14 @@ def _first_step_logits(model, input_ids) -> dict:
     from harness.generation.moe import dense_decode_experts
 
     with torch.inference_mode():
-        cache = model(input_ids=input_ids[:, :-1], use_cache=True).past_key_values
+        kw = cache_keyword(model)
+        cache = returned_cache(model(input_ids=input_ids[:, :-1], use_cache=True))
         last = input_ids[:, -1:]
-        stock = model(input_ids=last, past_key_values=copy.deepcopy(cache)).logits[:, -1].float()
-        half = model(input_ids=input_ids[: BATCH // 2, :-1], use_cache=True).past_key_values
-        stock_half = model(input_ids=last[: BATCH // 2], past_key_values=half).logits[:, -1].float()
+        stock = model(input_ids=last, **{kw: copy.deepcopy(cache)}).logits[:, -1].float()
+        half = returned_cache(model(input_ids=input_ids[: BATCH // 2, :-1], use_cache=True))
+        stock_half = model(input_ids=last[: BATCH // 2], **{kw: half}).logits[:, -1].float()
         with sink_decode_attention(model), dense_decode_experts(model):
-            fast = model(input_ids=last, past_key_values=cache).logits[:, -1].float()
+            fast = model(input_ids=last, **{kw: cache}).logits[:, -1].float()
 
     def rel(a, b):
         return float((a - b).norm() / b.norm())
@@ -204,11 +207,12 @@ def test_fast_decode_error_against_float32(gpt_oss):
 
     def step(fast: bool) -> torch.Tensor:
         with torch.inference_mode():
-            cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+            cache = returned_cache(model(input_ids=ids[:, :-1], use_cache=True))
+            kw = cache_keyword(model)
             if not fast:
-                return model(input_ids=ids[:, -1:], past_key_values=cache).logits[:, -1].double()
+                return model(input_ids=ids[:, -1:], **{kw: cache}).logits[:, -1].double()
             with sink_decode_attention(model), dense_decode_experts(model):
-                return model(input_ids=ids[:, -1:], past_key_values=cache).logits[:, -1].double()
+                return model(input_ids=ids[:, -1:], **{kw: cache}).logits[:, -1].double()
 
     stock, fast = step(False), step(True)
     model.float()

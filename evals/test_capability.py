@@ -14,8 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from harness.data.capability_sets import CapabilityDataError, load_capability_set, load_text_set, questions_from_frame
 from harness.measures.capability import answer_tokens, cross_entropy, mmlu_prompt, multiple_choice_accuracy
-from harness.models.logits import last_position_logits, next_token_kl
-from harness.models.tiny import tiny_model, tiny_tokenizer
+from harness.models.logits import cache_keyword, last_position_logits, next_token_kl, returned_cache
+from harness.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "capability"
 
@@ -76,6 +76,21 @@ def _single_logits(model, ids: list[int]) -> torch.Tensor:
 
 
 # --- prompt format ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_cache_keyword_is_what_the_forward_takes(family):
+    """The harness hands KV caches to `forward` under the name this transformers version declares (`cache` from 5.24,
+    where `past_key_values` is a deprecated alias until 5.40), and reads the returned one under either name."""
+    import inspect
+
+    model, tok = tiny_model(family)
+    keyword = cache_keyword(model)
+    assert keyword in inspect.signature(type(model).forward).parameters
+    ids = tok(["hello there"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+    assert returned_cache(out) is not None and returned_cache(out) is getattr(out, keyword)
 
 
 def test_mmlu_prompt_format():

@@ -12,6 +12,7 @@ from harness.generation.common import eos_token_ids
 from harness.generation.completions import generate_tokens
 from harness.generation.moe import dense_decode_applies, dense_decode_experts, dense_experts_forward
 from harness.models.chat import tokenize_instructions
+from harness.models.logits import cache_keyword, returned_cache
 from harness.models.tiny import tiny_model
 from harness.steering.interventions import ablate
 
@@ -68,12 +69,13 @@ def test_sink_decode_attention_matches_eager_logits():
     with torch.no_grad():
         out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True)
         step = dict(input_ids=ids[:, -1:], attention_mask=mask, use_cache=True)
-        cache = out.past_key_values
+        cache = returned_cache(out)
         import copy
 
-        expected = model(**step, past_key_values=copy.deepcopy(cache)).logits
+        kw = cache_keyword(model)
+        expected = model(**step, **{kw: copy.deepcopy(cache)}).logits
         with sink_decode_attention(model, on_cpu=True), dense_decode_experts(model, on_cpu=True):
-            got = model(**step, past_key_values=cache).logits
+            got = model(**step, **{kw: cache}).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -121,8 +123,8 @@ def test_sink_attention_through_sdpa_equals_eager_in_every_pass():
         cut = ids.shape[1] - 5
         suffix = {}
         for name, m in (("eager", eager), ("fast", fast)):
-            cache = m(input_ids=ids[:, :cut], attention_mask=mask[:, :cut], use_cache=True).past_key_values
-            suffix[name] = m(input_ids=ids[:, cut:], attention_mask=mask, past_key_values=cache).logits
+            cache = returned_cache(m(input_ids=ids[:, :cut], attention_mask=mask[:, :cut], use_cache=True))
+            suffix[name] = m(input_ids=ids[:, cut:], attention_mask=mask, **{cache_keyword(m): cache}).logits
         torch.testing.assert_close(suffix["fast"], suffix["eager"], rtol=1e-4, atol=1e-5)
         seqs = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
         packs = pack(seqs, tok.pad_token_id)

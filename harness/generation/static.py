@@ -16,6 +16,7 @@ import torch
 
 from harness.generation.common import GenerationError, text_config
 from harness.models.arch import NotAttentionOnly, layer_windows, masks_by_layer_type
+from harness.models.logits import cache_keyword
 
 
 def _layer_windows(config: Any) -> list[int | None]:
@@ -94,11 +95,12 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     prefill_mask = _static_masks(model.config, valid, torch.arange(prompt_len, device=device), dtype)
+    cache_kw = cache_keyword(model)
     logits = model(
         input_ids=input_ids,
         attention_mask=prefill_mask,
         position_ids=positions,
-        past_key_values=cache,
+        **{cache_kw: cache},
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]
@@ -118,7 +120,7 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
     def step(tok, pos, step_idx, valid, out, cache):
         mask = _static_masks(model.config, valid, step_idx + first_slot, dtype)
         logits = model(
-            input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+            input_ids=tok, attention_mask=mask, position_ids=pos, **{cache_kw: cache}, use_cache=True
         ).logits[:, -1]
         nxt = _pick(logits, temperature)
         out.index_copy_(1, step_idx, nxt[:, None])

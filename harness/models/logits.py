@@ -4,6 +4,8 @@ between two models' distributions.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -118,6 +120,24 @@ def prompt_batches(
             ids, mask = left_pad([tokenizer(p)["input_ids"] for p in chunk], pad_id)
         out.append((ids, mask.long()))
     return out
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_keyword(model) -> str:
+    """The keyword a model's `forward` takes its KV cache by: `cache` from transformers 5.24 (where `past_key_values`
+    is a deprecated alias, to be removed in 5.40, after which the old name would no longer reach the model),
+    `past_key_values` before."""
+    return _cache_keyword(type(model))
+
+
+def returned_cache(out):
+    """The KV cache a forward returned under either name (`cache` from transformers 5.24, `past_key_values` before),
+    None where it returned none."""
+    return out.get("cache", out.get("past_key_values"))
 
 
 def forward_kwargs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from harness.models.logits import forward_kwargs, left_pad, padded
+from harness.models.logits import cache_keyword, forward_kwargs, left_pad, padded, returned_cache
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -32,7 +32,7 @@ def prefix_cache(model, prefixes: Sequence[Sequence[int]], pad_id: int):
     caller skips the prefix pass of every later one."""
     ids, mask = left_pad(prefixes, pad_id)  # [rows, width]
     out = model(**forward_kwargs(model, ids, mask), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = returned_cache(out)
     layers = getattr(cache, "layers", None)
     if type(cache).__name__ != "DynamicCache" or not layers or any(
             type(la).__name__ not in EXTENDABLE_LAYERS for la in layers):
@@ -56,6 +56,7 @@ def suffix_logits(model, cache, prefix_mask: torch.Tensor, prefix_lens: torch.Te
     kept = torch.unique(want)  # [n] every row's positions, sorted: the logits computed
     device = model.device
     out = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), position_ids=position_ids.to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=kept.to(device)).logits  # [batch, n, vocab]
+                **{cache_keyword(model): cache}, use_cache=True,
+                logits_to_keep=kept.to(device)).logits  # [batch, n, vocab]
     col = torch.searchsorted(kept, want).to(device)  # [batch, keep]
     return torch.take_along_dim(out, col[..., None], dim=1)
