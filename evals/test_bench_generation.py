@@ -236,7 +236,8 @@ def test_step_kernel_time(gemma_2b, compiled):
     rehearsal runs): a record for the 1.0 s target, not a bound. Per-step wall time of the warm run against the GPU's
     kernel time per step (the gap is time the GPU waits), and the kernels that take the most GPU time, from
     torch.profiler over a 129-token run (its prefill and graph capture included). Asserted only what must hold:
-    kernels never take longer than the wall clock they ran in. First run: one H100 at f6e68db (generation_h100.json)."""
+    kernels never take longer than the wall clock they ran in. First run: one H100 at f6e68db (generation_h100.json;
+    its compiled profiled_run_s, 18.7 s, held the step's recompile for the 129-token length, warmed up since)."""
     from torch.profiler import ProfilerActivity, profile
 
     from harness.steering.interventions import ablate
@@ -252,6 +253,7 @@ def test_step_kernel_time(gemma_2b, compiled):
     with ablate(model, direction.cuda()):
         long_s, _ = _timed(run(NEW_TOKENS), repeats=1)
         short_s, _ = _timed(run(16), repeats=1)
+        run(129)()  # a compiled step recompiles for this length's cache bucket: outside the profiled run
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             t0 = time.perf_counter()
             run(129)()
