@@ -10,7 +10,8 @@ Run on a GPU: `pytest -m bench evals/test_bench_hooks.py -p no:xdist`; writes $H
 Why: in the cold rehearsals the ablation generation took ~4.7 s more than the weight-edit one with the compiled
 arithmetic (H100, f6e68db, both models), ~2.0 s more with eager hooks (H200, 5e99fbf), while the fused kernel saves
 only ~0.3 s (gemma-2b-it, 54 hooks) to ~0.6 s (qwen3-8b, 108) of a 512-step generation at ~11 us a hook a step.
-Not yet run on a GPU.
+First run (one H100, 2026-12-06, reports/bench/hook_arithmetic.json): eager won cold by 4.8 s (gemma-2b-it) and
+3.7 s (qwen3-8b); warm, fused saved 0.17 and 0.45 s. So `interventions.FUSE_DECODE_HOOKS` is off.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def test_cold_hooked_generation(name, fused, tmp_path):
                            "decode": "static backend, uncompiled CUDA graph", "hooks": "ablate, every layer"}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    assert record["token_agreement_hooked_vs_plain"] < 0.9, "the hooks changed (almost) nothing: were they active?"
+    # A no-op hook keeps every greedy token of the plain run (agreement exactly 1.0); a random direction at gemma's
+    # scale changed ~5% of them on an H100, so any change proves the hooks ran.
+    assert record["token_agreement_hooked_vs_plain"] < 1.0, "the hooks changed nothing: were they active?"
 
 
 if __name__ == "__main__":

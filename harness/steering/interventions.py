@@ -124,10 +124,9 @@ def _shift(x: torch.Tensor, r: torch.Tensor, scale: torch.Tensor, add: torch.Ten
 
 
 FUSED_MAX_ROWS = 256
-"""Rows up to which an eager hook on CUDA runs the compiled copy of its one-direction arithmetic at a decode step
-(batches of up to 232 rows), where the five small kernels of the eager path cost 13.6 us against 2.2 us fused
-in a CUDA graph (H100). A prefill's hooks stay eager: over [tokens, d_model] the extra passes cost about 1% of its
-forward, while compiling for prefill shapes took 4.2 s of a cold gemma-2b-it rehearsal on an H100."""
+"""Rows up to which an eager hook on CUDA may run the compiled copy of its one-direction arithmetic at a decode step
+(batches of up to 232 rows): one kernel instead of five (2.2 us against 13.6 us a hook a step in a CUDA graph, H100).
+A prefill's hooks stay eager: over [tokens, d_model] the extra passes cost about 1% of its forward."""
 
 
 @functools.cache
@@ -152,8 +151,12 @@ def _decode_sized(x: torch.Tensor) -> bool:
     return one_position and x.numel() <= FUSED_MAX_ROWS * x.shape[-1]
 
 
-FUSE_DECODE_HOOKS = True
-"""Whether eager hooks on CUDA run the compiled copy at decode sizes at all (`evals/test_bench_hooks.py` times both)."""
+FUSE_DECODE_HOOKS = False
+"""Whether eager hooks on CUDA run the compiled copy at decode sizes. Off: a process's first compile (inductor and
+Triton warm-up) costs more than the kernel saves in the one or two hooked generations a run makes. Cold, one H100,
+232 rows x 256 tokens as an uncompiled CUDA graph (evals/test_bench_hooks.py, reports/bench/hook_arithmetic.json):
+the first hooked generation took 6.8 s fused against 2.0 s eager (gemma-2b-it) and 9.7 against 6.0 s (qwen3-8b);
+warm, fused saved 0.17 and 0.45 s."""
 
 
 def _fused(x: torch.Tensor) -> bool:
