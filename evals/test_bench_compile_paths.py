@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy_agreement import token_agreement
 
 pytestmark = [
     pytest.mark.bench,
@@ -46,11 +47,6 @@ def _workload(gen) -> tuple[int, int]:
     """(rows, new tokens a row): the TOML's widest batch, HARNESS_BENCH_NEW_TOKENS (default 512)."""
     rows = gen.compiled_rows or gen.joint_batch_size or gen.batch_size
     return rows, int(os.environ.get("HARNESS_BENCH_NEW_TOKENS", "512"))
-
-
-def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-    return same / max(1, sum(max(len(ra), len(rb)) for ra, rb in zip(a, b)))
 
 
 def measure(model, tokenizer, choice: str, rows: int, new_tokens: int, device: str, template_kwargs: dict) -> dict:
@@ -134,9 +130,10 @@ def test_hooked_step_choice(tmp_path):
         results[choice] = json.loads(out.read_text())
     tokens = {choice: results[choice].pop("tokens") for choice in CHOICES}
     agree = {
-        "shared_ablation_vs_graph_ablation": _agreement(tokens["shared"]["ablation"], tokens["graph"]["ablation"]),
-        "shared_ablation_vs_unablated": _agreement(tokens["shared"]["ablation"], tokens["shared"]["baseline"]),
-        "shared_baseline_vs_compiled_baseline": _agreement(tokens["shared"]["baseline"], tokens["graph"]["baseline"]),
+        "shared_ablation_vs_graph_ablation": token_agreement(tokens["shared"]["ablation"], tokens["graph"]["ablation"]),
+        "shared_ablation_vs_unablated": token_agreement(tokens["shared"]["ablation"], tokens["shared"]["baseline"]),
+        "shared_baseline_vs_compiled_baseline": token_agreement(tokens["shared"]["baseline"],
+                                                                tokens["graph"]["baseline"]),
     }
     faster = min(CHOICES, key=lambda c: results[c]["total_s"])
     path = _path(EXPERIMENT)

@@ -21,6 +21,7 @@ from pathlib import Path
 import bench_floor
 import pytest
 import torch
+from greedy_agreement import token_agreement
 
 pytestmark = [
     pytest.mark.bench,
@@ -117,11 +118,6 @@ def _run(model, input_ids, attention_mask, backend, compile_step=False):
     )
 
 
-def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-    return same / sum(len(r) for r in a)
-
-
 @pytest.fixture(scope="module")
 def plain_generate(gemma_2b):
     """(seconds, tokens) of plain `model.generate` on the workload, measured once per run for every speedup."""
@@ -150,7 +146,7 @@ def test_static_backend_with_ablation(gemma_2b, plain_generate, benchmark):
             "speedup_ablated_vs_plain": plain_s / hooked_s,
             "hook_overhead": hooked_s / static_s - 1,
             "ablated_x_floor": hooked_s / FLOOR["seconds"],
-            "greedy_agreement_static_vs_plain_bf16": _agreement(static_out, plain_out),
+            "greedy_agreement_static_vs_plain_bf16": token_agreement(static_out, plain_out),
         }
     )
     assert hooked_s / static_s - 1 <= HOOK_OVERHEAD_EAGER_MAX, f"eager hook overhead {hooked_s / static_s - 1:.1%}"
@@ -179,18 +175,19 @@ def test_static_compiled_with_ablation(gemma_2b, plain_generate):
             "static_ablated_s": hooked_s,
             "plain_generate_s": plain_s,
             "speedup_ablated_vs_plain": plain_s / hooked_s,
-            "greedy_agreement_static_vs_plain_bf16": _agreement(static_out, plain_out),
+            "greedy_agreement_static_vs_plain_bf16": token_agreement(static_out, plain_out),
             "hook_overhead": hooked_s / static_s - 1,
             "ablated_x_floor": hooked_s / FLOOR["seconds"],
             "wall_incl_compile_s": time.perf_counter() - t0,
             # hooks honoured under compile: closer to the uncompiled ablated run than to the unablated one
-            "agreement_ablated_compiled_vs_ablated_graph": _agreement(hooked_out, eager_hooked),
-            "agreement_ablated_compiled_vs_unablated_compiled": _agreement(hooked_out, static_out),
+            "agreement_ablated_compiled_vs_ablated_graph": token_agreement(hooked_out, eager_hooked),
+            "agreement_ablated_compiled_vs_unablated_compiled": token_agreement(hooked_out, static_out),
             "recompiles_for_shorter_prompt": recompiles,
         }
     )
     assert recompiles == 0, f"a 33-token prompt recompiled the decode step {recompiles} time(s)"
-    assert _agreement(hooked_out, eager_hooked) > _agreement(hooked_out, static_out), "hooks ignored under compile"
+    honoured = token_agreement(hooked_out, eager_hooked) > token_agreement(hooked_out, static_out)
+    assert honoured, "hooks ignored under compile"
     assert hooked_s <= TARGET_S, f"compiled static+ablation took {hooked_s:.2f} s > {TARGET_S} s"
     assert plain_s / hooked_s >= TARGET_SPEEDUP, f"compiled speedup {plain_s / hooked_s:.2f}x < {TARGET_SPEEDUP}x"
     assert hooked_s / static_s - 1 <= HOOK_OVERHEAD_MAX, f"hook overhead {hooked_s / static_s - 1:.1%}"

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from greedy_agreement import token_agreement
 
 pytestmark = pytest.mark.bench
 
@@ -66,7 +67,7 @@ def _child(name: str, fused: bool) -> dict:
     with interventions.ablate(model, direction.cuda()):
         hooked_s, hooked = timed(run)
         hooked_warm_s, _ = timed(run)
-    same = sum(a == b for p, h in zip(plain, hooked) for a, b in zip(p, h)) / sum(len(p) for p in plain)
+    same = token_agreement(plain, hooked)
     return {"plain_first_s": plain_s, "plain_warm_s": plain_warm_s, "hooked_first_s": hooked_s,
             "hooked_warm_s": hooked_warm_s, "hooked_first_minus_plain_warm_s": hooked_s - plain_warm_s,
             "token_agreement_hooked_vs_plain": same, "gpu": torch.cuda.get_device_name(),

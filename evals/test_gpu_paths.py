@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from greedy_agreement import token_agreement
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths need a CUDA device")
 two_gpus = pytest.mark.skipif(
@@ -51,12 +52,6 @@ def _record(section: str, entries: dict) -> None:
         "accelerate": accelerate.__version__,
     }
     path.write_text(json.dumps(results, indent=1, sort_keys=True))
-
-
-def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    """Fraction of positions (over the longer row of each pair) where the two greedy rows hold the same token."""
-    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-    return same / sum(max(len(ra), len(rb)) for ra, rb in zip(a, b))
 
 
 def _llama(hidden: int, layers: int, vocab: int, seed: int = 0):
@@ -136,11 +131,11 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
 
     plain, fast = greedy("transformers"), greedy("static")
     assert all(len(r) == N_NEW for r in fast)
-    figures = {"static_vs_plain": _agreement(fast, plain)}
+    figures = {"static_vs_plain": token_agreement(fast, plain)}
     if attention._grouped_attention_applies(model.config):
-        figures["plain_eager_vs_plain_sdpa"] = _agreement(greedy("transformers", "eager"), plain)
+        figures["plain_eager_vs_plain_sdpa"] = token_agreement(greedy("transformers", "eager"), plain)
         monkeypatch.setattr(attention, "_grouped_attention_applies", lambda config: False)
-        figures["static_hf_kernel_vs_plain"] = _agreement(greedy("static"), plain)
+        figures["static_hf_kernel_vs_plain"] = token_agreement(greedy("static"), plain)
     figures["distinct_tokens_per_row"] = sum(len(set(r)) for r in fast) / len(fast)
     _record(f"bf16_static_vs_plain/{name}/{'ablated' if ablated else 'plain'}", {**figures, "new_tokens": N_NEW})
     if "static_hf_kernel_vs_plain" not in figures:
@@ -174,7 +169,7 @@ def _shared_step_agreement(monkeypatch, device: str) -> tuple[int, dict[str, flo
             compiled = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id, compile_step=True, rows=rows)
         with condition():
             own = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id)
-        figures[name] = _agreement(compiled, own)
+        figures[name] = token_agreement(compiled, own)
     torch._dynamo.reset()
     return counter.frame_count, figures
 
@@ -270,10 +265,10 @@ def test_device_map_auto_capture_ablation_generation(split_and_single):
             with ablate(m, r_hat):
                 gens[backend, k] = _greedy(m, enc.to(m.get_input_embeddings().weight.device), backend, **pad)
     agreement = {
-        f"{backend}_split_vs_single": _agreement(gens[backend, "split"], gens[backend, "single"])
+        f"{backend}_split_vs_single": token_agreement(gens[backend, "split"], gens[backend, "single"])
         for backend in ("transformers", "static")
     }
-    agreement["static_split_vs_plain_single"] = _agreement(gens["static", "split"], gens["transformers", "single"])
+    agreement["static_split_vs_plain_single"] = token_agreement(gens["static", "split"], gens["transformers", "single"])
     _record(
         "device_map_auto_fp32",
         {
