@@ -168,8 +168,8 @@ def _edit(x: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor,
           add: torch.Tensor | None = None) -> torch.Tensor:
     """x - scale * (x B^T) B (+ add) over the last axis for orthonormal float32 rows `b: [k, d_model]`, computed in
     float32, returned in x's dtype. One direction is a row reduction: traced as is inside a compiled step (inductor
-    fuses it with its neighbours), its compiled copy when run eagerly on CUDA at decode sizes (`_fused`); elsewhere,
-    and for several directions, two matrix products."""
+    fuses it with its neighbours), or its compiled copy when run eagerly on CUDA at decode sizes with
+    `FUSE_DECODE_HOOKS` on (`_fused`); elsewhere, and for several directions, two matrix products."""
     if b.shape[0] == 1 and torch.compiler.is_compiling():
         return _remove_component(x, b[0], scale) if add is None else _shift(x, b[0], scale, add)
     if b.shape[0] == 1 and _fused(x):
