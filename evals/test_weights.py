@@ -46,6 +46,21 @@ def test_input_model_untouched():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("family", ["gpt_oss", "gemma4"])
+def test_the_copy_holds_only_the_edited_tensors_anew(family):
+    """What a weight-edited condition adds to the GPU: the residual writers, not a second model."""
+    from harness.steering.weights import edited_writers
+
+    model, _ = tiny_model(family)
+    out = orthogonalize(model, _direction(model), modules=["attn_out", "mlp_down"])
+    writers = {id(t) for ref in edited_writers(model, ["attn_out", "mlp_down"]) for t in (ref.weight, ref.bias)
+               if t is not None}
+    before = dict(model.named_parameters())
+    for name, p in out.named_parameters():
+        assert (p is before[name]) == (id(before[name]) not in writers), name
+    assert any(p is before[name] for name, p in out.named_parameters())
+
+
 def test_every_writer_is_orthogonal(edited):
     _, _, _, r, out = edited
     r_hat = r / r.norm()
