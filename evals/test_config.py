@@ -233,7 +233,6 @@ def test_per_layer_recipe_errors_name_the_field(tmp_path, edit, message):
     ("[direction]\nfit_prompts = \"construction\"\n", "no validation prompts to select"),
     ("[intervention]\nkeep_tie = true\nedit_modules = [\"attn_out\"]\n", "drop keep_tie"),
     ("[direction]\nread_point = \"layer_output\"\n", "needs direction.per_layer"),
-    ("[direction.selection]\npacked = true\ncandidates_per_forward = 2\n", "one candidate per forward"),
     ("[direction.selection]\nshared_prefix = true\n", "replaced by packed = true"),
 ])
 def test_single_direction_recipe_errors(tmp_path, extra, message):

@@ -333,12 +333,43 @@ def test_packed_scores_as_the_plain_pass(family, monkeypatch):
     kw = {"max_layer_fraction": 1.0, "kl_max": 1e9, "induce_min": -1e9, "progress": False, "batch_size": 3}
     plain = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], **kw)
     assert not calls
+    real_pack = selection.pack  # narrow rows: several to a forward, so a copy's rows are not its prompts' order
+    rows_per_forward = []
+
+    def narrow(*args, **kwargs):
+        made = real_pack(*args, **kwargs, row_tokens=48)
+        rows_per_forward.extend(p.input_ids.shape[0] for p in made)
+        return made
+
+    monkeypatch.setattr(selection, "pack", narrow)
     packed = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, **kw)
     scored = _assert_same_scores(plain, packed)
     assert len(calls) >= 2 * scored + 1  # baseline, then each candidate's ablated and induce passes
-    with pytest.raises(SelectionError, match="one candidate per forward"):
-        select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True, candidates_per_forward=2,
-                         **kw)
+    calls.clear()
+    together = select_direction(model, tok, candidates, HARMFUL[VAL], HARMLESS[VAL], packed=True,
+                                candidates_per_forward=3, **kw)
+    assert _assert_same_scores(packed, together) == scored
+    assert len(calls) < 2 * scored  # each ablated pass scored up to three candidates
+    assert max(rows_per_forward) > 1
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_packed_copies_are_the_pack_run_again(family):
+    """packed_last_logits(copies=k): k copies of the packed rows in one forward, copy-major; without hooks each copy's
+    logits are the single pass's (gemma2's sliding layers take their own masks, repeated alike)."""
+    from harness.models.logits import pad_token_id, prompt_batches
+    from harness.models.packing import pack, packed_last_logits
+
+    model, tok = tiny_model(family)
+    rows = [row[m.bool()].tolist() for ids, mask in prompt_batches(tok, HARMFUL[:5], batch_size=5)
+            for row, m in zip(ids, mask)]
+    packs = pack(rows, pad_token_id(tok), row_tokens=40)
+    assert sum(p.input_ids.shape[0] for p in packs) > len(packs)  # several rows in a forward
+    once = packed_last_logits(model, packs)  # [5, vocab]
+    thrice = packed_last_logits(model, packs, copies=3)
+    assert thrice.shape == (3 * len(rows), once.shape[-1])
+    for c in range(3):
+        assert torch.allclose(thrice[c * len(rows):(c + 1) * len(rows)], once, atol=1e-5, rtol=0), c
 
 
 def test_packed_selection_refuses_a_recurrent_model():

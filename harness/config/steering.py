@@ -32,7 +32,7 @@ class SelectionConfig(Strict):
     packed: bool = Field(
         False, description="every pass packs the validation prompts into rows (harness.models.packing): no padding, "
         "and the prefix they all share (a chat template's system turn) computed once per row; equal to the padded "
-        "pass to float tolerance; attention-only models, one candidate per forward"
+        "pass to float tolerance; attention-only models (with candidates_per_forward, copies of the packed rows)"
     )
 
     @model_validator(mode="before")
@@ -42,12 +42,6 @@ class SelectionConfig(Strict):
             raise ValueError("shared_prefix was replaced by packed = true, which also shares the prompts' common "
                              "prefix and drops their padding")
         return data
-
-    @model_validator(mode="after")
-    def _one_candidate_when_packed(self) -> SelectionConfig:
-        if self.packed and self.candidates_per_forward > 1:
-            raise ValueError("packed scores one candidate per forward: set candidates_per_forward = 1")
-        return self
 
 
 ReadPoint = Literal["block_input", "layer_output"]

@@ -120,16 +120,31 @@ def pack_kwargs(model, p: Pack) -> dict:
             "attention_mask": pack_mask(model.config, p, dtype, device)}
 
 
-def packed_last_logits(model, packs: Sequence[Pack], kwargs: Sequence[dict] | None = None) -> torch.Tensor:
-    """Next-token logits at each packed prompt's last token -> `[n, vocab]` float32 on the model's device, in prompt
-    order across `packs` (each `Pack`'s prompts in order, packs in order). `kwargs`: precomputed `pack_kwargs`."""
-    out = []
+def packed_last_logits(model, packs: Sequence[Pack], kwargs: Sequence[dict] | None = None,
+                       copies: int = 1) -> torch.Tensor:
+    """Next-token logits at each packed prompt's last token -> `[copies * n, vocab]` float32 on the model's device, in
+    prompt order across `packs` (each `Pack`'s prompts in order, packs in order). `kwargs`: precomputed `pack_kwargs`.
+    `copies` > 1 runs each pack's rows that many times over in one forward (copy-major: copy c of a pack's row r is
+    row c * rows + r, where `ablate_rows` can give each copy its own direction); copy c's logits are rows c * n to
+    (c + 1) * n of the result."""
+    out = []  # per pack: [copies, n_pack, vocab]
     for k, p in enumerate(packs):
+        kw = kwargs[k] if kwargs is not None else pack_kwargs(model, p)
+        if copies > 1:
+            kw = {name: _repeat_rows(value, copies) for name, value in kw.items()}
+        n_rows = p.input_ids.shape[0]
         rows = torch.tensor([r for r, _ in p.ends])
         cols = torch.tensor([c for _, c in p.ends])
         kept = torch.unique(cols)  # sorted: the positions whose logits are computed
-        logits = model(**(kwargs[k] if kwargs is not None else pack_kwargs(model, p)), use_cache=False,
-                       logits_to_keep=kept.to(model.device)).logits  # [rows, n_kept, vocab]
-        index = torch.searchsorted(kept, cols)
-        out.append(logits[rows.to(logits.device), index.to(logits.device)].float())
-    return torch.cat(out)
+        logits = model(**kw, use_cache=False, logits_to_keep=kept.to(model.device)).logits  # [copies*rows, kept, vocab]
+        index = torch.searchsorted(kept, cols).to(logits.device)
+        every = (torch.arange(copies)[:, None] * n_rows + rows[None]).to(logits.device)  # [copies, n_pack]
+        out.append(logits[every, index[None].expand_as(every)].float())
+    return torch.cat(out, dim=1).flatten(0, 1)
+
+
+def _repeat_rows(value, copies: int):
+    """A forward argument (a `[rows, ...]` tensor, or a dict of them: masks by layer type) with its rows repeated."""
+    if isinstance(value, dict):
+        return {name: _repeat_rows(v, copies) for name, v in value.items()}
+    return value.repeat(copies, *([1] * (value.ndim - 1)))

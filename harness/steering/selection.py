@@ -249,12 +249,10 @@ def select_direction(
     the batch shape is not, so on a GPU the scores can differ in their last bits from one candidate per forward.
     `packed`: every pass packs its prompts into rows (`harness.models.packing`): no padding, and the prefix every
     prompt shares (a chat template's system turn) computed once per row; the scores equal the padded pass's to float
-    tolerance. Attention-only models.
+    tolerance. Attention-only models. With both, each forward holds `candidates_per_forward` copies of the packed rows.
     """
     if candidates_per_forward < 1:
         raise SelectionError(f"candidates_per_forward must be >= 1, got {candidates_per_forward}")
-    if packed and candidates_per_forward > 1:
-        raise SelectionError("packed scores one candidate per forward; set candidates_per_forward = 1")
     if packed:
         try:
             layer_windows(model)
@@ -317,8 +315,11 @@ def select_direction(
         """Each candidate's (harmful, harmless) ablated logits from one forward per validation batch."""
         k = len(chosen)
         directions = torch.stack([candidates[layer, pos].float() for layer, pos in chosen])  # [k, d_model]
-        parts = []  # per batch: [k, batch, vocab]
-        for batch_ids, mask in val_batches:
+        parts = []  # per batch or pack: [k, prompts, vocab]
+        for p, kw in zip(val_packs, val_forwards):
+            with ablate_rows(model, directions.repeat_interleave(p.input_ids.shape[0], dim=0)):
+                parts.append(packed_last_logits(model, [p], [kw], copies=k).view(k, len(p.ends), -1))
+        for batch_ids, mask in val_batches if not packed else ():
             with ablate_rows(model, directions.repeat_interleave(batch_ids.shape[0], dim=0)):
                 logits = forward_logits(model, batch_ids.repeat(k, 1), mask.repeat(k, 1), last_only=True, on_cpu=False)
             parts.append(logits.view(k, batch_ids.shape[0], -1))
