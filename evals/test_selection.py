@@ -353,6 +353,30 @@ def test_packed_scores_as_the_plain_pass(family, monkeypatch):
     assert max(rows_per_forward) > 1
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_induce_pass_adds_a_layers_candidates_in_one_forward(packed):
+    """The induce pass of k candidates at one layer: one forward over k copies of the prompts, each copy's logits
+    what ActAdd of its own vector gives alone."""
+    from harness.models.logits import forward_logits, prompt_batches
+    from harness.steering.selection import _actadd_logits
+
+    model, tok = tiny_model("llama")
+    induced = _actadd_logits(model, tok, HARMLESS[VAL], [1, 2], system=None, batch_size=64, packed=packed)
+    vectors = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        together = induced(vectors, 2)  # [3, n, vocab]
+    finally:
+        handle.remove()
+    assert len(forwards) == 1 and together.shape[:2] == (3, len(HARMLESS[VAL]))
+    (ids, mask), = prompt_batches(tok, HARMLESS[VAL], batch_size=64)
+    for k in range(3):
+        with actadd(model, vectors[k], 2, 1.0):
+            alone = forward_logits(model, ids, mask, last_only=True)
+        assert torch.allclose(together[k], alone, atol=1e-4, rtol=0), k
+
+
 @pytest.mark.parametrize("family", ["qwen3", "gemma2"])
 def test_packed_copies_are_the_pack_run_again(family):
     """packed_last_logits(copies=k): k copies of the packed rows in one forward, copy-major; without hooks each copy's

@@ -179,11 +179,12 @@ def _filter_reasons(
 
 def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], *, system: str | None,
                    batch_size: int, packed: bool = False):
-    """`logits(vector, layer)`: last-position logits [n, vocab] of `prompts` with `vector` added at
-    block `layer` (one of `layers`). Blocks below `layer` are unchanged by ActAdd, so where the model
-    allows it each batch starts at `layer` from its baseline block input, captured once (identical
-    results, fewer FLOPs: the induce pass of a sweep costs about half a forward on average). `packed`: the prompts
-    go through packed rows (`harness.models.packing`) instead of left-padded batches."""
+    """`logits(vectors, layer)`: last-position logits `[k, n, vocab]` of `prompts` with each of `vectors: [k, d_model]`
+    added at block `layer` (one of `layers`). Blocks below `layer` are unchanged by ActAdd, so where the model allows
+    it each batch starts at `layer` from its baseline block input, captured once, with the vector already added (what
+    ActAdd's hook computes there), and the k vectors go through one forward over k copies of the batch (identical
+    results, fewer FLOPs and forwards: the induce pass of a sweep costs about half a forward per candidate on
+    average). `packed`: the prompts go through packed rows (`harness.models.packing`) instead of left-padded batches."""
     batches = prompt_batches(tokenizer, prompts, system=system, batch_size=batch_size)
     if packed:
         packs = pack(_token_rows(batches), pad_token_id(tokenizer))
@@ -191,19 +192,30 @@ def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], 
         run = [functools.partial(packed_last_logits, model, [p], [kw]) for p, kw in zip(packs, forwards)]
     else:
         forwards = [forward_kwargs(model, ids, mask) for ids, mask in batches]
-        run = [functools.partial(forward_logits, model, ids, mask, last_only=True, on_cpu=False)
-               for ids, mask in batches]
+
+        def padded(ids, mask, copies: int = 1) -> Tensor:  # [copies * batch, vocab], copy-major
+            return forward_logits(model, ids.repeat(copies, 1), mask.repeat(copies, 1), last_only=True, on_cpu=False)
+
+        run = [functools.partial(padded, ids, mask) for ids, mask in batches]
     resumable = can_resume(model) and len(layers) > 0
     inputs = [block_inputs(model, layers, **kw) if resumable else None for kw in forwards]
 
     @torch.inference_mode()
-    def logits(vector: Tensor, layer: int) -> Tensor:
-        out = []
-        for forward, hidden in zip(run, inputs):
-            with resume_at(model, layer, hidden[layer]) if hidden is not None else nullcontext():
+    def logits(vectors: Tensor, layer: int) -> Tensor:
+        k = vectors.shape[0]
+        if not resumable:
+            every = []
+            for vector in vectors:
                 with actadd(model, vector, layer, 1.0):
-                    out.append(forward())
-        return torch.cat(out)
+                    every.append(torch.cat([forward() for forward in run]))
+            return torch.stack(every)
+        out = []  # per batch: [k, batch, vocab]
+        for forward, hidden in zip(run, inputs):
+            h = hidden[layer]  # [rows, seq, d_model]
+            added = vectors.float().to(h.device).repeat_interleave(h.shape[0], dim=0)[:, None]  # [k * rows, 1, d_model]
+            with resume_at(model, layer, (h.float().repeat(k, 1, 1) + added).to(h.dtype)):
+                out.append(forward(copies=k).unflatten(0, (k, -1)))
+        return torch.cat(out, dim=1)
 
     return logits
 
@@ -299,15 +311,18 @@ def select_direction(
     compute = store.compute if store is not None else in_memory_compute()
     base = compute(["baseline"], baseline, 1)[0]
 
-    def score(layer: int, pos: int, ablated: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    def score(layer: int, pos: int, ablated: tuple[Tensor, Tensor] | None = None,
+              induced: Tensor | None = None) -> dict[str, float]:
         vector = candidates[layer, pos].float()
         if ablated is None:
             with ablate(model, unit(vector)):
                 ablated = val_logits()
+        if induced is None:
+            induced = induced_logits(vector[None], layer)[0]
         harmful, harmless = ablated
         bypass = scores_from_logits(harmful, ids, score_form).mean()
         kl = next_token_kl(base_logits()[1], harmless).mean()
-        induce = scores_from_logits(induced_logits(vector, layer), ids, score_form).mean()
+        induce = scores_from_logits(induced, ids, score_form).mean()
         return {"bypass_score": float(bypass), "induce_score": float(induce), "kl": float(kl)}
 
     @torch.inference_mode()
@@ -326,6 +341,14 @@ def select_direction(
         every = torch.cat(parts, dim=1)  # [k, n_harmful + n_harmless, vocab]
         return [(every[c, :n_harmful], every[c, n_harmful:]) for c in range(k)]
 
+    def induced_together(chosen: list[tuple[int, int]]) -> list[Tensor]:
+        """Each candidate's induce-pass logits `[n_harmless, vocab]`: one pass for the candidates at each layer."""
+        out = {}
+        for layer in sorted({layer for layer, _ in chosen}):
+            at = [candidate for candidate in chosen if candidate[0] == layer]
+            out.update(zip(at, induced_logits(torch.stack([candidates[c].float() for c in at]), layer)))
+        return [out[c] for c in chosen]
+
     zero = {(layer, pos) for layer, pos in sweep if float(candidates[layer, pos].norm()) <= EPS_NORM}
     todo = {
         candidate_id(layer, pos): (layer, pos)
@@ -340,7 +363,8 @@ def select_direction(
         if len(batch) == 1:
             return [score(*todo[batch[0]])]
         chosen = [todo[c] for c in batch]
-        return [score(*candidate, ablated) for candidate, ablated in zip(chosen, ablated_together(chosen))]
+        return [score(*candidate, ablated, induced)
+                for candidate, ablated, induced in zip(chosen, ablated_together(chosen), induced_together(chosen))]
 
     unit_ = "candidate" if candidates_per_forward == 1 else f"{candidates_per_forward} candidates"
     bar = functools.partial(tqdm, desc="direction selection", unit=unit_) if progress else None
