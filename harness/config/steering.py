@@ -25,7 +25,8 @@ class SelectionConfig(Strict):
         "or `exact`, the unbounded log-odds log p - log(1 - p)"
     )
     candidates_per_forward: int = Field(
-        1, ge=1, description="candidates ablated in one forward over as many copies of the validation prompts "
+        1, ge=1, description="candidates ablated in one forward over as many copies of the validation prompts, "
+        "and added (the induce pass) to as many copies where they share a layer "
         "(harness.steering.selection.select_direction): fewer, larger forwards where the sweep is bound by per-forward "
         "overhead; the same arithmetic per row in another batch shape"
     )

@@ -257,7 +257,8 @@ def select_direction(
     as it finishes, so a killed sweep resumes where it stopped; its key must cover the candidates,
     prompts and refusal ids. `score_form`: the refusal score's formula (`scores_from_logits`).
     `candidates_per_forward` > 1 ablates that many candidates in one forward over as many copies of the validation
-    prompts (`ablate_rows`), where a sweep is bound by per-forward overhead; the arithmetic per row is the same,
+    prompts (`ablate_rows`), and its induce pass adds those of one layer to as many copies of their block input,
+    where a sweep is bound by per-forward overhead; the arithmetic per row is the same,
     the batch shape is not, so on a GPU the scores can differ in their last bits from one candidate per forward.
     `packed`: every pass packs its prompts into rows (`harness.models.packing`): no padding, and the prefix every
     prompt shares (a chat template's system turn) computed once per row; the scores equal the padded pass's to float
