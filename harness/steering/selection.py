@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -177,6 +176,34 @@ def _filter_reasons(
     return reasons
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One forward over some of the prompts: its model kwargs (for `block_inputs`), its rows, and
+    `logits(copies=1)` -> last-position logits `[copies * prompts, vocab]` on the model's device, copy-major, from
+    one forward over `copies` copies of its rows (where `ablate_rows` or a resumed input can tell them apart)."""
+
+    kwargs: dict
+    rows: int
+    logits: Callable[..., Tensor]
+
+
+def _padded_logits(model, ids: Tensor, mask: Tensor, copies: int = 1) -> Tensor:
+    return forward_logits(model, ids.repeat(copies, 1), mask.repeat(copies, 1), last_only=True, on_cpu=False)
+
+
+def _passes(model, tokenizer, prompts: list[str], *, system: str | None, batch_size: int, packed: bool) -> list[_Pass]:
+    """`prompts` as forwards: left-padded batches of `batch_size`, or packed rows (`harness.models.packing`); their
+    logits in prompt order, pass after pass."""
+    batches = prompt_batches(tokenizer, prompts, system=system, batch_size=batch_size)
+    if not packed:
+        return [_Pass(forward_kwargs(model, ids, mask), ids.shape[0],
+                      functools.partial(_padded_logits, model, ids, mask)) for ids, mask in batches]
+    packs = pack(_token_rows(batches), pad_token_id(tokenizer))
+    kwargs = [pack_kwargs(model, p) for p in packs]
+    return [_Pass(kw, p.input_ids.shape[0], functools.partial(packed_last_logits, model, [p], [kw]))
+            for p, kw in zip(packs, kwargs)]
+
+
 def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], *, system: str | None,
                    batch_size: int, packed: bool = False):
     """`logits(vectors, layer)`: last-position logits `[k, n, vocab]` of `prompts` with each of `vectors: [k, d_model]`
@@ -185,20 +212,9 @@ def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], 
     ActAdd's hook computes there), and the k vectors go through one forward over k copies of the batch (identical
     results, fewer FLOPs and forwards: the induce pass of a sweep costs about half a forward per candidate on
     average). `packed`: the prompts go through packed rows (`harness.models.packing`) instead of left-padded batches."""
-    batches = prompt_batches(tokenizer, prompts, system=system, batch_size=batch_size)
-    if packed:
-        packs = pack(_token_rows(batches), pad_token_id(tokenizer))
-        forwards = [pack_kwargs(model, p) for p in packs]
-        run = [functools.partial(packed_last_logits, model, [p], [kw]) for p, kw in zip(packs, forwards)]
-    else:
-        forwards = [forward_kwargs(model, ids, mask) for ids, mask in batches]
-
-        def padded(ids, mask, copies: int = 1) -> Tensor:  # [copies * batch, vocab], copy-major
-            return forward_logits(model, ids.repeat(copies, 1), mask.repeat(copies, 1), last_only=True, on_cpu=False)
-
-        run = [functools.partial(padded, ids, mask) for ids, mask in batches]
+    passes = _passes(model, tokenizer, prompts, system=system, batch_size=batch_size, packed=packed)
     resumable = can_resume(model) and len(layers) > 0
-    inputs = [block_inputs(model, layers, **kw) if resumable else None for kw in forwards]
+    inputs = [block_inputs(model, layers, **p.kwargs) if resumable else None for p in passes]
 
     @torch.inference_mode()
     def logits(vectors: Tensor, layer: int) -> Tensor:
@@ -207,14 +223,14 @@ def _actadd_logits(model, tokenizer, prompts: list[str], layers: Sequence[int], 
             every = []
             for vector in vectors:
                 with actadd(model, vector, layer, 1.0):
-                    every.append(torch.cat([forward() for forward in run]))
+                    every.append(torch.cat([p.logits() for p in passes]))
             return torch.stack(every)
-        out = []  # per batch: [k, batch, vocab]
-        for forward, hidden in zip(run, inputs):
+        out = []  # per pass: [k, prompts, vocab]
+        for p, hidden in zip(passes, inputs):
             h = hidden[layer]  # [rows, seq, d_model]
-            added = vectors.float().to(h.device).repeat_interleave(h.shape[0], dim=0)[:, None]  # [k * rows, 1, d_model]
+            added = vectors.float().to(h.device).repeat_interleave(p.rows, dim=0)[:, None]  # [k * rows, 1, d_model]
             with resume_at(model, layer, (h.float().repeat(k, 1, 1) + added).to(h.dtype)):
-                out.append(forward(copies=k).unflatten(0, (k, -1)))
+                out.append(p.logits(copies=k).unflatten(0, (k, -1)))
         return torch.cat(out, dim=1)
 
     return logits
@@ -286,17 +302,11 @@ def select_direction(
     # Harmful and harmless validation prompts go through one tokenization and one forward per batch (or packed rows),
     # and the logits are reduced where they are.
     n_harmful = len(harmful_val)
-    val_batches = prompt_batches(tokenizer, harmful_val + harmless_val, system=system, batch_size=batch_size)
-
-    val_packs = pack(_token_rows(val_batches), pad_token_id(tokenizer)) if packed else []
-    val_forwards = [pack_kwargs(model, p) for p in val_packs]
+    val = _passes(model, tokenizer, harmful_val + harmless_val, system=system, batch_size=batch_size, packed=packed)
 
     @torch.inference_mode()
     def val_logits() -> tuple[Tensor, Tensor]:  # ([n_harmful, vocab], [n_harmless, vocab]) on the model's device
-        if packed:
-            logits = packed_last_logits(model, val_packs, val_forwards)
-        else:
-            logits = torch.cat([forward_logits(model, i, m, last_only=True, on_cpu=False) for i, m in val_batches])
+        logits = torch.cat([p.logits() for p in val])
         return logits[:n_harmful], logits[n_harmful:]
 
     @functools.cache
@@ -331,14 +341,10 @@ def select_direction(
         """Each candidate's (harmful, harmless) ablated logits from one forward per validation batch."""
         k = len(chosen)
         directions = torch.stack([candidates[layer, pos].float() for layer, pos in chosen])  # [k, d_model]
-        parts = []  # per batch or pack: [k, prompts, vocab]
-        for p, kw in zip(val_packs, val_forwards):
-            with ablate_rows(model, directions.repeat_interleave(p.input_ids.shape[0], dim=0)):
-                parts.append(packed_last_logits(model, [p], [kw], copies=k).view(k, len(p.ends), -1))
-        for batch_ids, mask in val_batches if not packed else ():
-            with ablate_rows(model, directions.repeat_interleave(batch_ids.shape[0], dim=0)):
-                logits = forward_logits(model, batch_ids.repeat(k, 1), mask.repeat(k, 1), last_only=True, on_cpu=False)
-            parts.append(logits.view(k, batch_ids.shape[0], -1))
+        parts = []  # per pass: [k, prompts, vocab]
+        for p in val:
+            with ablate_rows(model, directions.repeat_interleave(p.rows, dim=0)):
+                parts.append(p.logits(copies=k).unflatten(0, (k, -1)))
         every = torch.cat(parts, dim=1)  # [k, n_harmful + n_harmless, vocab]
         return [(every[c, :n_harmful], every[c, n_harmful:]) for c in range(k)]
 
