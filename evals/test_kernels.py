@@ -18,3 +18,31 @@ def test_cuda_runs_leave_cudnn_attention_out():
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_read_out_gets_a_contiguous_input_once_and_the_same_logits():
+    """configure_model_kernels (forced on the CPU) gives the unembedding a contiguous copy of the sliced hidden states
+    `logits_to_keep` hands it (cuBLAS's kernel for the strided slice is ~30x off the weight read), once however often
+    it is configured, in copies of the model too; the last positions' logits stay those of the stock model."""
+    import copy
+
+    from harness.models.arch import unembedding
+    from harness.models.kernels import configure_model_kernels
+    from harness.models.tiny import tiny_model
+
+    stock, _ = tiny_model("llama")
+    model = copy.deepcopy(stock)
+    configure_model_kernels(model, on_cpu=True)
+    configure_model_kernels(model, on_cpu=True)
+    seen = []
+    unembedding(model).register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, stock.config.vocab_size, (3, 9))
+    with torch.no_grad():
+        for keep in (1, 2):
+            torch.testing.assert_close(model(input_ids=ids, logits_to_keep=keep).logits,
+                                       stock(input_ids=ids, logits_to_keep=keep).logits)
+        assert len(unembedding(copy.deepcopy(model))._forward_pre_hooks) == 2
+    assert seen == [True, True]
+    unconfigured, _ = tiny_model("llama")
+    configure_model_kernels(unconfigured)  # a CPU model keeps the stock path
+    assert not unembedding(unconfigured)._forward_pre_hooks

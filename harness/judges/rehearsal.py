@@ -88,6 +88,7 @@ def _judge_model(family: str, seed: int, size: str, device: str):
     `device` with the real tokenizer where one is available offline."""
     import torch
 
+    from harness.models.kernels import configure_model_kernels
     from harness.models.tiny import randomize_zero_inits, tiny_model
 
     model, tokenizer = tiny_model(family, seed=seed)
@@ -101,6 +102,7 @@ def _judge_model(family: str, seed: int, size: str, device: str):
         big = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         randomize_zero_inits(big)
     big.generation_config = copy.deepcopy(model.generation_config)
+    configure_model_kernels(big)
     real = judge_tokenizer(family)
     if real is None:
         return big.eval().requires_grad_(False), tokenizer, STAND_IN
