@@ -4,7 +4,8 @@ prefill asks) of random weights of each experiment's real config in bf16, 32 pro
 the read-out's input made contiguous (as every CUDA model is configured) and without (the stock strided slice).
 
 Asserted: the configured forward is faster than the stock one, and its logits are the stock ones.
-Results: $HARNESS_BENCH_DIR (default reports/bench/) as readout.json, the previous file under `earlier`.
+Results: $HARNESS_BENCH_DIR (default reports/bench/) as readout.json, one GPU's figures; another GPU's previous record
+under `earlier`.
 """
 
 from __future__ import annotations
@@ -77,13 +78,14 @@ def test_contiguous_readout_input(name):
     path = _path()
     earlier = json.loads(path.read_text()) if path.exists() else {}
     record = {k: v for k, v in earlier.items() if k != "earlier"}
-    results = {**record.get("results", {}), name: entry}
+    same_gpu = record.get("gpu") == torch.cuda.get_device_name()
+    results = {**(record.get("results", {}) if same_gpu else {}), name: entry}  # one GPU's figures in one record
     path.write_text(json.dumps({
         "what": __doc__.split("\n\n")[0],
         "results": results,
         "gpu": torch.cuda.get_device_name(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda},
-        **({"earlier": record} if record.get("gpu") not in (None, torch.cuda.get_device_name()) else {}),
+        **({"earlier": record} if record and not same_gpu else {}),
     }, indent=1) + "\n")
     print(json.dumps({name: entry}, indent=1))
     for shape, e in entry.items():
