@@ -1,5 +1,5 @@
-"""Kernel choices for forwards on a GPU, made once where a run picks CUDA: process-wide (attention backends) and per
-model (a contiguous read-out input; gpt-oss's attention with sinks through SDPA).
+"""Kernel choices for a model's forwards, made once where it is loaded: a contiguous read-out input on every device;
+where a run picks CUDA, process-wide attention backends and gpt-oss's attention with sinks through SDPA.
 
 cuDNN's fused attention builds an execution graph for every new problem shape (batch, query and key lengths):
 tens of milliseconds of host time each, which recent PyTorch pays first on Hopper, where it ranks cuDNN above
