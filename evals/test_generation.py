@@ -59,6 +59,28 @@ def test_rows_padding_leaves_the_real_rows_unchanged(family):
         generate_tokens(model, enc["input_ids"], enc["attention_mask"], rows=8, **(kw | {"backend": "transformers"}))
 
 
+@pytest.mark.parametrize("family, sink_key", [("llama", 0), ("gpt_oss", 1)])
+def test_prefill_reads_only_the_prompt_slots(monkeypatch, family, sink_key):
+    """The static backend's prefill attends over the prompt's cache slots, not the empty rest of the cache (SDPA's
+    key length in every pass with more than one query; gpt-oss's sink attention adds its one sink key)."""
+    from harness.generation.attention import sink_decode_attention
+
+    seen: list[int] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, *args, **kwargs):
+        if q.shape[-2] > 1:
+            seen.append(k.shape[-2])
+        return sdpa(q, k, *args, **kwargs)
+
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with sink_decode_attention(model, on_cpu=True):
+        generate_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=40, backend="static")
+    assert seen and set(seen) == {enc["input_ids"].shape[1] + sink_key}
+
+
 def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
     """compiled_rows: a 3-row and a 2-row batch run the compiled step made for 4 rows; unpadded they compile twice."""
     from torch._dynamo.testing import CompileCounter

@@ -44,6 +44,7 @@ def _grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scalin
     `query: [b, heads, q, d]`, `key/value: [b, kv_heads, s, d]`, `attention_mask: [b, 1, q, s]`.
     """
     b, heads, q_len, d = query.shape
+    key, value = _masked_slots(key, value, attention_mask)
     kv_heads = key.shape[1]
     group = heads // kv_heads
     q = query.reshape(b, kv_heads, group * q_len, d)
@@ -58,6 +59,24 @@ def _grouped_sdpa(module, query, key, value, attention_mask, dropout=0.0, scalin
         mask = mask[:, :, None].expand(b, 1, group, q_len, mask.shape[-1]).reshape(b, 1, group * q_len, -1)
     out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(b, heads, q_len, -1).transpose(1, 2).contiguous(), None
+
+
+def _masked_slots(key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V cut to the cache slots `attention_mask` covers (`key/value: [b, kv, s, d]`, mask `[b, 1, q, <= s]`).
+
+    A prefill into a fresh static cache fills its first slots only; `static_generate` hands these kernels a mask
+    over those, so they never read the empty rest (gpt-oss-20b at 232 rows x 1,152 slots: ~9 GiB of per-head K/V
+    copies a layer in `sink_attention`, with the whole model resident; an 80 GB card ran out of memory there)."""
+    if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
+        return key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
+    return key, value
+
+
+def reads_masked_slots_only(config: Any) -> bool:
+    """Whether the attention in use for `config` is one of these kernels, which read only the slots their mask
+    covers (`_masked_slots`); transformers' own kernels cut the mask to the keys instead and need it full width."""
+    return text_config(config)._attn_implementation in (GROUPED_SDPA, SINK_DECODE)
 
 
 @contextmanager
@@ -112,6 +131,7 @@ def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, sc
     """
     b, heads, q_len, d = query.shape
     if q_len != 1:
+        key, value = _masked_slots(key, value, attention_mask)
         return sink_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     mask = attention_mask[..., : key.shape[-2]] if attention_mask is not None else None
     window = getattr(module, "sliding_window", None)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from harness.generation.attention import reads_masked_slots_only
 from harness.generation.common import GenerationError, text_config
 from harness.models.arch import NotAttentionOnly, layer_windows, masks_by_layer_type
 from harness.models.logits import cache_keyword
@@ -94,7 +95,10 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
     valid[:, :prompt_len] = attention_mask.bool()
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-    prefill_mask = _static_masks(model.config, valid, torch.arange(prompt_len, device=device), dtype)
+    # The prefill fills slots [0, prompt_len); kernels that read only the slots their mask covers get a mask over
+    # those alone (harness.generation.attention._masked_slots), not the empty rest of the cache.
+    seen = valid[:, :prompt_len] if reads_masked_slots_only(model.config) else valid
+    prefill_mask = _static_masks(model.config, seen, torch.arange(prompt_len, device=device), dtype)
     cache_kw = cache_keyword(model)
     logits = model(
         input_ids=input_ids,
