@@ -165,6 +165,28 @@ def test_oom_halves_batch_and_keeps_finished_items():
     assert sorted(finished) == sorted(ids)  # every item generated exactly once
 
 
+def test_oom_halves_the_compiled_rows_with_the_batch(monkeypatch):
+    """With compiled_rows, a batch is padded back to that many rows, so out-of-memory halves the padding too (with a
+    warning: a new compiled step) and the run goes on; every prompt is still answered once."""
+    from harness.generation import completions
+
+    padded_to: list[int] = []
+
+    def fake(model, input_ids, attention_mask, *, rows=None, **kw):
+        padded_to.append(rows)
+        if rows > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return [[5, 6]] * input_ids.shape[0]
+
+    monkeypatch.setattr(completions, "generate_tokens", fake)
+    model, tok = tiny_model("llama")
+    settings = GenerationConfig(backend="static", compile_step=True, compiled_rows=8, batch_size=4,
+                                max_new_tokens=2)
+    with pytest.warns(UserWarning, match="compiled_rows"):
+        texts = generate(model, tok, PROMPTS, settings, compile_step=True, progress=False)
+    assert len(texts) == len(PROMPTS) and padded_to == [8, 2, 2]
+
+
 def test_oom_at_batch_one_is_raised():
     def fn(batch):
         raise torch.OutOfMemoryError("simulated")

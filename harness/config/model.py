@@ -59,8 +59,8 @@ class GenerationConfig(Strict):
     compiled_rows: int | None = Field(
         None, ge=1, description="with compile_step, every batch is padded to this many rows (copies of its first "
         "prompt, discarded), so one compiled step serves sets of every size; dynamo compiles once per batch shape. "
-        "At least batch_size and joint_batch_size. Halving the batch on out-of-memory cannot help then (it is padded "
-        "back): lower compiled_rows instead"
+        "At least batch_size and joint_batch_size. On out-of-memory the batch and this row count are halved together "
+        "(a new compiled step, with a warning): set both lower for a smaller GPU"
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs per model")
     max_new_tokens: int = Field(256, ge=1)

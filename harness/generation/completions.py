@@ -3,13 +3,15 @@
 `generate` returns completions (prompt and special tokens stripped; a tokenizer whose `ChatFormat`
 has reasoning keeps special tokens so `harness.generation.reasoning` can split them) in input order, batched over
 prompts sorted by length, optionally through an `ItemStore` so a killed run resumes, halving the
-batch on CUDA out-of-memory. `generate_tokens` picks the backend for a token batch.
+batch (and the rows a compiled step is padded to) on CUDA out-of-memory. `generate_tokens` picks the backend for a
+token batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -86,20 +88,29 @@ def generate(
     lengths = dict(zip(item_ids, map(len, tokenizer(prompts, add_special_tokens=False).input_ids)))
     ordered = sorted(dict.fromkeys(item_ids), key=lambda i: -lengths[i])
 
+    padded = {"rows": settings.compiled_rows if compile_step else None}
+
     def run_batch(batch_ids: list[str]) -> list[str]:
         if settings.backend == "vllm":
             texts, counts = vllm_complete(model, [by_prompt[i] for i in batch_ids], settings,
                                            _keeps_special_tokens(tokenizer))
         else:
             texts, counts = _complete(model, tokenizer, [by_id[i] for i in batch_ids], settings, intervention,
-                                      compile_step)
+                                      compile_step, padded["rows"])
         if token_counts is not None:
             token_counts.save(dict(zip(batch_ids, counts)))
         return texts
 
     compute = store.compute if store is not None else in_memory_compute()
     bar = _progress_bar(settings.backend) if progress else None
-    values = compute_halving_on_oom(compute, ordered, run_batch, settings.batch_size, bar)
+    def halved(batch_size: int) -> None:
+        if padded["rows"] is not None:  # padded back to compiled_rows, a halved batch would run out again
+            warnings.warn(f"generation ran out of GPU memory with batches padded to {padded['rows']} rows "
+                          f"(compiled_rows); going on with {batch_size}, a new compiled step (lower compiled_rows "
+                          "and the batch sizes in the experiment's TOML for this GPU)", stacklevel=2)
+            padded["rows"] = batch_size
+
+    values = compute_halving_on_oom(compute, ordered, run_batch, settings.batch_size, bar, halved)
     done = dict(zip(ordered, values))
     return [done[i] for i in item_ids]
 
@@ -110,11 +121,13 @@ def compute_halving_on_oom(
     fn: Callable[[list[str]], list[Any]],
     batch_size: int,
     progress: Callable | None = None,
+    on_halve: Callable[[int], None] | None = None,
 ) -> list[Any]:
     """`compute(ids, fn, batch_size, progress)`, retried with half the batch size on out-of-memory.
 
     `compute` is an `ItemStore.compute` or `in_memory_compute(...)`: both keep every finished batch, so
-    a retry generates only what is missing and nothing finished is lost.
+    a retry generates only what is missing and nothing finished is lost. `on_halve(new_batch_size)` runs before
+    each retry (a batch padded to a fixed row count must shrink that count too).
     """
     while True:
         try:
@@ -123,6 +136,8 @@ def compute_halving_on_oom(
             if batch_size == 1:
                 raise
             batch_size = max(1, batch_size // 2)
+            if on_halve is not None:
+                on_halve(batch_size)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
@@ -140,8 +155,9 @@ def _complete(
     settings: GenerationConfig,
     intervention: Intervention | None,
     compile_step: bool,
+    rows: int | None,
 ) -> tuple[list[str], list[int]]:
-    """Texts and new-token counts (stop token excluded)."""
+    """Texts and new-token counts (stop token excluded); `rows`: see `static_generate`."""
     from harness.models.chat import tokenize_instructions
 
     enc = tokenize_instructions(tokenizer, instructions, system=settings.system_prompt, answer_prefix=False)
@@ -160,7 +176,7 @@ def _complete(
             backend=settings.backend,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
             compile_step=compile_step,
-            rows=settings.compiled_rows if compile_step else None,
+            rows=rows,
         )
     return _decode(tokenizer, new_tokens), [len(row) for row in new_tokens]
 
