@@ -151,3 +151,22 @@ def test_full_size_guard_reads_with_the_real_llama3_tokenizer(monkeypatch):
     assert rehearsal_judge("sorry-bench", size="full").rehearsal_tokenizer == "tiny stand-in"
     monkeypatch.setenv("HARNESS_TOKENIZERS_DIR", "/nonexistent")
     assert rehearsal_judge("llamaguard3", size="full").rehearsal_tokenizer == "tiny stand-in"
+
+
+@pytest.mark.parametrize("name", ["llamaguard3", "sorry-bench"])
+def test_full_size_judge_is_built_at_its_first_batch(monkeypatch, name):
+    """A `full` rehearsal judge makes its weights when its first batch needs them, as a pod loads the real judge
+    then, not with the fixtures (built with them, a 15 GiB guard sat beside the experiment's first generation); the
+    same seeded weights, so a judge built late scores as one built early would."""
+    import harness.judges.rehearsal as rehearsal
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16)
+    for family in ("llama", "mistral"):
+        monkeypatch.setitem(rehearsal.FULL_DIMS, family, {**rehearsal.FULL_DIMS[family], **small})
+    judge, again = rehearsal_judge(name, size="full"), rehearsal_judge(name, size="full")
+    assert judge.judge._model is None
+    first = judge.judge.raw_outputs(PROMPTS, COMPLETIONS)
+    assert judge.judge._model.config.hidden_size == 64 and judge.judge._model.config.num_hidden_layers == 2
+    assert again.judge.raw_outputs(PROMPTS, COMPLETIONS) == first
+    assert rehearsal_judge(name).judge._model is not None  # the tiny one is made at once

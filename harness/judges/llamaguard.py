@@ -15,6 +15,7 @@ leading/trailing whitespace never adds a word and a newline never separates two.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from harness.judges.backends import hf_greedy, hf_load, library_versions, require_vllm, text_sha256, vllm_greedy
@@ -64,8 +65,9 @@ def response_words(response: str) -> int:
 
 
 class LlamaGuardJudge:
-    """Batched greedy Llama Guard. State: the loaded guard model and tokenizer (expensive, loaded once)
-    and the raw outputs and categories of the last call (diagnostics)."""
+    """Batched greedy Llama Guard. State: the loaded guard model and tokenizer (expensive, loaded once, at the first
+    call; `build_model` makes it in place of loading `model_id`) and the raw outputs and categories of the last call
+    (diagnostics)."""
 
     CODE_MODULES: tuple[str, ...] = ("judges.llamaguard", "judges.backends")
     rehearsal = False
@@ -80,6 +82,7 @@ class LlamaGuardJudge:
         model: Any = None,
         tokenizer: Any = None,
         max_new_tokens: int = 10,
+        build_model: Callable[[], Any] | None = None,
         batch_size: int = 16,
         short_response_words: int | None = None,
     ):
@@ -101,7 +104,7 @@ class LlamaGuardJudge:
         if backend not in ("transformers", "vllm"):
             raise ValueError(f"judge backend must be transformers, vllm or auto, got {backend!r}")
         self.backend = backend
-        self._model, self._tokenizer = model, tokenizer
+        self._model, self._tokenizer, self._build_model = model, tokenizer, build_model
         # An injected tokenizer's template is part of the judge's identity; a loaded one is pinned by revision.
         template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
         self.template_sha256 = text_sha256(template) if isinstance(template, str) else None
@@ -113,6 +116,8 @@ class LlamaGuardJudge:
             vllm = require_vllm(self.name)
             self._model = vllm.LLM(model=self.model_id, revision=self.revision, tokenizer_revision=self.revision)
             self._tokenizer = self._model.get_tokenizer()
+        elif self._build_model is not None:
+            self._model = self._build_model()
         else:
             self._model, self._tokenizer = hf_load(self.model_id, self.revision)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from harness.judges import Judge
@@ -83,34 +84,41 @@ def judge_tokenizer(family: str) -> tuple[Any, str] | None:
     return AutoTokenizer.from_pretrained(folder), f"{FULL_TOKENIZERS[family]} (offline copy)"
 
 
-def _judge_model(family: str, seed: int, size: str, device: str):
-    """(model, tokenizer, tokenizer source): the tiny model, or the judge's real-size architecture in bf16 on
-    `device` with the real tokenizer where one is available offline."""
-    import torch
-
-    from harness.models.kernels import configure_model_kernels
-    from harness.models.tiny import randomize_zero_inits, tiny_model
+def _judge_parts(family: str, seed: int, size: str, device: str) -> tuple[Any, Callable[[], Any] | None, Any, str]:
+    """(model, builder, tokenizer, tokenizer source): the tiny model on `device` at once; for `full`, no model yet but
+    a builder of the judge's real-size architecture in bf16 on `device`, which the judge calls at its first batch, as
+    a pod loads the real judge then and not with the fixtures (a 15 GiB guard built with them sat beside gpt-oss-20b's
+    first generation on an 80 GB card and ran it out of memory); the real tokenizer where one is available offline."""
+    from harness.models.tiny import tiny_model
 
     model, tokenizer = tiny_model(family, seed=seed)
     if size == "tiny":
-        return model.to(device), tokenizer, STAND_IN
-    from transformers import AutoModelForCausalLM
-
-    config = model.config.__class__(**{**model.config.to_dict(), **FULL_DIMS[family]})
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        big = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        randomize_zero_inits(big)
-    big.generation_config = copy.deepcopy(model.generation_config)
-    configure_model_kernels(big)
+        return model.to(device), None, tokenizer, STAND_IN
     real = judge_tokenizer(family)
-    if real is None:
-        return big.eval().requires_grad_(False), tokenizer, STAND_IN
-    tokenizer, source = real
-    ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
-    big.generation_config.update(eos_token_id=ends, pad_token_id=tokenizer.eos_token_id,
-                                 bos_token_id=tokenizer.bos_token_id)
-    return big.eval().requires_grad_(False), tokenizer, source
+    if real is not None:
+        tokenizer = real[0]
+
+    def build() -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from harness.models.kernels import configure_model_kernels
+        from harness.models.tiny import randomize_zero_inits
+
+        config = model.config.__class__(**{**model.config.to_dict(), **FULL_DIMS[family]})
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            big = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            randomize_zero_inits(big)
+        big.generation_config = copy.deepcopy(model.generation_config)
+        configure_model_kernels(big)
+        if real is not None:
+            ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+            big.generation_config.update(eos_token_id=ends, pad_token_id=tokenizer.eos_token_id,
+                                         bos_token_id=tokenizer.bos_token_id)
+        return big.eval().requires_grad_(False)
+
+    return None, build, tokenizer, STAND_IN if real is None else real[1]
 
 
 def rehearsal_judge(name: str, *, seed: int = 0, short_response_words: int | None = None, size: str = "tiny",
@@ -172,7 +180,7 @@ def _mark(judge: LlamaGuardJudge | SorryBenchJudge, family: str, tokenizer_sourc
 
 def _guard(name: str, seed: int, short_response_words: int | None, size: str, device: str,
            batch_size: int | None) -> ScriptedStandIn:
-    model, tokenizer, source = _judge_model("llama", seed, size, device)
+    model, build, tokenizer, source = _judge_parts("llama", seed, size, device)
     tokenizer.chat_template = GUARD_TEMPLATE
     judge = LlamaGuardJudge(
         name,
@@ -180,6 +188,7 @@ def _guard(name: str, seed: int, short_response_words: int | None, size: str, de
         revision=REHEARSAL_REVISION,
         backend="transformers",
         model=model,
+        build_model=build,
         tokenizer=tokenizer,
         max_new_tokens=REHEARSAL_MAX_NEW_TOKENS,
         short_response_words=short_response_words,
@@ -200,12 +209,13 @@ def judge_prompt_or_placeholder() -> dict[str, Any]:
 
 
 def _sorry_bench(seed: int, size: str, device: str, batch_size: int | None) -> ScriptedStandIn:
-    model, tokenizer, source = _judge_model("mistral", seed, size, device)
+    model, build, tokenizer, source = _judge_parts("mistral", seed, size, device)
     judge = SorryBenchJudge(
         revision=REHEARSAL_REVISION,
         backend="transformers",
         model_id=f"harness.tiny/mistral-{size}-seed{seed}",
         model=model,
+        build_model=build,
         tokenizer=tokenizer,
         entry=judge_prompt_or_placeholder(),
         max_new_tokens=REHEARSAL_MAX_NEW_TOKENS,

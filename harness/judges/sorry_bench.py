@@ -13,6 +13,7 @@ the official script (run as a separate process, never imported) can re-score the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ def entry_sha256(entry: dict[str, Any]) -> str:
 
 
 class SorryBenchJudge:
-    """The official SORRY-Bench judge. State: the loaded judge model (expensive) and the pinned prompt entry."""
+    """The official SORRY-Bench judge. State: the loaded judge model (expensive, loaded at the first call;
+    `build_model` makes it in place of loading `model_id`) and the pinned prompt entry."""
 
     name = "sorry-bench"
     question = "fulfilment"  # 1 = fulfilled the request, 0 = did not (a refusal); defined on unsafe requests only
@@ -112,6 +114,7 @@ class SorryBenchJudge:
         batch_size: int = 8,
         entry: dict[str, Any] | None = None,
         max_new_tokens: int = JUDGE_MAX_TOKENS,
+        build_model: Callable[[], Any] | None = None,
     ):
         if evaluator_commit not in (None, EVALUATOR_COMMIT):
             raise ValueError(
@@ -126,7 +129,7 @@ class SorryBenchJudge:
         self.revision = revision or JUDGE_REVISION
         self.backend, self.batch_size, self.max_new_tokens = backend, batch_size, max_new_tokens
         self.entry = entry if entry is not None else load_judge_prompt(JUDGE_PROMPT_NAME, prompt_path)
-        self._model, self._tokenizer = model, tokenizer
+        self._model, self._tokenizer, self._build_model = model, tokenizer, build_model
         self.last_outputs: list[str] = []
 
     def raw_outputs(self, prompts: list[str], completions: list[str]) -> list[str]:
@@ -140,7 +143,9 @@ class SorryBenchJudge:
                     model=self.model_id, revision=self.revision, tokenizer_revision=self.revision, dtype="bfloat16"
                 )
             return vllm_greedy(self._model, dialogs, self.max_new_tokens)
-        if self._model is None:
+        if self._model is None and self._build_model is not None:
+            self._model = self._build_model()
+        elif self._model is None:
             self._model, self._tokenizer = hf_load(self.model_id, self.revision)
         return hf_greedy(self._model, self._tokenizer, dialogs, self.max_new_tokens, self.batch_size, True)
 
