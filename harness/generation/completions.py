@@ -88,7 +88,7 @@ def generate(
     lengths = dict(zip(item_ids, map(len, tokenizer(prompts, add_special_tokens=False).input_ids)))
     ordered = sorted(dict.fromkeys(item_ids), key=lambda i: -lengths[i])
 
-    padded = {"rows": settings.compiled_rows if compile_step else None}
+    rows = settings.compiled_rows if compile_step else None  # what a compiled step's batches are padded to
 
     def run_batch(batch_ids: list[str]) -> list[str]:
         if settings.backend == "vllm":
@@ -96,19 +96,21 @@ def generate(
                                            _keeps_special_tokens(tokenizer))
         else:
             texts, counts = _complete(model, tokenizer, [by_id[i] for i in batch_ids], settings, intervention,
-                                      compile_step, padded["rows"])
+                                      compile_step, rows)
         if token_counts is not None:
             token_counts.save(dict(zip(batch_ids, counts)))
         return texts
 
     compute = store.compute if store is not None else in_memory_compute()
     bar = _progress_bar(settings.backend) if progress else None
+
     def halved(batch_size: int) -> None:
-        if padded["rows"] is not None:  # padded back to compiled_rows, a halved batch would run out again
-            warnings.warn(f"generation ran out of GPU memory with batches padded to {padded['rows']} rows "
-                          f"(compiled_rows); going on with {batch_size}, a new compiled step (lower compiled_rows "
-                          "and the batch sizes in the experiment's TOML for this GPU)", stacklevel=2)
-            padded["rows"] = batch_size
+        nonlocal rows
+        if rows is not None:  # padded back to compiled_rows, a halved batch would run out again
+            warnings.warn(f"generation ran out of GPU memory with batches padded to {rows} rows (compiled_rows); "
+                          f"going on with {batch_size}, a new compiled step (lower compiled_rows and the batch sizes "
+                          "in the experiment's TOML for this GPU)", stacklevel=2)
+            rows = batch_size
 
     values = compute_halving_on_oom(compute, ordered, run_batch, settings.batch_size, bar, halved)
     done = dict(zip(ordered, values))
