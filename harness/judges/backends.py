@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,6 +51,15 @@ def hf_load(model_id: str, revision: str | None, dtype: str = "bfloat16") -> tup
     from harness.models.loading import load_model
 
     return load_model(ModelConfig(id=model_id, revision=revision, dtype=dtype, device_map="auto"))
+
+
+def hf_model(model_id: str, revision: str | None, build_model: Callable[[], Any] | None,
+             tokenizer: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of a judge on the transformers backend, made at its first call: `build_model()` beside the
+    tokenizer the judge was given (a rehearsal's random weights), else `hf_load` of the pinned model."""
+    if build_model is not None:
+        return build_model(), tokenizer
+    return hf_load(model_id, revision)
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from harness.judges.backends import hf_greedy, hf_load, library_versions, require_vllm, text_sha256, vllm_greedy
+from harness.judges.backends import hf_greedy, hf_model, library_versions, require_vllm, text_sha256, vllm_greedy
 from harness.run.cache import code_fingerprint
 
 GUARD_MODELS: dict[str, tuple[str, str]] = {
@@ -116,10 +116,8 @@ class LlamaGuardJudge:
             vllm = require_vllm(self.name)
             self._model = vllm.LLM(model=self.model_id, revision=self.revision, tokenizer_revision=self.revision)
             self._tokenizer = self._model.get_tokenizer()
-        elif self._build_model is not None:
-            self._model = self._build_model()
         else:
-            self._model, self._tokenizer = hf_load(self.model_id, self.revision)
+            self._model, self._tokenizer = hf_model(self.model_id, self.revision, self._build_model, self._tokenizer)
 
     def raw_outputs(self, prompts: list[str], completions: list[str]) -> list[str]:
         if len(prompts) != len(completions):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.judges.backends import hf_greedy, hf_load, library_versions, require_vllm, text_sha256, vllm_greedy
+from harness.judges.backends import hf_greedy, hf_model, library_versions, require_vllm, text_sha256, vllm_greedy
 from harness.run.cache import atomic_write_bytes, code_fingerprint, stage_key
 
 JUDGE_MODEL_ID = "sorry-bench/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"
@@ -143,10 +143,8 @@ class SorryBenchJudge:
                     model=self.model_id, revision=self.revision, tokenizer_revision=self.revision, dtype="bfloat16"
                 )
             return vllm_greedy(self._model, dialogs, self.max_new_tokens)
-        if self._model is None and self._build_model is not None:
-            self._model = self._build_model()
-        elif self._model is None:
-            self._model, self._tokenizer = hf_load(self.model_id, self.revision)
+        if self._model is None:
+            self._model, self._tokenizer = hf_model(self.model_id, self.revision, self._build_model, self._tokenizer)
         return hf_greedy(self._model, self._tokenizer, dialogs, self.max_new_tokens, self.batch_size, True)
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[int | None]:
