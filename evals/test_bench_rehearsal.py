@@ -61,6 +61,9 @@ def test_full_rehearsal(name, tmp_path):
         "rehearsal_model": results["setup"].get("rehearsal_model"),
         "generation": {path: ran["ran"] for path, ran in results["setup"].get("generation_paths", {}).items()},
         "compile_cache": "cold: empty harness, inductor and Triton cache folders",
+        # out-of-memory retries and halvings say so in warnings; they explain a slow stage
+        "warnings": sorted({line.strip() for line in (proc.stdout + proc.stderr).splitlines()
+                            if "Warning: " in line})[:20],
     }
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     (BENCH_DIR / f"rehearsal-{name}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -29,6 +29,7 @@ from harness.generation.static import static_generate
 from harness.generation.transformers_backend import hf_generate
 from harness.generation.vllm_backend import vllm_complete, vllm_engine
 from harness.models.arch import input_device
+from harness.models.offload import offload_idle
 from harness.steering.interventions import shared_hooks
 
 
@@ -125,23 +126,32 @@ def compute_halving_on_oom(
     progress: Callable | None = None,
     on_halve: Callable[[int], None] | None = None,
 ) -> list[Any]:
-    """`compute(ids, fn, batch_size, progress)`, retried with half the batch size on out-of-memory.
+    """`compute(ids, fn, batch_size, progress)`, retried on out-of-memory: first at the same batch size once idle
+    models (a judge between its batches, harness.models.offload) have left the GPU, then with half the batch size.
 
     `compute` is an `ItemStore.compute` or `in_memory_compute(...)`: both keep every finished batch, so
     a retry generates only what is missing and nothing finished is lost. `on_halve(new_batch_size)` runs before
-    each retry (a batch padded to a fixed row count must shrink that count too).
+    each halved retry (a batch padded to a fixed row count must shrink that count too).
     """
     while True:
         try:
             return compute(ids, fn, batch_size, progress)
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
+        except torch.OutOfMemoryError as err:
+            why = " ".join(str(err).split(" If reserved")[0].split()) or "no message"  # asked, free, reserved unused
+            moved = offload_idle()
+            if moved:
+                warnings.warn(f"generation ran out of GPU memory at batch size {batch_size} ({why}); moved idle "
+                              f"models ({moved / 2**30:.1f} GiB) to the CPU and tried again", stacklevel=2)
+            elif batch_size == 1:
                 raise
-            batch_size = max(1, batch_size // 2)
-            if on_halve is not None:
-                on_halve(batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            else:
+                warnings.warn(f"generation ran out of GPU memory at batch size {batch_size} ({why}); halving it",
+                              stacklevel=2)
+                batch_size = max(1, batch_size // 2)
+                if on_halve is not None:
+                    on_halve(batch_size)
+        if torch.cuda.is_available():  # outside the handler: its traceback no longer holds the failed batch's tensors
+            torch.cuda.empty_cache()
 
 
 def _progress_bar(desc: str) -> Callable:

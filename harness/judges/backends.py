@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from harness.models.offload import register_idle, resident
+
 JUDGE_TOX_ENV = "judge"
 
 
@@ -57,9 +59,9 @@ def hf_model(model_id: str, revision: str | None, build_model: Callable[[], Any]
              tokenizer: Any) -> tuple[Any, Any]:
     """(model, tokenizer) of a judge on the transformers backend, made at its first call: `build_model()` beside the
     tokenizer the judge was given (a rehearsal's random weights), else `hf_load` of the pinned model."""
-    if build_model is not None:
-        return build_model(), tokenizer
-    return hf_load(model_id, revision)
+    model, tokenizer = (build_model(), tokenizer) if build_model is not None else hf_load(model_id, revision)
+    register_idle(model)  # between batches it may leave the GPU to a generation that ran out (hf_greedy brings it back)
+    return model, tokenizer
 
 
 @torch.inference_mode()
@@ -72,7 +74,7 @@ def hf_greedy(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     outputs: list[str] = [""] * len(texts)
-    device = next(model.parameters()).device
+    device = next(resident(model).parameters()).device
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]

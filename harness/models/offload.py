@@ -1,0 +1,61 @@
+"""Idle models that step off the GPU when another computation runs out of its memory, and come back at their next use.
+
+A judge stays on the GPU between its batches: loading it again would cost more than holding it. On an 80 GB card it
+fits beside the model under test, but not always beside a weight-edited copy and a large generation batch as well.
+Rather than halve that batch (and, for a compiled step, compile anew), generation first asks the idle models to
+leave (`offload_idle`); a judge returns to its device at its next batch (`resident`).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+# id(model) -> (the model, its device while resident, whether it is parked on the CPU now)
+_IDLE: dict[int, tuple[weakref.ref, torch.device, bool]] = {}
+
+
+def _single_device(model: nn.Module) -> torch.device | None:
+    devices = {p.device for p in model.parameters()} | {b.device for b in model.buffers()}
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if len(devices) != 1 or len(set(device_map.values())) > 1:
+        return None  # a model spread over devices (accelerate's dispatch) is not moved as one piece
+    return devices.pop()
+
+
+def register_idle(model: nn.Module) -> bool:
+    """Let `offload_idle` move `model` to the CPU between its uses; the caller wraps each use in `resident`.
+    Only a model wholly on one accelerator qualifies (True if registered)."""
+    device = _single_device(model)
+    if device is None or device.type == "cpu":
+        return False
+    key = id(model)
+    _IDLE[key] = (weakref.ref(model, lambda _ref: _IDLE.pop(key, None)), device, False)
+    return True
+
+
+def offload_idle() -> int:
+    """Move every registered model that is on its accelerator now to the CPU; the bytes moved (0: nothing to free)."""
+    moved = 0
+    for key, (ref, device, parked) in list(_IDLE.items()):
+        model = ref()
+        if model is None or parked:
+            continue
+        moved += sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        model.to("cpu")
+        _IDLE[key] = (ref, device, True)
+    if moved and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return moved
+
+
+def resident(model: nn.Module) -> nn.Module:
+    """`model`, moved back to its device if `offload_idle` parked it (a no-op for a model never registered)."""
+    entry = _IDLE.get(id(model))
+    if entry is not None and entry[2]:
+        ref, device, _ = entry
+        model.to(device)
+        _IDLE[id(model)] = (ref, device, False)
+    return model
