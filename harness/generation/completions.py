@@ -29,7 +29,7 @@ from harness.generation.static import static_generate
 from harness.generation.transformers_backend import hf_generate
 from harness.generation.vllm_backend import vllm_complete, vllm_engine
 from harness.models.arch import input_device
-from harness.models.offload import offload_idle
+from harness.models.memory import offload_idle
 from harness.steering.interventions import shared_hooks
 
 
@@ -127,7 +127,7 @@ def compute_halving_on_oom(
     on_halve: Callable[[int], None] | None = None,
 ) -> list[Any]:
     """`compute(ids, fn, batch_size, progress)`, retried on out-of-memory: first at the same batch size once idle
-    models (a judge between its batches, harness.models.offload) have left the GPU, then with half the batch size.
+    models (a judge between its batches, harness.models.memory) have left the GPU, then with half the batch size.
 
     `compute` is an `ItemStore.compute` or `in_memory_compute(...)`: both keep every finished batch, so
     a retry generates only what is missing and nothing finished is lost. `on_halve(new_batch_size)` runs before

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from harness.models.offload import register_idle, resident
+from harness.models.memory import register_idle, resident
 
 JUDGE_TOX_ENV = "judge"
 

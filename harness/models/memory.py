@@ -1,6 +1,7 @@
-"""Idle models that step off the GPU when another computation runs out of its memory, and come back at their next use.
+"""GPU memory of a run: idle models that step off the GPU when another computation runs out of its memory, and come
+back at their next use.
 
-A judge stays on the GPU between its batches: loading it again would cost more than holding it. On an 80 GB card it
+A judge stays on the GPU between its batches (loading it again would cost more than holding it). On an 80 GB card it
 fits beside the model under test, but not always beside a weight-edited copy and a large generation batch as well.
 Rather than halve that batch (and, for a compiled step, compile anew), generation first asks the idle models to
 leave (`offload_idle`); a judge returns to its device at its next batch (`resident`).

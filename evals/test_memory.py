@@ -1,4 +1,4 @@
-"""Idle models leave the GPU when a generation runs out of memory (harness.models.offload): the generation retries at
+"""Idle models leave the GPU when a generation runs out of memory (harness.models.memory): the generation retries at
 the same batch size before it halves, and a judge comes back to its device, with the same outputs, at its next batch."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.generation import completions
-from harness.models import offload
+from harness.models import memory
 from harness.models.tiny import tiny_model
 from harness.run.cache import in_memory_compute
 
@@ -56,9 +56,9 @@ def test_oom_halves_when_nothing_idle_is_left(monkeypatch):
 
 def test_a_model_on_the_cpu_is_never_registered():
     model, _ = tiny_model("llama")
-    assert offload.register_idle(model) is False
-    assert offload.offload_idle() == 0
-    assert offload.resident(model) is model
+    assert memory.register_idle(model) is False
+    assert memory.offload_idle() == 0
+    assert memory.resident(model) is model
 
 
 def test_a_judge_model_is_registered_when_made(monkeypatch):
@@ -79,10 +79,10 @@ def test_a_parked_judge_returns_to_its_device_with_the_same_outputs():
     model = model.to("cuda")
     texts = ["a b c", "d e"]
     before = hf_greedy(model, tok, texts, 4, 2, True)
-    assert offload.register_idle(model)
+    assert memory.register_idle(model)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert offload.offload_idle() >= size
+    assert memory.offload_idle() >= size
     assert {p.device.type for p in model.parameters()} == {"cpu"}
-    assert offload.offload_idle() == 0  # parked already
+    assert memory.offload_idle() == 0  # parked already
     assert hf_greedy(model, tok, texts, 4, 2, True) == before
     assert {p.device.type for p in model.parameters()} == {"cuda"}
