@@ -14,8 +14,8 @@ import weakref
 import torch
 from torch import nn
 
-# id(model) -> (the model, its device while resident, whether it is parked on the CPU now)
-_IDLE: dict[int, tuple[weakref.ref, torch.device, bool]] = {}
+# id(model) -> (the model, the device it returns to); a registered model on the CPU is parked there
+_IDLE: dict[int, tuple[weakref.ref, torch.device]] = {}
 
 
 def _single_device(model: nn.Module) -> torch.device | None:
@@ -26,6 +26,10 @@ def _single_device(model: nn.Module) -> torch.device | None:
     return devices.pop()
 
 
+def _parked(model: nn.Module) -> bool:
+    return next(model.parameters()).device.type == "cpu"
+
+
 def register_idle(model: nn.Module) -> bool:
     """Let `offload_idle` move `model` to the CPU between its uses; the caller wraps each use in `resident`.
     Only a model wholly on one accelerator qualifies (True if registered)."""
@@ -33,30 +37,26 @@ def register_idle(model: nn.Module) -> bool:
     if device is None or device.type == "cpu":
         return False
     key = id(model)
-    _IDLE[key] = (weakref.ref(model, lambda _ref: _IDLE.pop(key, None)), device, False)
+    _IDLE[key] = (weakref.ref(model, lambda _ref: _IDLE.pop(key, None)), device)
     return True
 
 
 def offload_idle() -> int:
-    """Move every registered model that is on its accelerator now to the CPU; the bytes moved (0: nothing to free)."""
+    """Move every registered model that is on its accelerator now to the CPU; the bytes moved (0: nothing to free).
+    The caller empties the allocator's cache once the failed computation's tensors are gone too."""
     moved = 0
-    for key, (ref, device, parked) in list(_IDLE.items()):
+    for ref, _ in list(_IDLE.values()):
         model = ref()
-        if model is None or parked:
+        if model is None or _parked(model):
             continue
         moved += sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         model.to("cpu")
-        _IDLE[key] = (ref, device, True)
-    if moved and torch.cuda.is_available():
-        torch.cuda.empty_cache()
     return moved
 
 
 def resident(model: nn.Module) -> nn.Module:
     """`model`, moved back to its device if `offload_idle` parked it (a no-op for a model never registered)."""
     entry = _IDLE.get(id(model))
-    if entry is not None and entry[2]:
-        ref, device, _ = entry
-        model.to(device)
-        _IDLE[id(model)] = (ref, device, False)
+    if entry is not None and _parked(model):
+        model.to(entry[1])
     return model
