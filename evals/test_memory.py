@@ -71,6 +71,23 @@ def test_a_judge_model_is_registered_when_made(monkeypatch):
     assert registered == [model]
 
 
+@pytest.mark.skipif(not hasattr(torch._C, "_accelerator_getAllocatorSettings"), reason="torch < 2.12 cannot read it")
+def test_cuda_runs_get_expandable_segments_unless_the_environment_chooses(monkeypatch):
+    getter, setter = torch._C._accelerator_getAllocatorSettings, torch._C._accelerator_setAllocatorSettings
+    for name in memory.ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = getter()
+    try:
+        setter("expandable_segments:False")
+        monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:False")
+        assert memory.configure_cuda_allocator() is None and "True" not in getter()
+        monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+        assert memory.configure_cuda_allocator() == memory.EXPANDABLE and "expandable_segments:True" in getter()
+    finally:
+        setter(before or "expandable_segments:False")
+
+
 @cuda
 def test_a_parked_judge_returns_to_its_device_with_the_same_outputs():
     from harness.judges.backends import hf_greedy

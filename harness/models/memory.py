@@ -1,18 +1,39 @@
-"""GPU memory of a run: idle models that step off the GPU when another computation runs out of its memory, and come
-back at their next use.
+"""GPU memory of a run: the allocator's settings, and idle models that step off the GPU when another computation runs
+out of its memory and come back at their next use.
 
-A judge stays on the GPU between its batches (loading it again would cost more than holding it). On an 80 GB card it
-fits beside the model under test, but not always beside a weight-edited copy and a large generation batch as well.
-Rather than halve that batch (and, for a compiled step, compile anew), generation first asks the idle models to
-leave (`offload_idle`); a judge returns to its device at its next batch (`resident`).
+The allocator: a run allocates the model, then a weight-edited copy of its residual writers, static KV caches and
+CUDA graph pools of every size in turn. PyTorch's default segments are fixed in size once made, so freed memory can
+sit in pieces no large request fits; expandable segments map physical pages into one growing range instead
+(`configure_cuda_allocator`, as vLLM does by default), unless the user's own allocator settings say otherwise.
+
+Idle models: a judge stays on the GPU between its batches (loading it again would cost more than holding it). On an
+80 GB card it fits beside the model under test, but not always beside a weight-edited copy and a large generation
+batch as well. Rather than halve that batch (and, for a compiled step, compile anew), generation first asks the idle
+models to leave (`offload_idle`); a judge returns to its device at its next batch (`resident`).
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
 from torch import nn
+
+ALLOCATOR_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+EXPANDABLE = "expandable_segments:True"
+
+
+def configure_cuda_allocator() -> str | None:
+    """Expandable segments for this process's CUDA allocations from now on, unless an allocator variable of the
+    environment (`ALLOCATOR_ENV`) is set: the user's choice stands. The setting applied, or None."""
+    if any(os.environ.get(name) for name in ALLOCATOR_ENV) or not torch.cuda.is_available():
+        return None
+    # torch >= 2.12 names it per accelerator (the cuda one warns there); older releases have the cuda one only
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(EXPANDABLE)
+    return EXPANDABLE
+
 
 # id(model) -> (the model, the device it returns to); a registered model on the CPU is parked there
 _IDLE: dict[int, tuple[weakref.ref, torch.device]] = {}
