@@ -81,6 +81,7 @@ def test_cuda_runs_get_expandable_segments_unless_the_environment_chooses(monkey
     try:
         setter("expandable_segments:False")
         monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:False")
+        assert memory.environment_allocator() == "PYTORCH_ALLOC_CONF=expandable_segments:False"
         assert memory.configure_cuda_allocator() is None and "True" not in getter()
         monkeypatch.delenv("PYTORCH_ALLOC_CONF")
         assert memory.configure_cuda_allocator() == memory.EXPANDABLE and "expandable_segments:True" in getter()

@@ -24,10 +24,15 @@ ALLOCATOR_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 EXPANDABLE = "expandable_segments:True"
 
 
+def environment_allocator() -> str | None:
+    """The environment's allocator setting as "NAME=value" (the first of `ALLOCATOR_ENV` set), or None."""
+    return next((f"{name}={os.environ[name]}" for name in ALLOCATOR_ENV if os.environ.get(name)), None)
+
+
 def configure_cuda_allocator() -> str | None:
     """Expandable segments for this process's CUDA allocations from now on, unless an allocator variable of the
-    environment (`ALLOCATOR_ENV`) is set: the user's choice stands. The setting applied, or None."""
-    if any(os.environ.get(name) for name in ALLOCATOR_ENV) or not torch.cuda.is_available():
+    environment (`environment_allocator`) is set: the user's choice stands. The setting applied, or None."""
+    if environment_allocator() is not None or not torch.cuda.is_available():
         return None
     # torch >= 2.12 names it per accelerator (the cuda one warns there); older releases have the cuda one only
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
