@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.models.memory import EXPANDABLE, environment_allocator
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "reports" / "bench"
 EXPERIMENTS = ("gemma-2b-it", "qwen3-8b", "gpt-oss-20b")
@@ -63,7 +61,7 @@ def test_full_rehearsal(name, tmp_path):
         "rehearsal_model": results["setup"].get("rehearsal_model"),
         "generation": {path: ran["ran"] for path, ran in results["setup"].get("generation_paths", {}).items()},
         "compile_cache": "cold: empty harness, inductor and Triton cache folders",
-        "cuda_allocator": environment_allocator() or f"{EXPANDABLE} (harness.models.memory's default)",
+        "cuda_allocator": results["setup"].get("cuda_allocator"),
         # out-of-memory retries and halvings say so in warnings; they explain a slow stage
         "warnings": sorted({line.strip() for line in (proc.stdout + proc.stderr).splitlines()
                             if "Warning: " in line})[:20],

@@ -72,7 +72,7 @@ def test_a_judge_model_is_registered_when_made(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(torch._C, "_accelerator_getAllocatorSettings"), reason="torch < 2.12 cannot read it")
-def test_cuda_runs_get_expandable_segments_unless_the_environment_chooses(monkeypatch):
+def test_cuda_runs_get_expandable_segments_unless_the_experiment_or_the_environment_chooses(monkeypatch):
     getter, setter = torch._C._accelerator_getAllocatorSettings, torch._C._accelerator_setAllocatorSettings
     for name in memory.ALLOCATOR_ENV:
         monkeypatch.delenv(name, raising=False)
@@ -83,8 +83,12 @@ def test_cuda_runs_get_expandable_segments_unless_the_environment_chooses(monkey
         monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:False")
         assert memory.environment_allocator() == "PYTORCH_ALLOC_CONF=expandable_segments:False"
         assert memory.configure_cuda_allocator() is None and "True" not in getter()
+        assert memory.allocator_in_use(None) == "PYTORCH_ALLOC_CONF=expandable_segments:False"
         monkeypatch.delenv("PYTORCH_ALLOC_CONF")
+        assert memory.configure_cuda_allocator(expandable=False) is None and "True" not in getter()
+        assert memory.allocator_in_use(None) == memory.FIXED
         assert memory.configure_cuda_allocator() == memory.EXPANDABLE and "expandable_segments:True" in getter()
+        assert memory.allocator_in_use(memory.EXPANDABLE) == memory.EXPANDABLE
     finally:
         setter(before or "expandable_segments:False")
 

@@ -36,6 +36,12 @@ class ModelConfig(Strict):
     trust_remote_code: bool = False
     family: str | None = Field(None, description="override of the architecture family")
     refusal_tune: RefusalTune | None = None
+    expandable_segments: bool = Field(
+        True, description="on CUDA, allocate from expandable segments (harness.models.memory."
+        "configure_cuda_allocator): freed memory is not stranded in fixed-size pieces, at some cost in allocation "
+        "time; false keeps PyTorch's default. An allocator variable in the environment (PYTORCH_CUDA_ALLOC_CONF, "
+        "PYTORCH_ALLOC_CONF) overrides both"
+    )
 
     @model_validator(mode="after")
     def _pinned(self) -> "ModelConfig":

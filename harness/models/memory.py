@@ -4,7 +4,8 @@ out of its memory and come back at their next use.
 The allocator: a run allocates the model, then a weight-edited copy of its residual writers, static KV caches and
 CUDA graph pools of every size in turn. PyTorch's default segments are fixed in size once made, so freed memory can
 sit in pieces no large request fits; expandable segments map physical pages into one growing range instead
-(`configure_cuda_allocator`, as vLLM does by default), unless the user's own allocator settings say otherwise.
+(`configure_cuda_allocator`, as vLLM does by default), unless the experiment (`[model] expandable_segments`) or the
+user's own allocator settings say otherwise.
 
 Idle models: a judge stays on the GPU between its batches (loading it again would cost more than holding it). On an
 80 GB card it fits beside the model under test, but not always beside a weight-edited copy and a large generation
@@ -24,15 +25,25 @@ ALLOCATOR_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 EXPANDABLE = "expandable_segments:True"
 
 
+FIXED = "PyTorch's default (fixed-size segments)"
+
+
+def allocator_in_use(applied: str | None) -> str:
+    """What a run allocates with, for its record: the setting `configure_cuda_allocator` applied, else the
+    environment's, else PyTorch's default."""
+    return applied or environment_allocator() or FIXED
+
+
 def environment_allocator() -> str | None:
     """The environment's allocator setting as "NAME=value" (the first of `ALLOCATOR_ENV` set), or None."""
     return next((f"{name}={os.environ[name]}" for name in ALLOCATOR_ENV if os.environ.get(name)), None)
 
 
-def configure_cuda_allocator() -> str | None:
-    """Expandable segments for this process's CUDA allocations from now on, unless an allocator variable of the
-    environment (`environment_allocator`) is set: the user's choice stands. The setting applied, or None."""
-    if environment_allocator() is not None or not torch.cuda.is_available():
+def configure_cuda_allocator(expandable: bool = True) -> str | None:
+    """Expandable segments for this process's CUDA allocations from now on (`expandable`; else PyTorch's default
+    stays), unless an allocator variable of the environment (`environment_allocator`) is set: the user's choice
+    stands. The setting applied, or None."""
+    if not expandable or environment_allocator() is not None or not torch.cuda.is_available():
         return None
     # torch >= 2.12 names it per accelerator (the cuda one warns there); older releases have the cuda one only
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings

@@ -235,7 +235,7 @@ def section_coherence(coherence: dict | None) -> list[str]:
 
 
 SETUP_ARTIFACTS = ("policy_areas", "chat", "judges", "filtering", "reasoning", "unjudged", "rehearsal_model",
-                   "generation_paths", "judge_agreement", "judge_cross", "truncation")
+                   "generation_paths", "judge_agreement", "judge_cross", "truncation", "cuda_allocator")
 
 
 def section_setup(artifacts: dict[str, Any]) -> list[str]:
