@@ -183,6 +183,40 @@ def test_shared_step_one_inductor_compile(monkeypatch):
     assert min(figures.values()) >= AGREEMENT_MIN, figures
 
 
+def test_compiled_experts_one_inductor_compile(monkeypatch):
+    """compile_experts on the GPU: one inductor compile of the dense experts serves every layer, the baseline and
+    the ablation, and batches of two sizes; fp32, so greedy agrees with the uncompiled path."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from harness.generation.moe import compiled_dense_experts
+    from harness.models.chat import tokenize_instructions
+    from harness.steering.interventions import ablate
+
+    counter = CompileCounterWithBackend("inductor")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    compiled_dense_experts.cache_clear()
+    model, tok = _model("gpt_oss", torch.float32)
+    model.to("cuda")
+    r = _direction(model.config.hidden_size).to("cuda")
+    figures = {}
+    try:
+        for name, condition in {"baseline": torch.no_grad, "ablation": lambda: ablate(model, r)}.items():
+            for n in (len(INSTRUCTIONS), len(INSTRUCTIONS) // 2):
+                enc = tokenize_instructions(tok, INSTRUCTIONS[:n]).to("cuda")
+                with condition():
+                    fused = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id, compile_experts=True)
+                    plain = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id)
+                figures[f"{name}/{n}"] = token_agreement(fused, plain)
+    finally:
+        compiled_dense_experts.cache_clear()
+        torch._dynamo.reset()
+    _record("compiled_experts/gpt_oss", {"inductor_compiles": counter.frame_count, "agreement": figures,
+                                         "new_tokens": N_NEW})
+    assert counter.frame_count == 1, f"{counter.frame_count} compiles"
+    assert min(figures.values()) >= AGREEMENT_MIN, figures
+
+
 def _packed_gap(device: str, dtype: torch.dtype) -> tuple[float, float]:
     """(largest |logit| gap, argmax agreement) between packed rows (`harness.models.packing`) and one left-padded
     pass per batch, on tiny gpt_oss: its Harmony system turn is shared, its 8-token sliding window is shorter than

@@ -10,7 +10,12 @@ import torch
 from harness.generation.attention import sink_decode_attention
 from harness.generation.common import eos_token_ids
 from harness.generation.completions import generate_tokens
-from harness.generation.moe import dense_decode_applies, dense_decode_experts, dense_experts_forward
+from harness.generation.moe import (
+    compiled_dense_experts,
+    dense_decode_applies,
+    dense_decode_experts,
+    dense_experts_forward,
+)
 from harness.models.chat import tokenize_instructions
 from harness.models.logits import cache_keyword, returned_cache
 from harness.models.tiny import tiny_model
@@ -60,6 +65,34 @@ def test_fast_decode_path_matches_stock_greedy(ablated):
             fast = generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend="static", **kw)
     assert fast == stock
     assert sum(map(len, stock)) > 0
+
+
+def test_compiled_experts_replay_one_compile_for_every_layer_and_batch(monkeypatch):
+    """compile_experts: every layer's experts, at prefill and at decode, in batches of two sizes, run one compiled
+    graph (dynamo's CompileCounter), and the greedy tokens of an ablated run are those of the uncompiled path."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    compiled_dense_experts.cache_clear()
+    model, tok = tiny_model("gpt_oss")
+    assert len(model.model.layers) > 1
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    kw = dict(max_new_tokens=12, eos_token_ids=[], pad_token_id=tok.pad_token_id, backend="static")
+    runs = {}
+    try:
+        for compiled in (False, True):
+            with ablate(model, direction), sink_decode_attention(model, on_cpu=True), \
+                    dense_decode_experts(model, on_cpu=True, compiled=compiled):
+                batches = (tokenize_instructions(tok, PROMPTS), tokenize_instructions(tok, PROMPTS[:3]))
+                runs[compiled] = [generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
+                                  for enc in batches]
+    finally:
+        compiled_dense_experts.cache_clear()
+        torch._dynamo.reset()
+    assert runs[True] == runs[False]
+    assert counter.frame_count == 1
 
 
 def test_sink_decode_attention_matches_eager_logits():

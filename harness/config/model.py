@@ -55,6 +55,11 @@ class ModelConfig(Strict):
 class GenerationConfig(Strict):
     backend: Literal["transformers", "static", "vllm"] = "transformers"
     compile_step: bool = Field(False, description="static backend: torch.compile the decode step (CUDA)")
+    compile_experts: bool = Field(
+        False, description="static backend, gpt-oss on CUDA, instead of compile_step: torch.compile only the dense "
+        "experts of the decode step (harness.generation.moe.compiled_dense_experts), one compile for every layer, "
+        "batch size, condition and hook set; the rest of the step runs as an uncompiled CUDA graph"
+    )
     hooked_step: Literal["shared", "compiled", "graph"] = Field(
         "shared", description="with compile_step, how conditions that run forward hooks decode. shared: every "
         "condition runs one compiled step whose hooks hold the edit as data (zero for the baseline; ablation, ActAdd "
@@ -81,6 +86,9 @@ class GenerationConfig(Strict):
 
     @model_validator(mode="after")
     def _compile_settings(self) -> GenerationConfig:
+        if self.compile_experts and (self.backend != "static" or self.compile_step):
+            raise ValueError("compile_experts applies to backend = \"static\" without compile_step (a compiled "
+                             "step compiles its experts with it)")
         if (self.hooked_step != "shared" or self.compiled_rows is not None) and not (
                 self.backend == "static" and self.compile_step):
             raise ValueError("hooked_step and compiled_rows only apply to backend = \"static\" with "
@@ -101,6 +109,8 @@ class GenerationConfig(Strict):
 
     def step_note(self, hooked: bool) -> str:
         """How a condition's decode step ran, for the report ("" unless the static backend compiles)."""
+        if self.backend == "static" and self.compile_experts:
+            return "uncompiled CUDA graph around compiled experts"
         if not (self.backend == "static" and self.compile_step):
             return ""
         if not self.compiles(hooked):

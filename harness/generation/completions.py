@@ -188,6 +188,7 @@ def _complete(
             backend=settings.backend,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0],
             compile_step=compile_step,
+            compile_experts=settings.compile_experts,
             rows=rows,
         )
     return _decode(tokenizer, new_tokens), [len(row) for row in new_tokens]
@@ -219,10 +220,12 @@ def generate_tokens(
     backend: str = "static",
     pad_token_id: int = 0,
     compile_step: bool = False,
+    compile_experts: bool = False,
     rows: int | None = None,
 ) -> list[list[int]]:
     """New token ids per row of a left-padded batch (`input_ids: [batch, prompt]`), cut before the first EOS.
-    `rows` (static backend): the batch is padded to that many rows for the decode step, see `static_generate`."""
+    `rows` (static backend): the batch is padded to that many rows for the decode step, see `static_generate`;
+    `compile_experts`: see `harness.generation.moe.dense_decode_experts`."""
     if attention_mask[:, -1].min() == 0:
         raise GenerationError("generate_tokens needs a left-padded batch (attention_mask[:, -1] has zeros)")
     with torch.inference_mode():
@@ -231,7 +234,8 @@ def generate_tokens(
                 raise GenerationError("padding a batch to `rows` is the static backend's (a compiled step's shape)")
             new = hf_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, pad_token_id)
         elif backend == "static":
-            with grouped_attention(model.config), sink_decode_attention(model), dense_decode_experts(model):
+            with grouped_attention(model.config), sink_decode_attention(model), \
+                    dense_decode_experts(model, compiled=compile_experts):
                 new = static_generate(
                     model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, compile_step,
                     rows=rows,

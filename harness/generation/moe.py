@@ -16,7 +16,7 @@ inputs go to the implementation the model was loaded with.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,12 +46,27 @@ def dense_experts_forward(
 
 
 @functools.cache
-def _routed_forward(fallback: str):
+def compiled_dense_experts() -> Callable:
+    """`dense_experts_forward` under torch.compile, made on first use. The experts are an argument, not a guarded
+    constant, and the token count is symbolic, so every layer and every batch size replays one compile."""
+    fused = torch.compile(dense_experts_forward)
+
+    def forward(module, hidden_states, top_k_index, top_k_weights):
+        for t in (hidden_states, top_k_index, top_k_weights):
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        return fused(module, hidden_states, top_k_index, top_k_weights)
+
+    return forward
+
+
+@functools.cache
+def _routed_forward(fallback: str, compiled: bool):
     """One function per fallback for the whole process: a compiled step guards on the function it traced."""
 
     def forward(module, hidden_states, top_k_index, top_k_weights):
         if hidden_states.shape[0] <= DENSE_MAX_TOKENS:
-            return dense_experts_forward(module, hidden_states, top_k_index, top_k_weights)
+            dense = compiled_dense_experts() if compiled else dense_experts_forward
+            return dense(module, hidden_states, top_k_index, top_k_weights)
         return _implementation(fallback, module)(module, hidden_states, top_k_index, top_k_weights)
 
     return forward
@@ -76,9 +91,13 @@ def dense_decode_applies(model: Any, on_cpu: bool = False) -> bool:
 
 
 @contextmanager
-def dense_decode_experts(model: Any, on_cpu: bool = False) -> Iterator[None]:
+def dense_decode_experts(model: Any, on_cpu: bool = False, compiled: bool = False) -> Iterator[None]:
     """Route small-token forwards (decode steps) through `dense_experts_forward` for the duration; larger
-    inputs keep the model's own implementation. A no-op where `dense_decode_applies` is false."""
+    inputs keep the model's own implementation. A no-op where `dense_decode_applies` is false.
+
+    `compiled`: through `compiled_dense_experts`, which fuses the elementwise work around the two batched matmuls
+    (biases, gate, routing weights, the sum over experts) for a compile of one layer's experts instead of the
+    whole decode step's."""
     if not dense_decode_applies(model, on_cpu):
         yield
         return
@@ -86,8 +105,8 @@ def dense_decode_experts(model: Any, on_cpu: bool = False) -> Iterator[None]:
 
     before = model.get_experts_implementation()
     fallback = before.get("") or "eager"
-    name = f"{DENSE_DECODE}_{fallback}"
-    ALL_EXPERTS_FUNCTIONS.register(name, _routed_forward(fallback))
+    name = f"{DENSE_DECODE}_{fallback}" + ("_compiled" if compiled else "")
+    ALL_EXPERTS_FUNCTIONS.register(name, _routed_forward(fallback, compiled))
     model.set_experts_implementation({k: name for k in before})
     try:
         yield
