@@ -1,16 +1,19 @@
 """GPU benchmark of the decode-step choices for a compiled experiment (`-m bench`; skipped without CUDA): which
-`[generation] hooked_step` its TOML should name, measured on random weights of the real config (bf16).
+of `[generation] hooked_step` (with compile_step) or `compile_experts` its TOML should name, measured on random
+weights of the real config (bf16).
 
 For each choice, in a process of its own with empty compile caches, in the order a run meets them: the baseline's
 batch (its cold compile), the baseline again (what a weight-edited condition costs: the same step), and the ablation
-condition. `graph` runs ablation as an uncompiled CUDA graph; `shared` runs both through `shared_hooks` and one
-compiled step. Batches are the TOML's widest (`compiled_rows`), of Harmony-formatted prompts; random weights never
-stop early, so every row decodes `HARNESS_BENCH_NEW_TOKENS` tokens (default 512: both choices fit one 10-minute
-device call; the TOML's 1024 doubles the decode part). A half-size set padded to the same rows reuses the step
-(`half_set_padded_s`, outside `total_s`: both choices pay it alike).
+condition. `graph` compiles the baseline's step and runs ablation as an uncompiled CUDA graph; `shared` runs both
+through `shared_hooks` and one compiled step; `experts` runs both as uncompiled CUDA graphs around one compile of the
+dense experts. Batches are the TOML's widest (`compiled_rows`, else `joint_batch_size`), of Harmony-formatted prompts;
+random weights never stop early, so every row decodes `HARNESS_BENCH_NEW_TOKENS` tokens (default 512; the TOML's
+1024 doubles the decode part). A half-size set (`half_set_s`, outside `total_s`) reuses the compiled step padded to
+the same rows, or the experts' compile at its own size.
 
-Asserted: `shared` compiles once for baseline and ablation, its ablation honours the hooks (closer to the graph's
-ablated tokens than to the unablated ones), and the TOML names the faster choice for this workload.
+Asserted: `shared` and `experts` compile once for baseline and ablation, the shared ablation honours the hooks
+(closer to the graph's ablated tokens than to the unablated ones), and the TOML names the faster choice for this
+workload.
 Results: $HARNESS_BENCH_DIR (default reports/bench/) as <experiment>-compile-paths.json, the previous file's content
 kept under `earlier`.
 """
@@ -34,7 +37,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "gpt-oss-20b"
-CHOICES = ("graph", "shared")
+CHOICES = ("graph", "shared", "experts")
 
 
 def _path(name: str) -> Path:
@@ -49,11 +52,17 @@ def _workload(gen) -> tuple[int, int]:
     return rows, int(os.environ.get("HARNESS_BENCH_NEW_TOKENS", "512"))
 
 
+def toml_choice(gen) -> str:
+    """The choice an experiment's `[generation]` names."""
+    return "experts" if gen.compile_experts else gen.hooked_step
+
+
 def measure(model, tokenizer, choice: str, rows: int, new_tokens: int, device: str, template_kwargs: dict) -> dict:
     """Seconds, step compiles and tokens of one choice on `rows` prompts (see the module docstring)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     from harness.generation.completions import generate_tokens
+    from harness.generation.moe import compiled_dense_experts
     from harness.models.chat import tokenize_instructions
     from harness.steering.interventions import ablate, shared_hooks
 
@@ -61,31 +70,35 @@ def measure(model, tokenizer, choice: str, rows: int, new_tokens: int, device: s
     enc = tokenize_instructions(tokenizer, instructions, answer_prefix=False, **template_kwargs).to(device)
     r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3)).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    shared = choice == "shared"
+    shared, experts = choice == "shared", choice == "experts"
     counter = CompileCounterWithBackend("inductor")
     real_compile = torch.compile
 
-    def run(n: int, compiled: bool, hooks) -> tuple[float, list[list[int]]]:
+    def run(n: int, hooked: bool) -> tuple[float, list[list[int]]]:
+        step = shared or (choice == "graph" and not hooked)
         sync()
         t0 = time.perf_counter()
-        with shared_hooks(model) if shared else nullcontext(), hooks():
+        with shared_hooks(model) if shared else nullcontext(), ablate(model, r) if hooked else nullcontext():
             out = generate_tokens(model, enc["input_ids"][:n], enc["attention_mask"][:n], max_new_tokens=new_tokens,
-                                  backend="static", compile_step=compiled, rows=rows if compiled else None)
+                                  backend="static", compile_step=step, compile_experts=experts,
+                                  rows=rows if step else None)
         sync()
         return time.perf_counter() - t0, out
 
     torch.compile = lambda fn, **kw: real_compile(fn, backend=counter, **kw)
+    compiled_dense_experts.cache_clear()
     try:
         torch._dynamo.reset()
-        first_s, base = run(rows, True, nullcontext)
-        again_s, _ = run(rows, True, nullcontext)
-        half_s, _ = run(rows // 2, True, nullcontext)
-        ablated_s, ablated = run(rows, shared, lambda: ablate(model, r))
+        first_s, base = run(rows, False)
+        again_s, _ = run(rows, False)
+        half_s, _ = run(rows // 2, False)
+        ablated_s, ablated = run(rows, True)
     finally:
         torch.compile = real_compile
+        compiled_dense_experts.cache_clear()
         torch._dynamo.reset()
     return {"baseline_first_s": first_s, "baseline_again_s": again_s, "ablation_s": ablated_s,
-            "half_set_padded_s": half_s, "step_compiles": counter.frame_count,
+            "half_set_s": half_s, "step_compiles": counter.frame_count,
             "total_s": first_s + again_s + ablated_s, "tokens": {"baseline": base, "ablation": ablated}}
 
 
@@ -140,7 +153,7 @@ def test_hooked_step_choice(tmp_path):
     record = {
         "experiment": EXPERIMENT, "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "workload": dict(zip(("rows", "new_tokens"), _workload(gen)), dtype=exp.model.dtype),
-        "toml_hooked_step": gen.hooked_step, "faster_choice": faster, **results, "agreement": agree,
+        "toml_choice": toml_choice(gen), "faster_choice": faster, **results, "agreement": agree,
         "gpu": torch.cuda.get_device_name(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "transformers": transformers.__version__},
@@ -151,9 +164,11 @@ def test_hooked_step_choice(tmp_path):
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print("\n" + json.dumps({c: results[c] for c in CHOICES} | {"agreement": agree}, indent=1))
     assert results["shared"]["step_compiles"] == 1, results["shared"]
+    assert results["experts"]["step_compiles"] == 1, results["experts"]
     assert agree["shared_ablation_vs_graph_ablation"] > agree["shared_ablation_vs_unablated"], agree
-    assert gen.hooked_step == faster, f"{EXPERIMENT}'s TOML names hooked_step = {gen.hooked_step!r}; {faster!r} " \
-        f"was faster ({results[faster]['total_s']:.1f} s vs {results[gen.hooked_step]['total_s']:.1f} s)"
+    named = toml_choice(gen)
+    assert named == faster, f"{EXPERIMENT}'s TOML names {named!r}; {faster!r} was faster " \
+        f"({results[faster]['total_s']:.1f} s vs {results[named]['total_s']:.1f} s)"
 
 
 if __name__ == "__main__":

@@ -267,6 +267,8 @@ def test_every_pin_field_is_checked(section, fields, message):
     ('backend = "static"\ncompiled_rows = 12', "only apply to"),
     ('backend = "transformers"\ncompile_step = true\nhooked_step = "graph"', "only apply to"),
     ('backend = "static"\ncompile_step = true\nhooked_step = "own"', "hooked_step"),
+    ('backend = "static"\ncompile_step = true\ncompile_experts = true', "compile_experts applies to"),
+    ('backend = "transformers"\ncompile_experts = true', "compile_experts applies to"),
 ])
 def test_compile_settings_errors(tmp_path, generation, message):
     with pytest.raises(ExperimentError, match=message):
@@ -286,3 +288,11 @@ def test_hooked_step_decides_which_steps_compile_and_share(tmp_path):
     assert "shared" in shared.step_note(hooked=False)
     off = gen.model_copy(update={"compile_step": False})
     assert not off.compiles(hooked=False) and off.step_note(hooked=True) == ""
+
+
+def test_compile_experts_compiles_no_step(tmp_path):
+    """compile_experts: no condition compiles or shares a step, and the report says what ran."""
+    gen = load_experiment(write(tmp_path, GOOD + '\n[generation]\nbackend = "static"\ncompile_experts = true\n'
+                                )).generation
+    assert not gen.compiles(hooked=False) and not gen.compiles(hooked=True) and not gen.shares_step(hooked=False)
+    assert gen.step_note(hooked=True) == gen.step_note(hooked=False) == "uncompiled CUDA graph around compiled experts"
