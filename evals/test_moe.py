@@ -4,6 +4,8 @@ keeps the stock path)."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -93,6 +95,20 @@ def test_compiled_experts_replay_one_compile_for_every_layer_and_batch(monkeypat
         torch._dynamo.reset()
     assert runs[True] == runs[False]
     assert counter.frame_count == 1
+
+
+def test_compiled_experts_on_a_dense_cuda_model_say_they_do_nothing(monkeypatch):
+    import harness.generation.moe as moe
+
+    model, _ = tiny_model("llama")
+    monkeypatch.setattr(moe, "input_device", lambda m: torch.device("cuda"))
+    with pytest.warns(UserWarning, match="compile_experts has no effect on LlamaForCausalLM"):
+        with dense_decode_experts(model, compiled=True):
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with dense_decode_experts(model):
+            pass
 
 
 def test_sink_decode_attention_matches_eager_logits():

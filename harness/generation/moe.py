@@ -16,6 +16,7 @@ inputs go to the implementation the model was loaded with.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -99,6 +100,10 @@ def dense_decode_experts(model: Any, on_cpu: bool = False, compiled: bool = Fals
     (biases, gate, routing weights, the sum over experts) for a compile of one layer's experts instead of the
     whole decode step's."""
     if not dense_decode_applies(model, on_cpu):
+        if compiled and input_device(model).type == "cuda":
+            warnings.warn(f"compile_experts has no effect on {type(model).__name__}: only gpt-oss's experts decode "
+                          "densely; its step runs as an uncompiled CUDA graph (compile_step compiles a whole step)",
+                          stacklevel=3)
         yield
         return
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
