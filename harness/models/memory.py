@@ -23,15 +23,7 @@ from torch import nn
 
 ALLOCATOR_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 EXPANDABLE = "expandable_segments:True"
-
-
 FIXED = "PyTorch's default (fixed-size segments)"
-
-
-def allocator_in_use(applied: str | None) -> str:
-    """What a run allocates with, for its record: the setting `configure_cuda_allocator` applied, else the
-    environment's, else PyTorch's default."""
-    return applied or environment_allocator() or FIXED
 
 
 def environment_allocator() -> str | None:
@@ -49,6 +41,12 @@ def configure_cuda_allocator(expandable: bool = True) -> str | None:
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
     setter(EXPANDABLE)
     return EXPANDABLE
+
+
+def allocator_in_use(applied: str | None) -> str:
+    """What a run allocates with, for its record: the setting `configure_cuda_allocator` applied, else the
+    environment's, else PyTorch's default."""
+    return applied or environment_allocator() or FIXED
 
 
 # id(model) -> (the model, the device it returns to); a registered model on the CPU is parked there
