@@ -217,6 +217,44 @@ def test_compiled_experts_one_inductor_compile(monkeypatch):
     assert min(figures.values()) >= AGREEMENT_MIN, figures
 
 
+def test_compiled_grouped_experts_one_inductor_compile():
+    """compile_grouped_experts on the GPU: one inductor compile of grouped_mm serves every layer and forwards of
+    three batch shapes, one of a single row; fp32, so the logits' argmax agrees with the stock grouped_mm's.
+    Counted as dynamo's unique graphs: inductor may restart a trace (a second frame for the same compile)."""
+    from torch._dynamo.utils import counters
+
+    from harness.models.chat import tokenize_instructions
+    from harness.models.kernels import compile_grouped_experts, compiled_grouped_experts
+    from harness.models.logits import forward_kwargs
+
+    compiled_grouped_experts.cache_clear()
+    torch._dynamo.reset()
+    graphs_before = counters["stats"]["unique_graphs"]
+    model, tok = _model("gpt_oss", torch.float32)
+    model.to("cuda")
+    assert model.get_experts_implementation() == {"": "grouped_mm"}
+    batches = [tokenize_instructions(tok, INSTRUCTIONS[:n]).to("cuda") for n in (32, 9, 1)]
+    runs = {}
+    try:
+        for compiled in (False, True):
+            if compiled:
+                compile_grouped_experts(model)
+            with torch.no_grad():
+                runs[compiled] = [model(**forward_kwargs(model, enc["input_ids"], enc["attention_mask"])).logits
+                                  for enc in batches]  # [batch, seq, vocab] each
+        graphs = counters["stats"]["unique_graphs"] - graphs_before
+    finally:
+        compiled_grouped_experts.cache_clear()
+        torch._dynamo.reset()
+    figures = {f"rows {len(enc['input_ids'])}": float((a.argmax(-1) == b.argmax(-1)).float().mean())
+               for enc, a, b in zip(batches, runs[True], runs[False])}
+    gap = max(float((a - b).abs().max()) for a, b in zip(runs[True], runs[False]))
+    _record("compiled_grouped_experts/gpt_oss", {"inductor_graphs": graphs, "argmax_agreement": figures,
+                                                 "max_abs_logit_gap": gap})
+    assert graphs == 1, f"{graphs} compiled graphs"
+    assert min(figures.values()) >= AGREEMENT_MIN, figures
+
+
 def _packed_gap(device: str, dtype: torch.dtype) -> tuple[float, float]:
     """(largest |logit| gap, argmax agreement) between packed rows (`harness.models.packing`) and one left-padded
     pass per batch, on tiny gpt_oss: its Harmony system turn is shared, its 8-token sliding window is shorter than

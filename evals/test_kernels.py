@@ -43,3 +43,24 @@ def test_read_out_gets_a_contiguous_input_once_and_the_same_logits():
                                        stock(input_ids=ids, logits_to_keep=keep).logits)
         assert len(unembedding(copy.deepcopy(model))._forward_pre_hooks) == 2
     assert seen == [True, True]
+
+
+def test_the_model_setting_reaches_the_kernel_choices(monkeypatch):
+    """`[model] compile_grouped_experts` is what the loaded model is configured with; on the CPU nothing compiles
+    unless forced (`on_cpu`), and then the experts run the compiled implementation."""
+    import harness.models.rehearsal as rehearsal
+    from harness.config import load_experiment
+    from harness.models.kernels import COMPILED_GROUPED, configure_model_kernels
+
+    cfg = load_experiment("gpt-oss-20b").model
+    assert cfg.compile_grouped_experts
+    seen = []
+    monkeypatch.setattr(rehearsal, "configure_model_kernels", lambda model, **kw: seen.append((model, kw)))
+    for on in (True, False):
+        rehearsal.rehearsal_model(cfg.model_copy(update={"compile_grouped_experts": on}), "tiny")
+    assert [kw for _, kw in seen] == [{"grouped_experts_compiled": True}, {"grouped_experts_compiled": False}]
+    model = seen[0][0]
+    configure_model_kernels(model, grouped_experts_compiled=True)
+    assert model.get_experts_implementation() == {"": "grouped_mm"}
+    configure_model_kernels(model, on_cpu=True, grouped_experts_compiled=True)
+    assert model.get_experts_implementation() == {"": COMPILED_GROUPED}

@@ -19,7 +19,8 @@ from harness.generation.moe import (
     dense_experts_forward,
 )
 from harness.models.chat import tokenize_instructions
-from harness.models.logits import cache_keyword, returned_cache
+from harness.models.kernels import COMPILED_GROUPED, compile_grouped_experts, compiled_grouped_experts
+from harness.models.logits import cache_keyword, forward_kwargs, returned_cache
 from harness.models.tiny import tiny_model
 from harness.steering.interventions import ablate
 
@@ -109,6 +110,52 @@ def test_compiled_experts_on_a_dense_cuda_model_say_they_do_nothing(monkeypatch)
         warnings.simplefilter("error")
         with dense_decode_experts(model):
             pass
+
+
+def test_compiled_grouped_experts_one_compile_for_every_layer_and_length(monkeypatch):
+    """compile_grouped_experts: every layer's experts, in forwards of three batch shapes (one a single row) and in a
+    static generation's prefill (its decode steps dense), run one compiled graph with the logits and greedy tokens
+    of the stock grouped_mm."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    compiled_grouped_experts.cache_clear()
+    model, tok = tiny_model("gpt_oss")
+    assert len(model.model.layers) > 1 and model.get_experts_implementation() == {"": "grouped_mm"}
+    batches = [tokenize_instructions(tok, PROMPTS[:n]) for n in (4, 3, 1)]
+    kw = dict(max_new_tokens=12, eos_token_ids=[], pad_token_id=tok.pad_token_id, backend="static")
+    runs = {}
+    try:
+        for compiled in (False, True):
+            if compiled:
+                compile_grouped_experts(model)
+                assert model.get_experts_implementation() == {"": COMPILED_GROUPED}
+            with torch.no_grad():
+                logits = [model(**forward_kwargs(model, enc["input_ids"], enc["attention_mask"])).logits
+                          for enc in batches]  # [batch, seq, vocab] each
+            with dense_decode_experts(model, on_cpu=True):
+                tokens = [generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw) for enc in batches]
+            runs[compiled] = logits, tokens
+    finally:
+        compiled_grouped_experts.cache_clear()
+        torch._dynamo.reset()
+    for stock, fused in zip(runs[False][0], runs[True][0]):
+        assert torch.equal(stock, fused)
+    assert runs[True][1] == runs[False][1]
+    assert counter.frame_count == 1
+
+
+def test_compile_grouped_experts_warns_and_leaves_other_experts_or_none():
+    model, _ = tiny_model("gpt_oss")
+    model.set_experts_implementation("eager")
+    with pytest.warns(UserWarning, match="compiles transformers' grouped_mm experts; GptOssForCausalLM runs"):
+        compile_grouped_experts(model)
+    assert model.get_experts_implementation() == {"": "eager"}
+    dense, _ = tiny_model("llama")
+    with pytest.warns(UserWarning, match="compile_grouped_experts has no effect on LlamaForCausalLM"):
+        compile_grouped_experts(dense)
 
 
 def test_sink_decode_attention_matches_eager_logits():

@@ -42,6 +42,11 @@ class ModelConfig(Strict):
         "time; false keeps PyTorch's default. An allocator variable in the environment (PYTORCH_CUDA_ALLOC_CONF, "
         "PYTORCH_ALLOC_CONF) overrides both"
     )
+    compile_grouped_experts: bool = Field(
+        False, description="on CUDA, a mixture-of-experts model loaded with transformers' grouped_mm experts runs "
+        "them under torch.compile with symbolic shapes (harness.models.kernels.compiled_grouped_experts) in every "
+        "pass that is not a dense decode step: one compile for every layer and token count"
+    )
 
     @model_validator(mode="after")
     def _pinned(self) -> "ModelConfig":

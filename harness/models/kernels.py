@@ -11,6 +11,11 @@ memory-efficient kernel (a mask), neither of which plans per shape.
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from harness.models.arch import input_device, unembedding
@@ -76,17 +81,62 @@ def contiguous_readout(model) -> None:
         head.register_forward_pre_hook(_contiguous_input)
 
 
-def configure_model_kernels(model, on_cpu: bool = False) -> None:
+COMPILED_GROUPED = "harness_compiled_grouped_mm"
+
+
+@functools.cache
+def compiled_grouped_experts() -> Callable:
+    """transformers' `grouped_mm` experts function under torch.compile, made on first use, every shape symbolic: the
+    experts are an argument, not a guarded constant, so every layer and every token count replays one compile.
+    It fuses the elementwise work around the two grouped matmuls (token sort and gather, biases, gate, routing
+    weights, scatter back), ~a third of a gpt-oss-20b prefill forward left unfused."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    return torch.compile(ALL_EXPERTS_FUNCTIONS["grouped_mm"], dynamic=True)
+
+
+def _grouped_experts_forward(module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                             top_k_weights: torch.Tensor) -> torch.Tensor:
+    """`hidden_states: [tokens, d]` as a tensor of its own: dynamo guards on a view's base (the layer's
+    `[batch, seq, d]`), whose batch axis of 1 would specialize into a second compile."""
+    return compiled_grouped_experts()(module, hidden_states.clone(), top_k_index, top_k_weights)
+
+
+def compile_grouped_experts(model: Any) -> None:
+    """Route `model`'s experts through `compiled_grouped_experts` (every pass; a dense decode step,
+    `harness.generation.moe.dense_decode_experts`, still takes its own path and falls back to this one). A model
+    without experts, or experts loaded with another implementation, warn that the setting does nothing: it changes
+    speed, never what is computed, so a run goes on without it."""
+    if not type(model)._can_set_experts_implementation():  # transformers: a class with experts behind its interface
+        warnings.warn(f"compile_grouped_experts has no effect on {type(model).__name__}: it has no experts",
+                      stacklevel=2)
+        return
+    loaded = model.get_experts_implementation()
+    if set(loaded.values()) - {"grouped_mm", COMPILED_GROUPED}:
+        warnings.warn(f"compile_grouped_experts compiles transformers' grouped_mm experts; {type(model).__name__} "
+                      f"runs {loaded} (grouped_mm needs torch >= 2.9), left as loaded", stacklevel=2)
+        return
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    ALL_EXPERTS_FUNCTIONS.register(COMPILED_GROUPED, _grouped_experts_forward)
+    model.set_experts_implementation({k: COMPILED_GROUPED for k in loaded})
+
+
+def configure_model_kernels(model, on_cpu: bool = False, grouped_experts_compiled: bool = False) -> None:
     """The kernel choices for `model`: a contiguous read-out input (`contiguous_readout`) wherever it sits (on the
     CPU too: the demo ran 939 -> 870 s on 2 cores, its snapshots unchanged); where it sits on CUDA, the process-wide
-    ones (`configure_cuda_kernels`) and gpt-oss's eager attention (the only stock one with sinks) run as
-    `sink_attention` in every pass of the run. The CPU keeps the stock attention unless `on_cpu` (tests)."""
+    ones (`configure_cuda_kernels`), gpt-oss's eager attention (the only stock one with sinks) run as
+    `sink_attention` in every pass of the run, and with `grouped_experts_compiled` (`[model]
+    compile_grouped_experts`) the experts through `compile_grouped_experts`. The CPU keeps the stock kernels unless
+    `on_cpu` (tests)."""
     contiguous_readout(model)
     on_cuda = input_device(model).type == "cuda"
     if on_cuda:
         configure_cuda_kernels()
     if not (on_cuda or on_cpu):
         return
+    if grouped_experts_compiled:
+        compile_grouped_experts(model)
     config = model.config
     text = config.get_text_config()
     if text.model_type != "gpt_oss" or text._attn_implementation != "eager":

@@ -93,7 +93,7 @@ def load_model(cfg: ModelConfig, device: str | None = None):
         model.config.harness_family = cfg.family
     if cfg.device_map is None:
         model.to(_device(device, cfg))
-    configure_model_kernels(model)
+    configure_model_kernels(model, grouped_experts_compiled=cfg.compile_grouped_experts)
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code, **kwargs)
     return model, tokenizer

@@ -310,7 +310,7 @@ def rehearsal_model(cfg: ModelConfig, mode: Mode, device: str = "cpu", seed: int
     if cfg.family is not None:
         model.config.harness_family = cfg.family
     model.to(device).eval().requires_grad_(False)
-    configure_model_kernels(model)
+    configure_model_kernels(model, grouped_experts_compiled=cfg.compile_grouped_experts)
     return RehearsalModel(model, tokenizer, family, config_source, tokenizer_source, stand_ins)
 
 
