@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compile_counting import counted_compiles
 
 from harness.config import GenerationConfig
 from harness.generation import generate
@@ -83,11 +84,7 @@ def test_prefill_reads_only_the_prompt_slots(monkeypatch, family, sink_key):
 
 def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
     """compiled_rows: a 3-row and a 2-row batch run the compiled step made for 4 rows; unpadded they compile twice."""
-    from torch._dynamo.testing import CompileCounter
-
-    counter = CompileCounter()
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    counter = counted_compiles(monkeypatch)
     model, tok = tiny_model("llama")
     kw = {"max_new_tokens": 4, "pad_token_id": tok.pad_token_id, "backend": "static", "compile_step": True}
 
@@ -113,13 +110,9 @@ def test_shared_step_compiles_once_for_every_condition(monkeypatch, hooked_step,
     hook set, the copy reusing the baseline's."""
     import copy
 
-    from torch._dynamo.testing import CompileCounter
-
     from harness.steering.interventions import actadd
 
-    counter = CompileCounter()
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    counter = counted_compiles(monkeypatch)
     model, tok = tiny_model("gpt_oss")
     edited = copy.deepcopy(model)
     r = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3))

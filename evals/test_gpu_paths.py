@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from compile_counting import counted_compiles
 from greedy_agreement import token_agreement
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths need a CUDA device")
@@ -148,14 +149,10 @@ def test_static_matches_plain_generate_bf16(name, ablated, monkeypatch):
 def _shared_step_agreement(monkeypatch, device: str) -> tuple[int, dict[str, float]]:
     """(inductor compiles of the decode step, greedy agreement per condition): the baseline, ablation and ActAdd
     through `shared_hooks` and one compiled step, against each condition's own hooks on the uncompiled path."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
     from harness.models.chat import tokenize_instructions
     from harness.steering.interventions import ablate, actadd, shared_hooks
 
-    counter = CompileCounterWithBackend("inductor")
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    counter = counted_compiles(monkeypatch, "inductor")
     model, tok = _model("gpt_oss", torch.float32)
     model.to(device)
     enc = tokenize_instructions(tok, INSTRUCTIONS).to(device)
@@ -186,15 +183,11 @@ def test_shared_step_one_inductor_compile(monkeypatch):
 def test_compiled_experts_one_inductor_compile(monkeypatch):
     """compile_experts on the GPU: one inductor compile of the dense experts serves every layer, the baseline and
     the ablation, and batches of two sizes; fp32, so greedy agrees with the uncompiled path."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
     from harness.generation.moe import compiled_dense_experts
     from harness.models.chat import tokenize_instructions
     from harness.steering.interventions import ablate
 
-    counter = CompileCounterWithBackend("inductor")
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    counter = counted_compiles(monkeypatch, "inductor")
     compiled_dense_experts.cache_clear()
     model, tok = _model("gpt_oss", torch.float32)
     model.to("cuda")

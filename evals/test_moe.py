@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from compile_counting import counted_compiles
 
 from harness.generation.attention import sink_decode_attention
 from harness.generation.common import eos_token_ids
@@ -73,11 +74,7 @@ def test_fast_decode_path_matches_stock_greedy(ablated):
 def test_compiled_experts_replay_one_compile_for_every_layer_and_batch(monkeypatch):
     """compile_experts: every layer's experts, at prefill and at decode, in batches of two sizes, run one compiled
     graph (dynamo's CompileCounter), and the greedy tokens of an ablated run are those of the uncompiled path."""
-    from torch._dynamo.testing import CompileCounter
-
-    counter = CompileCounter()
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    counter = counted_compiles(monkeypatch)
     compiled_dense_experts.cache_clear()
     model, tok = tiny_model("gpt_oss")
     assert len(model.model.layers) > 1
@@ -116,11 +113,7 @@ def test_compiled_grouped_experts_one_compile_for_every_layer_and_length(monkeyp
     """compile_grouped_experts: every layer's experts, in forwards of three batch shapes (one a single row) and in a
     static generation's prefill (its decode steps dense), run one compiled graph with the logits and greedy tokens
     of the stock grouped_mm."""
-    from torch._dynamo.testing import CompileCounter
-
-    counter = CompileCounter()
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, **kw))
+    counter = counted_compiles(monkeypatch)
     compiled_grouped_experts.cache_clear()
     model, tok = tiny_model("gpt_oss")
     assert len(model.model.layers) > 1 and model.get_experts_implementation() == {"": "grouped_mm"}
