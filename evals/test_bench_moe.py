@@ -49,7 +49,8 @@ def gpt_oss():
     from harness.config import load_experiment
     from harness.models.rehearsal import rehearsal_model
 
-    cfg = load_experiment("gpt-oss-20b").model
+    # the stock experts are transformers' own, uncompiled (the TOML compiles them for prefill passes)
+    cfg = load_experiment("gpt-oss-20b").model.model_copy(update={"compile_grouped_experts": False})
     model = rehearsal_model(cfg, "full", device="cuda").model
     model.generation_config.eos_token_id = None
     gen = torch.Generator().manual_seed(1)
