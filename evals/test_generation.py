@@ -82,6 +82,42 @@ def test_prefill_reads_only_the_prompt_slots(monkeypatch, family, sink_key):
     assert seen and set(seen) == {enc["input_ids"].shape[1] + sink_key}
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt_oss"])
+def test_decode_reads_only_the_slots_it_has_filled(monkeypatch, family):
+    """A decode step hands attention the cache slots up to its query's, rounded up to a whole window, not the whole
+    cache; its tokens are those it makes over the whole cache."""
+    from harness.generation import attention, static
+
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS)
+    new_tokens = 30
+    widths: list[int] = []
+    masked_slots = attention._masked_slots
+
+    def spy(key, value, attention_mask):
+        key, value = masked_slots(key, value, attention_mask)
+        if attention_mask.shape[-2] == 1:
+            widths.append(key.shape[-2])
+        return key, value
+
+    monkeypatch.setattr(attention, "_masked_slots", spy)
+    outs, seen = {}, {}
+    prompt_len = enc["input_ids"].shape[1]
+    whole = prompt_len + new_tokens
+    with attention.sink_decode_attention(model, on_cpu=True):
+        for window in (8, 10**6):
+            monkeypatch.setattr(static, "SLOT_WINDOW", window)
+            widths.clear()
+            outs[window] = generate_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=new_tokens,
+                                           backend="static")
+            assert len(widths) == model.config.num_hidden_layers * (new_tokens - 1)
+            seen[window] = sorted(set(widths))
+    assert seen[10**6] == [whole]
+    assert seen[8] == sorted({min(whole, (slot // 8 + 1) * 8) for slot in range(prompt_len, whole - 1)})
+    assert len(seen[8]) >= 3 and seen[8][0] <= prompt_len + 8
+    assert outs[8] == outs[10**6] and sum(map(len, outs[8])) > 0
+
+
 def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
     """compiled_rows: a 3-row and a 2-row batch run the compiled step made for 4 rows; unpadded they compile twice."""
     counter = counted_compiles(monkeypatch)

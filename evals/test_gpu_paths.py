@@ -248,6 +248,45 @@ def test_compiled_grouped_experts_one_inductor_compile():
     assert min(figures.values()) >= AGREEMENT_MIN, figures
 
 
+@pytest.mark.parametrize("name", ["llama-512", "gpt_oss"])
+def test_slot_window_graphs_match_the_whole_cache(name, monkeypatch):
+    """The CUDA-graph loop captures one graph per slot width (`static._slot_width`), each once, and replays them;
+    fp32, so greedy agrees with one graph over the whole cache. The step's Python runs only at the warm-ups and
+    captures, so the widths attention sees count the captures."""
+    from harness.generation import attention, static
+    from harness.models.chat import tokenize_instructions
+
+    model, tok = _model(name, torch.float32)
+    model.to("cuda")
+    enc = tokenize_instructions(tok, INSTRUCTIONS).to("cuda")
+    widths: list[int] = []
+    masked_slots = attention._masked_slots
+
+    def spy(key, value, attention_mask):
+        key, value = masked_slots(key, value, attention_mask)
+        if attention_mask.shape[-2] == 1:
+            widths.append(key.shape[-2])
+        return key, value
+
+    monkeypatch.setattr(attention, "_masked_slots", spy)
+    runs, seen = {}, {}
+    for window in (16, 10**6):
+        monkeypatch.setattr(static, "SLOT_WINDOW", window)
+        widths.clear()
+        runs[window] = _greedy(model, enc, "static", pad_token_id=tok.pad_token_id)
+        seen[window] = list(widths)
+    prompt_len = enc["input_ids"].shape[1]
+    whole = prompt_len + N_NEW
+    expected = sorted({min(whole, (slot // 16 + 1) * 16) for slot in range(prompt_len, whole - 1)})
+    layers = model.config.num_hidden_layers
+    agreement = token_agreement(runs[16], runs[10**6])
+    _record(f"slot_window_graphs/{name}", {"graphs": len(expected), "agreement": agreement, "new_tokens": N_NEW})
+    assert sorted(set(seen[16])) == expected and len(expected) >= 4
+    assert len(seen[16]) == layers * (2 + len(expected)), "a graph per width, each captured once after 2 warm-ups"
+    assert seen[10**6] == [whole] * layers * 3
+    assert agreement >= AGREEMENT_MIN, agreement
+
+
 def _packed_gap(device: str, dtype: torch.dtype) -> tuple[float, float]:
     """(largest |logit| gap, argmax agreement) between packed rows (`harness.models.packing`) and one left-padded
     pass per batch, on tiny gpt_oss: its Harmony system turn is shared, its 8-token sliding window is shorter than

@@ -65,8 +65,9 @@ def _masked_slots(key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """K/V cut to the cache slots `attention_mask` covers (`key/value: [b, kv, s, d]`, mask `[b, 1, q, <= s]`).
 
-    A prefill into a fresh static cache fills its first slots only; `static_generate` hands these kernels a mask
-    over those, so they never read the empty rest (gpt-oss-20b at 232 rows x 1,152 slots: ~9 GiB of per-head K/V
+    A prefill into a fresh static cache fills its first slots only, a decode step those up to its query's;
+    `static_generate` hands these kernels a mask over those (a decode step's rounded up, `static._slot_width`), so
+    they never read the empty rest (a prefill of gpt-oss-20b at 232 rows x 1,152 slots: ~9 GiB of per-head K/V
     copies a layer in `sink_attention`, with the whole model resident; an 80 GB card ran out of memory there)."""
     if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
         return key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
@@ -130,8 +131,8 @@ def _sink_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, sc
     `query: [b, heads, 1, d]`, `key/value: [b, kv_heads, s, d]`, `attention_mask: [b, 1, 1, s]`.
     """
     b, heads, q_len, d = query.shape
+    key, value = _masked_slots(key, value, attention_mask)
     if q_len != 1:
-        key, value = _masked_slots(key, value, attention_mask)
         return sink_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     mask = attention_mask[..., : key.shape[-2]] if attention_mask is not None else None
     window = getattr(module, "sliding_window", None)
