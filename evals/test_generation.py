@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from compile_counting import counted_compiles
+from slot_widths import decode_widths
 
 from harness.config import GenerationConfig
 from harness.generation import generate
@@ -91,16 +92,7 @@ def test_decode_reads_only_the_slots_it_has_filled(monkeypatch, family):
     model, tok = tiny_model(family)
     enc = tokenize_instructions(tok, PROMPTS)
     new_tokens = 30
-    widths: list[int] = []
-    masked_slots = attention._masked_slots
-
-    def spy(key, value, attention_mask):
-        key, value = masked_slots(key, value, attention_mask)
-        if attention_mask.shape[-2] == 1:
-            widths.append(key.shape[-2])
-        return key, value
-
-    monkeypatch.setattr(attention, "_masked_slots", spy)
+    widths = decode_widths(monkeypatch)
     outs, seen = {}, {}
     prompt_len = enc["input_ids"].shape[1]
     whole = prompt_len + new_tokens

@@ -22,6 +22,7 @@ import pytest
 import torch
 from compile_counting import counted_compiles
 from greedy_agreement import token_agreement
+from slot_widths import decode_widths
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths need a CUDA device")
 two_gpus = pytest.mark.skipif(
@@ -253,22 +254,13 @@ def test_slot_window_graphs_match_the_whole_cache(name, monkeypatch):
     """The CUDA-graph loop captures one graph per slot width (`static._slot_width`), each once, and replays them;
     fp32, so greedy agrees with one graph over the whole cache. The step's Python runs only at the warm-ups and
     captures, so the widths attention sees count the captures."""
-    from harness.generation import attention, static
+    from harness.generation import static
     from harness.models.chat import tokenize_instructions
 
     model, tok = _model(name, torch.float32)
     model.to("cuda")
     enc = tokenize_instructions(tok, INSTRUCTIONS).to("cuda")
-    widths: list[int] = []
-    masked_slots = attention._masked_slots
-
-    def spy(key, value, attention_mask):
-        key, value = masked_slots(key, value, attention_mask)
-        if attention_mask.shape[-2] == 1:
-            widths.append(key.shape[-2])
-        return key, value
-
-    monkeypatch.setattr(attention, "_masked_slots", spy)
+    widths = decode_widths(monkeypatch)
     runs, seen = {}, {}
     for window in (16, 10**6):
         monkeypatch.setattr(static, "SLOT_WINDOW", window)

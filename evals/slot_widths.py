@@ -1,0 +1,23 @@
+"""The cache widths decode steps hand attention, for the tests of decode slot windows (not collected: no test here)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def decode_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From here to the test's end every one-query attention call of the static backend's kernels appends the number
+    of cache slots it reads (after `_masked_slots`) to the returned list, one entry per layer and step run in Python."""
+    from harness.generation import attention
+
+    widths: list[int] = []
+    masked_slots = attention._masked_slots
+
+    def spy(key, value, attention_mask):
+        key, value = masked_slots(key, value, attention_mask)
+        if attention_mask.shape[-2] == 1:
+            widths.append(key.shape[-2])
+        return key, value
+
+    monkeypatch.setattr(attention, "_masked_slots", spy)
+    return widths
