@@ -1,9 +1,11 @@
 """The "static" backend: our own greedy/sampling loop over a static KV cache.
 
 On CUDA the one-token decode step (model forward with the intervention's hooks, argmax, bookkeeping) is
-captured once per batch into a CUDA graph and replayed, which removes the per-kernel launch cost that dominates
-batched decode of 2B-class models; `compile_step=True` additionally fuses the step with `torch.compile` first
-(`compile_experts` instead compiles only a MoE model's experts, `harness.generation.moe`, inside the uncompiled step).
+captured into CUDA graphs and replayed, which removes the per-kernel launch cost that dominates batched decode of
+2B-class models: one graph a batch, or for an uncompiled step over the harness's attention kernels one per slot
+window (`_slot_width`).
+`compile_step=True` fuses the step with `torch.compile` first (`compile_experts` instead compiles only a MoE model's
+experts, `harness.generation.moe`, inside the uncompiled step).
 Hooks are active at capture time, so they are part of the graph; they must not sync with the host. Dynamo compiles
 once per hook set, so `harness.steering.interventions.shared_hooks` gives every condition the same hooks. Its attention
 kernels are `harness.generation.attention`, its MoE decode `harness.generation.moe`.
