@@ -21,3 +21,10 @@ def decode_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(attention, "_masked_slots", spy)
     return widths
+
+
+def window_schedule(prompt_len: int, new_tokens: int, window: int) -> list[int]:
+    """The distinct widths a generation of `new_tokens` after a `prompt_len`-slot prompt should hand attention over
+    its decode steps, computed here apart from `harness.generation.static._slot_width`, which the tests check."""
+    whole = prompt_len + new_tokens
+    return sorted({min(whole, (slot // window + 1) * window) for slot in range(prompt_len, whole - 1)})

@@ -22,7 +22,7 @@ import pytest
 import torch
 from compile_counting import counted_compiles
 from greedy_agreement import token_agreement
-from slot_widths import decode_widths
+from slot_widths import decode_widths, window_schedule
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths need a CUDA device")
 two_gpus = pytest.mark.skipif(
@@ -269,7 +269,7 @@ def test_slot_window_graphs_match_the_whole_cache(name, monkeypatch):
         seen[window] = list(widths)
     prompt_len = enc["input_ids"].shape[1]
     whole = prompt_len + N_NEW
-    expected = sorted({min(whole, (slot // 16 + 1) * 16) for slot in range(prompt_len, whole - 1)})
+    expected = window_schedule(prompt_len, N_NEW, 16)
     layers = model.config.num_hidden_layers
     agreement = token_agreement(runs[16], runs[10**6])
     _record(f"slot_window_graphs/{name}", {"graphs": len(expected), "agreement": agreement, "new_tokens": N_NEW})
