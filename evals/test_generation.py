@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from compile_counting import counted_compiles
@@ -304,3 +306,57 @@ def test_the_baseline_calibration_set_rides_in_spare_joint_rows():
     assert joint_sets("baseline", sizes, 120) == ("harmful", "harmless", "harmless_val")  # 2 batches hold 240
     assert joint_sets("ablation", sizes, 232) == ("harmful", "harmless")
     assert joint_sets("baseline", sizes, None) == ()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt_oss"])
+def test_fused_projections_make_one_product_per_group_and_give_the_weights_back(monkeypatch, family):
+    """The static backend computes q/k/v and gate/up as one product each (harness.generation.projections): every
+    projection product of those groups is a whole group's, the greedy tokens equal those of separate products, and
+    after the generation each weight has its own storage, unchanged, as a plain (not inference) tensor."""
+    from harness.generation import completions, projections
+    from harness.models.arch import sibling_projections
+
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS)
+    kw = dict(max_new_tokens=12, eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id,
+              backend="static")
+    groups = sibling_projections(model)
+    assert len(groups) == model.config.num_hidden_layers * (1 if family == "gpt_oss" else 2)
+    before = [[m.weight.detach().clone() for m in mods] for mods in groups]
+    widths = {sum(m.out_features for m in mods) for mods in groups}
+    products: list[int] = []
+    linear = torch.nn.functional.linear
+    spy = SimpleNamespace(linear=lambda x, w, b=None: products.append(w.shape[0]) or linear(x, w, b))
+    monkeypatch.setattr(projections, "F", spy)
+    fused = generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw)
+    assert products and set(products) <= widths
+    assert len(products) == len(groups) * 12  # one prefill and 11 decode steps, each one product per group
+    for mods, weights in zip(groups, before):
+        assert len({m.weight.untyped_storage().data_ptr() for m in mods}) == len(mods)
+        assert all(torch.equal(m.weight, w) and not m.weight.is_inference() for m, w in zip(mods, weights))
+        assert all("forward" not in vars(m) for m in mods)
+    monkeypatch.setattr(completions, "fused_projections", lambda model: torch.no_grad())
+    assert generate_tokens(model, enc["input_ids"], enc["attention_mask"], **kw) == fused
+
+
+def test_a_fused_member_called_on_another_input_computes_its_own():
+    """Only the leader's input is served from the group's product; a pre-hook on the leader (which would change the
+    whole product's input) leaves its group unfused."""
+    from harness.generation.projections import fused_projections
+
+    model, _ = tiny_model("llama")
+    attn = model.model.layers[0].self_attn
+    x, y = torch.randn(2, 3, model.config.hidden_size), torch.randn(2, 3, model.config.hidden_size)
+    want = [torch.nn.functional.linear(t, m.weight) for t in (x, y) for m in (attn.q_proj, attn.k_proj)]
+    with torch.no_grad(), fused_projections(model):
+        assert attn.k_proj.weight.untyped_storage().data_ptr() == attn.q_proj.weight.untyped_storage().data_ptr()
+        got = [attn.q_proj(x), attn.k_proj(x), attn.k_proj(y), attn.q_proj(y)]
+    for g, w in zip(got, [want[0], want[1], want[3], want[2]]):
+        torch.testing.assert_close(g, w)
+    handle = attn.q_proj.register_forward_pre_hook(lambda module, args: None)
+    try:
+        with fused_projections(model):
+            assert attn.k_proj.weight.untyped_storage().data_ptr() != attn.q_proj.weight.untyped_storage().data_ptr()
+            assert "forward" not in vars(attn.q_proj)
+    finally:
+        handle.remove()

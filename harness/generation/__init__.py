@@ -2,7 +2,8 @@
 
 - `completions`: `generate` (instructions -> completions, resumable, OOM-halving) and `generate_tokens`;
 - `transformers_backend`, `static`, `vllm_backend`: one module per backend; `common`: what they share;
-- `attention`, `moe`: the kernels the static backend switches in for decode on CUDA;
+- `attention`, `moe`, `projections`: the kernels the static backend switches in for decode (on CUDA, but for
+  `projections`);
 - `reasoning`: a raw completion split into reasoning and answer.
 
 May import: config, run, data, models, steering.

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from harness.config import GenerationConfig
 from harness.generation.attention import grouped_attention, sink_decode_attention
 from harness.generation.common import GenerationError, Intervention, cut_at_eos, eos_token_ids
+from harness.generation.projections import fused_projections
 from harness.generation.static import static_generate
 from harness.generation.transformers_backend import hf_generate
 from harness.generation.vllm_backend import vllm_complete, vllm_engine
@@ -235,7 +236,7 @@ def generate_tokens(
             new = hf_generate(model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, pad_token_id)
         elif backend == "static":
             with grouped_attention(model.config), sink_decode_attention(model), \
-                    dense_decode_experts(model, compiled=compile_experts):
+                    dense_decode_experts(model, compiled=compile_experts), fused_projections(model):
                 new = static_generate(
                     model, input_ids, attention_mask, max_new_tokens, temperature, eos_token_ids, compile_step,
                     rows=rows,

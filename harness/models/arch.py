@@ -25,6 +25,8 @@ class FamilySpec:
     residual stream (the linear projection itself, or the post-norm that follows it).
     `exact_edit` says whether orthogonalizing the writing matrices removes the direction from the
     residual stream exactly; `leak_reason` says why not where it does not.
+    `siblings` lists groups of projections that read one input, the one a block calls first leading
+    (`sibling_projections`).
     """
 
     model_types: tuple[str, ...]
@@ -42,6 +44,10 @@ class FamilySpec:
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     exact_edit: bool = True
     leak_reason: str = ""
+    siblings: tuple[tuple[str, ...], ...] = (
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("mlp.gate_proj", "mlp.up_proj"),
+    )
 
 
 _POST_NORMS = (
@@ -244,6 +250,18 @@ def layer_modules(model) -> list[LayerModules]:
             )
         )
     return result
+
+
+def sibling_projections(model) -> list[tuple[nn.Linear, ...]]:
+    """Per block, each table group of plain `nn.Linear` projections that read one input, in the order the block
+    calls them; a group with a member missing (a linear-attention layer) or of another type is left out."""
+    groups = []
+    for block in layers(model):
+        for paths in spec_of(model).siblings:
+            mods = tuple(_get(block, p) for p in paths)
+            if all(type(m) is nn.Linear for m in mods):
+                groups.append(mods)
+    return groups
 
 
 def embeddings(model) -> nn.Embedding:
