@@ -23,8 +23,10 @@ def decode_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return widths
 
 
-def window_schedule(prompt_len: int, new_tokens: int, window: int) -> list[int]:
+def window_schedule(prompt_len: int, new_tokens: int, window: int, cache_len: int | None = None) -> list[int]:
     """The distinct widths a generation of `new_tokens` after a `prompt_len`-slot prompt should hand attention over
-    its decode steps, computed here apart from `harness.generation.static._slot_width`, which the tests check."""
+    its decode steps, in a cache of `cache_len` slots (default: just long enough), computed here apart from
+    `harness.generation.static._slot_width`, which the tests check."""
     whole = prompt_len + new_tokens
-    return sorted({min(whole, (slot // window + 1) * window) for slot in range(prompt_len, whole - 1)})
+    cap = cache_len or whole
+    return sorted({min(cap, (slot // window + 1) * window) for slot in range(prompt_len, whole - 1)})

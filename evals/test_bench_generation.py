@@ -193,6 +193,38 @@ def test_static_compiled_with_ablation(gemma_2b, plain_generate):
     assert hooked_s / static_s - 1 <= HOOK_OVERHEAD_MAX, f"hook overhead {hooked_s / static_s - 1:.1%}"
 
 
+def test_compiled_slot_windows(gemma_2b, monkeypatch):
+    """`static.COMPILED_SLOT_WINDOWS` off and on, the compiled ablated step on this workload: the record that decides
+    whether to turn it on (off until this has run on a GPU). Asserted only what must hold when it is on: one compile
+    for every window and for a shorter prompt in the same cache bucket, and the whole-cache compile's tokens."""
+    from torch._dynamo.utils import counters
+
+    from harness.generation import static
+    from harness.steering.interventions import ablate
+
+    model, input_ids, mask, direction = gemma_2b
+    seconds, tokens = {}, {}
+    with ablate(model, direction.cuda()):
+        for on in (False, True):
+            monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", on)
+            seconds[on], tokens[on] = _timed(_run(model, input_ids, mask, "static", compile_step=True), repeats=3)
+        graphs = counters["stats"]["unique_graphs"]
+        _run(model, input_ids[:, 7:], mask[:, 7:], "static", compile_step=True)()
+        recompiles = counters["stats"]["unique_graphs"] - graphs
+    agreement = token_agreement(tokens[True], tokens[False])
+    _record(
+        compiled_slot_windows={
+            "whole_cache_ablated_s": seconds[False],
+            "windows_ablated_s": seconds[True],
+            "windows_x_floor": seconds[True] / FLOOR["seconds"],
+            "agreement_windows_vs_whole_cache": agreement,
+            "recompiles_for_shorter_prompt": recompiles,
+        }
+    )
+    assert recompiles == 0, f"a 33-token prompt recompiled the windowed step {recompiles} time(s)"
+    assert agreement >= 0.99, f"windowed compiled tokens agree {agreement:.4f} with the whole cache's"
+
+
 def test_activation_capture_throughput(gemma_2b):
     """mean_activations over all layers and 5 positions vs the plain forward on the same batches."""
     from harness.models.chat import tokenize_instructions

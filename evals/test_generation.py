@@ -112,6 +112,40 @@ def test_decode_reads_only_the_slots_it_has_filled(monkeypatch, family):
     assert outs[8] == outs[10**6] and sum(map(len, outs[8])) > 0
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt_oss"])
+def test_a_compiled_step_reads_every_slot_window_through_one_compile(monkeypatch, family):
+    """With `COMPILED_SLOT_WINDOWS` on, a compiled step gets the same slot windows as a graph step, all through one
+    compile with a symbolic width, and makes the tokens of the uncompiled step; a model with sliding layers (gpt_oss)
+    keeps the whole cache there, as a sliding layer's window test on that width would split the compile."""
+    from harness.generation import attention, static
+
+    counter = counted_compiles(monkeypatch)
+    model, tok = tiny_model(family)
+    enc = tokenize_instructions(tok, PROMPTS)
+    prompt_len, new_tokens = enc["input_ids"].shape[1], 30
+    whole = -(-(prompt_len + new_tokens) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
+    monkeypatch.setattr(static, "SLOT_WINDOW", 8)
+    monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
+    widths: list[int] = []
+    slot_width = static._slot_width
+    monkeypatch.setattr(static, "_slot_width", lambda *a: widths.append(slot_width(*a)) or widths[-1])
+    torch._dynamo.reset()
+    try:
+        with attention.sink_decode_attention(model, on_cpu=True):
+            run = lambda compiled: generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend="static",  # noqa: E731
+                                                   max_new_tokens=new_tokens, compile_step=compiled)
+            compiled = run(True)
+            assert counter.frame_count == 1
+            seen = sorted(set(widths))
+            assert run(False) == compiled and sum(map(len, compiled)) > 0
+    finally:
+        torch._dynamo.reset()
+    if family == "gpt_oss":
+        assert seen == [whole]
+    else:
+        assert seen == window_schedule(prompt_len, new_tokens, 8, cache_len=whole) and len(seen) >= 3
+
+
 def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
     """compiled_rows: a 3-row and a 2-row batch run the compiled step made for 4 rows; unpadded they compile twice."""
     counter = counted_compiles(monkeypatch)

@@ -69,9 +69,9 @@ def _masked_slots(key: torch.Tensor, value: torch.Tensor,
     `static_generate` hands these kernels a mask over those (a decode step's rounded up, `static._slot_width`), so
     they never read the empty rest (a prefill of gpt-oss-20b at 232 rows x 1,152 slots: ~9 GiB of per-head K/V
     copies a layer in `sink_attention`, with the whole model resident; an 80 GB card ran out of memory there)."""
-    if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
-        return key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
-    return key, value
+    if attention_mask is None:
+        return key, value
+    return key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
 
 
 def reads_masked_slots_only(config: Any) -> bool:

@@ -3,7 +3,7 @@
 On CUDA the one-token decode step (model forward with the intervention's hooks, argmax, bookkeeping) is
 captured into CUDA graphs and replayed, which removes the per-kernel launch cost that dominates batched decode of
 2B-class models: one graph a batch, or for an uncompiled step over the harness's attention kernels one per slot
-window (`_slot_width`).
+window (`_slot_width`; a compiled step keeps the whole cache unless `COMPILED_SLOT_WINDOWS`).
 `compile_step=True` fuses the step with `torch.compile` first (`compile_experts` instead compiles only a MoE model's
 experts, `harness.generation.moe`, inside the uncompiled step).
 Hooks are active at capture time, so they are part of the graph; they must not sync with the host. Dynamo compiles
@@ -56,6 +56,12 @@ def _static_masks(
 
 COMPILE_LEN_BUCKET = 64
 SLOT_WINDOW = 128
+COMPILED_SLOT_WINDOWS = False
+"""Whether a compiled step reads slot windows too, every window through one compile with a symbolic width (models
+with sliding layers keep the whole cache: a sliding layer's test of that width against its window would split the
+compile in two). Off until a GPU has measured it against the whole-cache compile: checked on the CPU only (one
+compile, the window schedule, the uncompiled step's tokens; evals/test_generation.py). Expected gain on the Gemma
+bench: part of its ~0.5 ms a step of decode attention over the whole 576-slot cache (projections-probe.json)."""
 
 
 def _slot_width(slot: int, max_len: int, windowed: bool) -> int:
@@ -145,22 +151,26 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
         pos.add_(1)
         step_idx.add_(1)
 
-    # A compiled step would compile once per width: it keeps the whole cache.
-    windowed = reads_masked_slots_only(model.config) and not compile_step
+    windowed = reads_masked_slots_only(model.config) and (
+        not compile_step or (COMPILED_SLOT_WINDOWS and not any(_layer_windows(model.config)))
+    )
     fn = step
     if compile_step:
         # By default dynamo does not guard on module hooks: code compiled without the intervention's
-        # hooks would be silently reused with them (or the reverse). Guard on them.
-        guard_hooks = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)
-        fn = guard_hooks(torch.compile(step, dynamic=False))
+        # hooks would be silently reused with them (or the reverse). Guard on them. With windows the slot width
+        # (marked in `args`) is the one symbolic size: no other shape turns dynamic on a recompile.
+        guard_hooks = torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, automatic_dynamic_shapes=False)
+        fn = guard_hooks(torch.compile(step, dynamic=None if windowed else False))
     n_steps = max_new_tokens - 1
     eos_t = torch.tensor(list(eos) or [-1], device=device)
     check_every = 32
 
     def args(k: int) -> tuple:
         """The step's arguments at loop step `k`, whose query sits in cache slot `prompt_len + k`."""
-        width = _slot_width(prompt_len + k, max_len, windowed)
-        return state["tok"], state["pos"], state["step"], valid[:, :width], out, cache
+        seen = valid[:, : _slot_width(prompt_len + k, max_len, windowed)]
+        if compile_step and windowed:
+            torch._dynamo.maybe_mark_dynamic(seen, 1)
+        return state["tok"], state["pos"], state["step"], seen, out, cache
 
     if device.type != "cuda" or _spans_devices(model):
         # A CUDA graph is captured on one device's stream: a model dispatched over several GPUs
