@@ -123,8 +123,9 @@ def test_a_compiled_step_reads_every_slot_window_through_one_compile(monkeypatch
     counter = counted_compiles(monkeypatch)
     model, tok = tiny_model(family)
     enc = tokenize_instructions(tok, PROMPTS)
-    prompt_len, new_tokens = enc["input_ids"].shape[1], 30
-    whole = -(-(prompt_len + new_tokens) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
+    prompt_len = enc["input_ids"].shape[1]
+    whole = -(-(prompt_len + 30) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
+    new_tokens = whole - prompt_len  # the last window is the whole cache: a contiguous slice, once a recompile
     monkeypatch.setattr(static, "SLOT_WINDOW", 8)
     monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
     widths: list[int] = []
@@ -145,6 +146,7 @@ def test_a_compiled_step_reads_every_slot_window_through_one_compile(monkeypatch
         assert seen == [whole]
     else:
         assert seen == window_schedule(prompt_len, new_tokens, 8, cache_len=whole) and len(seen) >= 3
+        assert seen[-1] == whole
 
 
 def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):

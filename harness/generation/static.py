@@ -107,10 +107,17 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
         # Cache slots past the last token are masked like future ones; a bucketed cache length lets
         # batches of nearby prompt lengths reuse one compiled step (dynamo recompiles per shape).
         max_len = -(-max_len // COMPILE_LEN_BUCKET) * COMPILE_LEN_BUCKET
+    windowed = reads_masked_slots_only(model.config) and (
+        not compile_step or (COMPILED_SLOT_WINDOWS and not any(_layer_windows(model.config)))
+    )
+    # A compiled step's widest window must still be a strict slice of the cache and of `valid`: the whole tensor is
+    # contiguous where a narrower slice is not, and that change of layout fails the compile's guards (a recompile,
+    # inside a graph capture an error). One spare slot, never in any window, keeps every window a strict slice.
+    cache_len = max_len + 1 if compile_step and windowed else max_len
     device = input_ids.device
     dtype = model.get_input_embeddings().weight.dtype
-    cache = _new_static_cache(model.config, max_len)
-    valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+    cache = _new_static_cache(model.config, cache_len)
+    valid = torch.ones(batch, cache_len, dtype=torch.bool, device=device)
     valid[:, :prompt_len] = attention_mask.bool()
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -151,9 +158,6 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
         pos.add_(1)
         step_idx.add_(1)
 
-    windowed = reads_masked_slots_only(model.config) and (
-        not compile_step or (COMPILED_SLOT_WINDOWS and not any(_layer_windows(model.config)))
-    )
     fn = step
     if compile_step:
         # By default dynamo does not guard on module hooks: code compiled without the intervention's
