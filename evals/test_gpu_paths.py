@@ -96,9 +96,8 @@ def _model(name: str, dtype: torch.dtype):
 def _greedy(model, enc, backend: str, **kw) -> list[list[int]]:
     from harness.generation.completions import generate_tokens
 
-    return generate_tokens(
-        model, enc["input_ids"], enc["attention_mask"], max_new_tokens=N_NEW, backend=backend, eos_token_ids=(), **kw
-    )
+    kw = {"max_new_tokens": N_NEW, **kw}
+    return generate_tokens(model, enc["input_ids"], enc["attention_mask"], backend=backend, eos_token_ids=(), **kw)
 
 
 def _direction(width: int, seed: int = 3) -> torch.Tensor:
@@ -276,6 +275,41 @@ def test_slot_window_graphs_match_the_whole_cache(name, monkeypatch):
     assert sorted(set(seen[16])) == expected and len(expected) >= 4
     assert len(seen[16]) == layers * (2 + len(expected)), "a graph per width, each captured once after 2 warm-ups"
     assert seen[10**6] == [whole] * layers * 3
+    assert agreement >= AGREEMENT_MIN, agreement
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_compiled_slot_windows_capture_every_width_to_the_cache_end(name, monkeypatch):
+    """`COMPILED_SLOT_WINDOWS` on: the inductor-compiled step is captured once per slot width, all widths through one
+    compile, up to a window that is the whole (bucketed) cache; fp32 greedy agrees with the uncompiled graph path's.
+    Before the windowed cache got its spare slot, the widest window's layout failed the compile's guards and the
+    recompile broke its capture (an H100, 2026-12-07)."""
+    from harness.generation import static
+    from harness.models.chat import tokenize_instructions
+
+    model, tok = _model(name, torch.float32)
+    model.to("cuda")
+    enc = tokenize_instructions(tok, INSTRUCTIONS).to("cuda")
+    prompt_len = enc["input_ids"].shape[1]
+    whole = -(-(prompt_len + N_NEW) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
+    new_tokens = whole - prompt_len
+    monkeypatch.setattr(static, "SLOT_WINDOW", 16)
+    monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
+    widths: list[int] = []
+    slot_width = static._slot_width
+    monkeypatch.setattr(static, "_slot_width", lambda *a: widths.append(slot_width(*a)) or widths[-1])
+    counter = counted_compiles(monkeypatch, backend="inductor")
+    torch._dynamo.reset()
+    try:
+        run = lambda compiled: _greedy(model, enc, "static", compile_step=compiled, max_new_tokens=new_tokens)  # noqa: E731
+        compiled = run(True)
+        frames, seen = counter.frame_count, sorted(set(widths))
+        agreement = token_agreement(compiled, run(False))
+    finally:
+        torch._dynamo.reset()
+    _record(f"compiled_slot_windows/{name}", {"widths": seen, "compiles": frames, "agreement": agreement})
+    assert frames == 1
+    assert seen == window_schedule(prompt_len, new_tokens, 16, cache_len=whole) and seen[-1] == whole
     assert agreement >= AGREEMENT_MIN, agreement
 
 
