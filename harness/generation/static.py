@@ -59,8 +59,9 @@ SLOT_WINDOW = 128
 COMPILED_SLOT_WINDOWS = False
 """Whether a compiled step reads slot windows too, every window through one compile with a symbolic width (models
 with sliding layers keep the whole cache: a sliding layer's test of that width against its window would split the
-compile in two). Off until a GPU has measured it against the whole-cache compile: checked on the CPU only (one
-compile, the window schedule, the uncompiled step's tokens; evals/test_generation.py). Expected gain on the Gemma
+compile in two). Off until a GPU has measured it against the whole-cache compile: checked on the CPU (one compile,
+the window schedule to the cache's end, the uncompiled step's tokens; evals/test_generation.py), its GPU check
+(evals/test_gpu_paths.py) not yet run since the spare cache slot it needed. Expected gain on the Gemma
 bench: part of its ~0.5 ms a step of decode attention over the whole 576-slot cache (projections-probe.json)."""
 
 
