@@ -149,6 +149,24 @@ def test_a_compiled_step_reads_every_slot_window_through_one_compile(monkeypatch
         assert seen[-1] == whole
 
 
+@pytest.mark.parametrize("compile_step, windowed", [(False, True), (True, False), (True, True)])
+def test_a_windowed_compiled_step_runs_every_window_before_any_capture(monkeypatch, compile_step, windowed):
+    """The CUDA loop's warm-ups (`static._warm_steps`): a compiled windowed step runs the first step of every window,
+    so a recompile could never fall inside a capture; the other paths warm up on their first step only."""
+    from harness.generation import static
+
+    monkeypatch.setattr(static, "SLOT_WINDOW", 8)
+    prompt_len, new_tokens, max_len = 13, 40, 64
+    steps = static._warm_steps(prompt_len, max_len, new_tokens - 1, compile_step, windowed)
+    widths = [static._slot_width(prompt_len + k, max_len, windowed) for k in steps]
+    if compile_step and windowed:
+        assert steps[:3] == [0, 0, 0]
+        assert sorted(set(widths)) == window_schedule(prompt_len, new_tokens, 8, cache_len=max_len)
+        assert all(static._slot_width(prompt_len + k - 1, max_len, True) < w for k, w in zip(steps[3:], widths[3:]))
+    else:
+        assert steps == [0] * (3 if compile_step else 2)
+
+
 def test_padded_batches_of_two_sizes_share_one_compiled_step(monkeypatch):
     """compiled_rows: a 3-row and a 2-row batch run the compiled step made for 4 rows; unpadded they compile twice."""
     counter = counted_compiles(monkeypatch)

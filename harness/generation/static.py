@@ -195,8 +195,8 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(2 if not compile_step else 3):
-            fn(*args(0))
+        for k in _warm_steps(prompt_len, max_len, n_steps, compile_step, windowed):
+            fn(*args(k))
             reset()
     torch.cuda.current_stream().wait_stream(side)
     # One graph per slot width, each captured when decoding first reaches it (a capture runs nothing), all in one
@@ -213,6 +213,19 @@ def static_generate(model, input_ids, attention_mask, max_new_tokens, temperatur
         if (k + 1) % check_every == 0 and _all_finished(out[:real, : k + 2], eos_t):
             break
     return out[:real]
+
+
+def _warm_steps(prompt_len: int, max_len: int, n_steps: int, compile_step: bool, windowed: bool) -> list[int]:
+    """Loop steps run (and undone) before any graph capture: the first step two or, compiled, three times; a windowed
+    compiled step also the first step of every wider window, so that should a window's layout ever fail the
+    compile's guards, the recompile happens there and not inside that window's capture, where it is an error."""
+    warm = [0] * (3 if compile_step else 2)
+    if compile_step and windowed:
+        firsts: dict[int, int] = {}
+        for k in range(n_steps):
+            firsts.setdefault(_slot_width(prompt_len + k, max_len, windowed), k)
+        warm += sorted(firsts.values())[1:]
+    return warm
 
 
 def _spans_devices(model: Any) -> bool:
