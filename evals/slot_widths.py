@@ -23,6 +23,23 @@ def decode_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return widths
 
 
+def asked_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From here to the test's end every width `static._slot_width` gives the decode loop is appended to the returned
+    list. The loop asks outside the step, so a compiled step's widths are counted too, where `decode_widths` sees
+    only its trace."""
+    from harness.generation import static
+
+    widths: list[int] = []
+    slot_width = static._slot_width
+
+    def spy(*args):
+        widths.append(slot_width(*args))
+        return widths[-1]
+
+    monkeypatch.setattr(static, "_slot_width", spy)
+    return widths
+
+
 def window_schedule(prompt_len: int, new_tokens: int, window: int, cache_len: int | None = None) -> list[int]:
     """The distinct widths a generation of `new_tokens` after a `prompt_len`-slot prompt should hand attention over
     its decode steps, in a cache of `cache_len` slots (default: just long enough), computed here apart from

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from compile_counting import counted_compiles
-from slot_widths import decode_widths, window_schedule
+from slot_widths import asked_widths, decode_widths, window_schedule
 
 from harness.config import GenerationConfig
 from harness.generation import generate
@@ -128,9 +128,7 @@ def test_a_compiled_step_reads_every_slot_window_through_one_compile(monkeypatch
     new_tokens = whole - prompt_len  # the last window is the whole cache: a contiguous slice, once a recompile
     monkeypatch.setattr(static, "SLOT_WINDOW", 8)
     monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
-    widths: list[int] = []
-    slot_width = static._slot_width
-    monkeypatch.setattr(static, "_slot_width", lambda *a: widths.append(slot_width(*a)) or widths[-1])
+    widths = asked_widths(monkeypatch)
     torch._dynamo.reset()
     try:
         with attention.sink_decode_attention(model, on_cpu=True):

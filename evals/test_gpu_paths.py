@@ -22,7 +22,7 @@ import pytest
 import torch
 from compile_counting import counted_compiles
 from greedy_agreement import token_agreement
-from slot_widths import decode_widths, window_schedule
+from slot_widths import asked_widths, decode_widths, window_schedule
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths need a CUDA device")
 two_gpus = pytest.mark.skipif(
@@ -295,9 +295,7 @@ def test_compiled_slot_windows_capture_every_width_to_the_cache_end(name, monkey
     new_tokens = whole - prompt_len
     monkeypatch.setattr(static, "SLOT_WINDOW", 16)
     monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
-    widths: list[int] = []
-    slot_width = static._slot_width
-    monkeypatch.setattr(static, "_slot_width", lambda *a: widths.append(slot_width(*a)) or widths[-1])
+    widths = asked_widths(monkeypatch)
     counter = counted_compiles(monkeypatch, backend="inductor")
     torch._dynamo.reset()
     try:
