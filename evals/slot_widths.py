@@ -40,6 +40,16 @@ def asked_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return widths
 
 
+def to_cache_end(prompt_len: int, at_least: int) -> tuple[int, int]:
+    """(slots of a compiled step's bucketed cache, new tokens that decode to its last slot) for a generation of at least
+    `at_least` new tokens after `prompt_len` prompt slots: its last window is then the whole cache, the one slice whose
+    layout differs from every narrower window's."""
+    from harness.generation import static
+
+    whole = -(-(prompt_len + at_least) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
+    return whole, whole - prompt_len
+
+
 def window_schedule(prompt_len: int, new_tokens: int, window: int, cache_len: int | None = None) -> list[int]:
     """The distinct widths a generation of `new_tokens` after a `prompt_len`-slot prompt should hand attention over
     its decode steps, in a cache of `cache_len` slots (default: just long enough), computed here apart from

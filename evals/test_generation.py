@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from compile_counting import counted_compiles
-from slot_widths import asked_widths, decode_widths, window_schedule
+from slot_widths import asked_widths, decode_widths, to_cache_end, window_schedule
 
 from harness.config import GenerationConfig
 from harness.generation import generate
@@ -124,8 +124,7 @@ def test_a_compiled_step_reads_every_slot_window_through_one_compile(monkeypatch
     model, tok = tiny_model(family)
     enc = tokenize_instructions(tok, PROMPTS)
     prompt_len = enc["input_ids"].shape[1]
-    whole = -(-(prompt_len + 30) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
-    new_tokens = whole - prompt_len  # the last window is the whole cache: a contiguous slice, once a recompile
+    whole, new_tokens = to_cache_end(prompt_len, 30)
     monkeypatch.setattr(static, "SLOT_WINDOW", 8)
     monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
     widths = asked_widths(monkeypatch)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from compile_counting import counted_compiles
 from greedy_agreement import token_agreement
-from slot_widths import asked_widths, decode_widths, window_schedule
+from slot_widths import asked_widths, decode_widths, to_cache_end, window_schedule
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths need a CUDA device")
 two_gpus = pytest.mark.skipif(
@@ -291,8 +291,7 @@ def test_compiled_slot_windows_capture_every_width_to_the_cache_end(name, monkey
     model.to("cuda")
     enc = tokenize_instructions(tok, INSTRUCTIONS).to("cuda")
     prompt_len = enc["input_ids"].shape[1]
-    whole = -(-(prompt_len + N_NEW) // static.COMPILE_LEN_BUCKET) * static.COMPILE_LEN_BUCKET
-    new_tokens = whole - prompt_len
+    whole, new_tokens = to_cache_end(prompt_len, N_NEW)
     monkeypatch.setattr(static, "SLOT_WINDOW", 16)
     monkeypatch.setattr(static, "COMPILED_SLOT_WINDOWS", True)
     widths = asked_widths(monkeypatch)
