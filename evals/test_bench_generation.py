@@ -194,9 +194,9 @@ def test_static_compiled_with_ablation(gemma_2b, plain_generate):
 
 
 def test_compiled_slot_windows(gemma_2b, monkeypatch):
-    """`static.COMPILED_SLOT_WINDOWS` off and on, the compiled ablated step on this workload: the record that decides
-    whether to turn it on (off until this has run on a GPU). Asserted only what must hold when it is on: one compile
-    for every window and for a shorter prompt in the same cache bucket, and the whole-cache compile's tokens."""
+    """`static.COMPILED_SLOT_WINDOWS` off and on, the compiled ablated step on this workload: the record that turned
+    it on (an H100, 2026-12-07). Asserted only what must hold when it is on: one compile for every window and for a
+    shorter prompt in the same cache bucket, and the whole-cache compile's tokens."""
     from torch._dynamo.utils import counters
 
     from harness.generation import static
